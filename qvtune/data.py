@@ -1,0 +1,135 @@
+"""Token ids for a task, computed once per (tokenizer, data, max_len) and kept on disk for every run
+of a sweep, and batches that spend compute on real tokens: length-grouped, dynamically padded."""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+
+from qvtune.tasks import Split
+
+
+@dataclass
+class Encoded:
+    """Ragged token ids stored flat: example i is ids[offsets[i]:offsets[i+1]]."""
+
+    ids: np.ndarray  # int32
+    types: Optional[np.ndarray]  # token type ids (BERT segments), same layout, or None
+    offsets: np.ndarray  # int64, len n + 1
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def subset(self, n: Optional[int]) -> "Encoded":
+        if n is None or n >= len(self):
+            return self
+        end = self.offsets[n]
+        types = None if self.types is None else self.types[:end]
+        return Encoded(self.ids[:end], types, self.offsets[: n + 1], self.labels[:n])
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Changes whenever the tokenizer's vocabulary, rules or special tokens change."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    blob = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    blob += repr((type(tokenizer).__name__, tokenizer.pad_token_id, tokenizer.model_max_length))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def encode_cached(tokenizer: Any, split: Split, max_len: int, cache_dir: Path, key: str) -> Encoded:
+    """Tokenize `split` or read it from the cache; several jobs may race here safely.
+
+    Each writer tokenizes into a private temp file and renames it into place, so readers see a
+    complete file or none, and concurrent writers produce the same bytes.
+    """
+    path = Path(cache_dir).expanduser() / f"{key}-{max_len}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            return Encoded(z["ids"], z["types"] if "types" in z else None, z["offsets"], z["labels"])
+    enc = encode(tokenizer, split, max_len)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            arrays = {"ids": enc.ids, "offsets": enc.offsets, "labels": enc.labels}
+            if enc.types is not None:
+                arrays["types"] = enc.types
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return enc
+
+
+def encode(tokenizer: Any, split: Split, max_len: int) -> Encoded:
+    out = tokenizer(*split.columns, truncation=True, max_length=max_len)
+    ids = out["input_ids"]
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    flat = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(offsets[-1]))
+    types = None
+    if "token_type_ids" in out and any(any(t) for t in out["token_type_ids"]):
+        types = np.fromiter((t for x in out["token_type_ids"] for t in x), dtype=np.int8, count=int(offsets[-1]))
+    return Encoded(flat, types, offsets, split.labels)
+
+
+def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool) -> list[np.ndarray]:
+    """One epoch's batches of example indices, a pure function of (seed, epoch) so runs resume exactly.
+
+    Length-grouped: shuffle, cut into buckets of 50 batches, sort each bucket by length, cut it into
+    batches and shuffle the batches: every batch holds similar lengths, the order stays random.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    if not group_by_length:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    bucket = batch_size * 50
+    batches = []
+    for start in range(0, len(order), bucket):
+        chunk = order[start : start + bucket]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Evaluation order: by length, so that padding is minimal; predictions are put back in place."""
+    order = np.argsort(-lengths, kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def collate(data: Encoded, index: np.ndarray, pad_id: int, pad_to: Optional[int]) -> dict[str, torch.Tensor]:
+    """Pad a batch to its longest example (or to `pad_to`, the paper's fixed length)."""
+    lengths = data.lengths[index]
+    width = int(pad_to or lengths.max())
+    ids = np.full((len(index), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(index), width), dtype=np.int64)
+    types = None if data.types is None else np.zeros((len(index), width), dtype=np.int64)
+    for row, (i, n) in enumerate(zip(index, lengths)):
+        start = data.offsets[i]
+        ids[row, :n] = data.ids[start : start + n]
+        mask[row, :n] = 1
+        if types is not None:
+            types[row, :n] = data.types[start : start + n]
+    batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+    if types is not None:
+        batch["token_type_ids"] = torch.from_numpy(types)
+    batch["labels"] = torch.from_numpy(data.labels[index])
+    return batch
+
+
+def iterate(batches: list[np.ndarray], start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+    for i in range(start, len(batches)):
+        yield i, batches[i]

@@ -1,0 +1,130 @@
+"""Methods (full fine-tune, LoRA, DoRA) applied to exactly the targeted W_q/W_k/W_v modules, and the
+optimizer's parameter groups: every trainable tensor lands in exactly one of qk, v, head, decided by
+the module that owns it (not by substrings of its name)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from qvtune.config import LearningRates, parse_targets
+from qvtune.models import attention_modules, head_modules, weight_type
+
+GROUPS = ("qk", "v", "head")
+
+
+@dataclass
+class ParamGroup:
+    name: str  # qk | v | head
+    lr: float
+    params: list[tuple[str, nn.Parameter]] = field(default_factory=list)
+
+    @property
+    def numel(self) -> int:
+        return sum(p.numel() for _, p in self.params)
+
+
+def apply_method(model: nn.Module, cfg: Any) -> nn.Module:
+    """Freeze everything, then make trainable the targeted projections (or adapters on them) and the head."""
+    targets = parse_targets(cfg.targets)
+    modules = attention_modules(model)
+    chosen = [name for t in targets for name in modules[t]]
+    heads = head_modules(model)
+    if cfg.method.name == "full":
+        model.requires_grad_(False)
+        for name in chosen + heads:
+            model.get_submodule(name).requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    peft_config = LoraConfig(
+        r=int(cfg.rank),
+        lora_alpha=float(cfg.alpha if cfg.alpha is not None else cfg.rank),
+        lora_dropout=float(cfg.dropout),
+        target_modules=chosen,  # full dotted names: exactly these modules, nothing matched by accident
+        use_dora=cfg.method.name == "dora",
+        modules_to_save=heads,
+        bias="none",
+    )
+    return get_peft_model(model, peft_config)
+
+
+def param_groups(model: nn.Module, rates: LearningRates) -> list[ParamGroup]:
+    """Assign each trainable tensor to qk, v or head by its owning module; anything else is an error."""
+    lr = {"qk": rates.qk, "v": rates.v, "head": rates.head}
+    groups = {g: ParamGroup(g, lr[g]) for g in GROUPS}
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    heads = set(head_modules(base))  # PEFT wraps them as base_model.model.<head>
+    owner: dict[int, str] = {}
+    for module_name, module in model.named_modules():  # parents come before their children
+        kind = weight_type(module_name)
+        if kind is not None:
+            group = "v" if kind == "v" else "qk"
+        elif module_name.rsplit(".", 1)[-1] in heads:
+            group = "head"
+        else:
+            continue
+        for p in module.parameters():
+            owner.setdefault(id(p), group)
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        group = owner.get(id(p))
+        if group is None:
+            raise RuntimeError(f"trainable parameter {name} belongs to no q/k/v projection and no head")
+        groups[group].params.append((name, p))
+    return [groups[g] for g in GROUPS]
+
+
+def group_table(model: nn.Module, groups: list[ParamGroup]) -> dict[str, Any]:
+    """Parameter counts for the run record and the table printed at start."""
+    total = sum(p.numel() for p in model.parameters())
+    return {
+        "total": total,
+        "trainable": sum(g.numel for g in groups),
+        "groups": [{"group": g.name, "lr": g.lr, "tensors": len(g.params), "params": g.numel} for g in groups],
+    }
+
+
+def format_group_table(table: dict[str, Any]) -> str:
+    lines = [f"{'group':<6} {'lr':>10} {'tensors':>8} {'params':>14}"]
+    for g in table["groups"]:
+        lines.append(f"{g['group']:<6} {g['lr']:>10.3g} {g['tensors']:>8} {g['params']:>14,}")
+    lines.append(f"{'total':<6} {'':>10} {'':>8} {table['trainable']:>14,}  trainable of {table['total']:,}")
+    return "\n".join(lines)
+
+
+class UpdateNorms:
+    """Frobenius norms of the accumulated updates of W_q, W_k, W_v (over all layers).
+
+    Full fine-tune: ||W_t - W_0||. LoRA/DoRA: ||s * B A||, the adapters' product, computed through
+    r x r Gram matrices so that it costs little even on wide models.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.entries: list[tuple[str, Any]] = []
+        for name, module in model.named_modules():
+            kind = weight_type(name)
+            if kind is None:
+                continue
+            if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
+                self.entries.append((kind, ("lora", module)))
+            elif isinstance(module, nn.Linear) and module.weight.requires_grad:
+                self.entries.append((kind, ("full", module, module.weight.detach().clone())))
+
+    @torch.no_grad()
+    def __call__(self) -> dict[str, float]:
+        sq = {"q": 0.0, "k": 0.0, "v": 0.0}
+        for kind, entry in self.entries:
+            if entry[0] == "full":
+                _, module, w0 = entry
+                sq[kind] += float((module.weight.float() - w0.float()).pow(2).sum())
+            else:
+                module = entry[1]
+                a = module.lora_A["default"].weight.float()  # r x d_in
+                b = module.lora_B["default"].weight.float()  # d_out x r
+                s = float(module.scaling["default"])
+                sq[kind] += s * s * float(((b.T @ b) * (a @ a.T)).sum())
+        return {k: v**0.5 for k, v in sq.items()}

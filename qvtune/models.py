@@ -1,0 +1,156 @@
+"""Models and the q/k/v resolver: build or load a sequence classifier from a model config, and
+find the modules that hold W_q, W_k and W_v in every layer of any supported family."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+# Each family's name for the three projections (the module's last dotted name).
+QKV_NAMES: dict[str, tuple[str, ...]] = {
+    "q": ("query", "q_proj", "q_lin"),  # BERT/RoBERTa, Llama/Mistral/Qwen, DistilBERT
+    "k": ("key", "k_proj", "k_lin"),
+    "v": ("value", "v_proj", "v_lin"),
+}
+# Projections that compute q, k and v in one matrix: tuning "only W_v" is not expressible there.
+FUSED_NAMES = ("c_attn", "qkv_proj", "query_key_value", "Wqkv", "qkv", "in_proj")
+HEAD_NAMES = ("classifier", "score", "pre_classifier")  # the freshly initialised classification head
+
+
+class ModelError(ValueError):
+    """A model whose attention projections cannot be tuned as W_q, W_k, W_v."""
+
+
+def resolve_source(source: str) -> str:
+    """A hub id or folder; "package:NAME" becomes the folder inside that pip package holding config.json."""
+    if not source.startswith("package:"):
+        return str(Path(source).expanduser()) if source.startswith((".", "/", "~")) else source
+    package = source.split(":", 1)[1]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"model.source={source!r}: package {package!r} is not installed")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    configs = sorted(root.rglob("config.json"), key=lambda p: len(p.parts))
+    for path in configs:
+        if (path.parent / "tokenizer.json").exists() or (path.parent / "vocab.txt").exists():
+            return str(path.parent)
+    raise ModelError(f"model.source={source!r}: no model folder (config.json + tokenizer) inside {root}")
+
+
+def model_config(model_cfg: Any, num_labels: int, offline_ok: bool = True) -> Any:
+    """The transformers config: from `arch` when given (no download), else from the source."""
+    from transformers import AutoConfig
+
+    if model_cfg.arch and (offline_ok or model_cfg.source is None):
+        arch = dict(model_cfg.arch)
+        config = AutoConfig.for_model(arch.pop("model_type"), **arch)
+    else:
+        config = AutoConfig.from_pretrained(resolve_source(model_cfg.source))
+    config.num_labels = num_labels
+    if config.pad_token_id is None:
+        config.pad_token_id = 0 if model_cfg.tokenizer == "builtin" else getattr(config, "eos_token_id", None)
+        if isinstance(config.pad_token_id, list):
+            config.pad_token_id = config.pad_token_id[0]
+    return config
+
+
+def build_on_meta(model_cfg: Any, num_labels: int) -> nn.Module:
+    """The model's structure without weights: for checks and parameter counts, no download, no memory."""
+    from transformers import AutoModelForSequenceClassification
+
+    config = model_config(model_cfg, num_labels)
+    with torch.device("meta"):
+        return AutoModelForSequenceClassification.from_config(config)
+
+
+def load_model(model_cfg: Any, num_labels: int, seed: int) -> nn.Module:
+    """Pretrained weights from the source (the head freshly initialised from `seed`), or random weights."""
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    dtype = getattr(torch, model_cfg.dtype)
+    if model_cfg.source is None:
+        model = AutoModelForSequenceClassification.from_config(model_config(model_cfg, num_labels))
+        model.to(dtype)
+    else:
+        source = resolve_source(model_cfg.source)
+        try:
+            config = model_config(model_cfg, num_labels, offline_ok=False)
+            model = AutoModelForSequenceClassification.from_pretrained(source, config=config, dtype=dtype)
+        except OSError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelError(
+                f"cannot load model {model_cfg.source!r}: {first} (no network or no access to the hub? "
+                "log in with `huggingface-cli login` for gated models, or use a local folder / model=minilm)"
+            ) from None
+    if model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def load_tokenizer(model_cfg: Any) -> Any:
+    """The model's tokenizer; a pad token is added where the family has none (Llama, Mistral)."""
+    from transformers import AutoTokenizer
+
+    if model_cfg.tokenizer == "builtin":
+        from qvtune.vocab import builtin_tokenizer
+
+        return builtin_tokenizer()
+    source = resolve_source(model_cfg.tokenizer or model_cfg.source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as e:
+        raise ModelError(f"cannot load the tokenizer of {source!r}: {str(e).strip().splitlines()[0]}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def weight_type(module_name: str) -> Optional[str]:
+    """"q", "k" or "v" for a projection module's dotted name, else None."""
+    leaf = module_name.rsplit(".", 1)[-1]
+    return next((t for t, names in QKV_NAMES.items() if leaf in names), None)
+
+
+def attention_modules(model: nn.Module) -> dict[str, list[str]]:
+    """The dotted names of every layer's W_q, W_k, W_v linear modules, per weight type.
+
+    Raises ModelError naming what was found when the family is unknown or its projection is fused.
+    """
+    found: dict[str, list[str]] = {"q": [], "k": [], "v": []}
+    linear_leaves: set[str] = set()
+    fused: list[str] = []
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
+            linear_leaves.add(leaf)
+            kind = weight_type(name)
+            if kind and isinstance(module, nn.Linear):
+                found[kind].append(name)
+            elif leaf in FUSED_NAMES:
+                fused.append(name)
+    if fused and not any(found.values()):
+        raise ModelError(
+            f"{type(model).__name__} computes q, k and v in one fused projection ({fused[0]}); "
+            "qvtune tunes W_q, W_k, W_v separately and supports families with separate projections "
+            "(BERT/RoBERTa query/key/value, Llama/Mistral/Qwen q_proj/k_proj/v_proj, DistilBERT q_lin/k_lin/v_lin)"
+        )
+    counts = {k: len(v) for k, v in found.items()}
+    if min(counts.values()) == 0 or len(set(counts.values())) != 1:
+        raise ModelError(
+            f"{type(model).__name__}: cannot find W_q, W_k, W_v in every layer (found {counts}); "
+            f"its linear modules are named: {', '.join(sorted(linear_leaves)) or 'none'}"
+        )
+    return found
+
+
+def head_modules(model: nn.Module) -> list[str]:
+    """The classification head's top-level modules, trained in every method."""
+    names = [name for name, _ in model.named_children() if name in HEAD_NAMES]
+    if not names:
+        children = ", ".join(name for name, _ in model.named_children())
+        raise ModelError(f"{type(model).__name__}: no classification head among its modules ({children})")
+    return names

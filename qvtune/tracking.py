@@ -1,0 +1,49 @@
+"""Weights & Biases logging for one run: offline by default (no account; `wandb sync` later), the
+run id is the run key so a restarted or requeued run continues its W&B run instead of starting
+another, and runs of a sweep share a group named after the sweep."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+
+from qvtune.config import LearningRates, parse_targets
+
+
+def run_name(cfg: Any, rates: LearningRates) -> str:
+    rank = "" if cfg.method.name == "full" else f"-r{cfg.rank}"
+    return (
+        f"{cfg.model.name}-{cfg.task.name}-{cfg.method.name}-{parse_targets(cfg.targets)}{rank}"
+        f"-lr{rates.qk:g}-lam{rates.lam:g}-s{cfg.seed}"
+    )
+
+
+class Tracker:
+    def __init__(self, cfg: Any, key: str, rates: LearningRates, run_dir: Path):
+        self.run: Optional[Any] = None
+        if cfg.wandb.mode == "disabled":
+            return
+        import wandb
+
+        self.run = wandb.init(
+            project=cfg.wandb.project,
+            entity=cfg.wandb.entity,
+            group=cfg.wandb.group or cfg.sweep_name,
+            name=run_name(cfg, rates),
+            id=key,
+            resume="allow",
+            mode=cfg.wandb.mode,
+            dir=str(Path(cfg.wandb.dir or run_dir).expanduser()),
+            config=OmegaConf.to_container(cfg, resolve=True),
+            settings=wandb.Settings(silent=True, console="off"),
+        )
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        if self.run is not None:
+            self.run.log(values, step=step)
+
+    def finish(self, summary: dict[str, Any], exit_code: int) -> None:
+        if self.run is not None:
+            self.run.summary.update(summary)
+            self.run.finish(exit_code=exit_code)

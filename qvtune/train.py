@@ -1,0 +1,233 @@
+"""The training loop, top to bottom: AdamW over the qk / v / head groups with one scheduler factor
+for all (so lambda holds at every step), dev evaluation each epoch and every `eval_every` steps, a
+stop on divergence, and checkpoints from which an interrupted run resumes exactly."""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from qvtune.data import Encoded, collate, eval_batches, train_batches
+from qvtune.methods import ParamGroup, UpdateNorms
+from qvtune.tasks import compute_metrics
+
+LOSS_WINDOW = 10  # steps averaged when comparing the loss with its start
+
+
+@dataclass
+class TrainState:
+    """Everything about progress that a checkpoint restores (besides weights and optimizer)."""
+
+    step: int = 0
+    samples: int = 0
+    tokens: int = 0
+    train_s: float = 0.0
+    eval_s: float = 0.0
+    status: str = "running"  # running -> completed | diverged
+    error: Optional[str] = None
+    loss_start: Optional[float] = None
+    recent_losses: list[float] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_loss: list[list[float]] = field(default_factory=list)
+    update_norms: list[list[float]] = field(default_factory=list)
+
+
+def plan_steps(n_train: int, cfg: Any) -> tuple[int, int]:
+    """(optimizer steps in the run, micro-batches per epoch)."""
+    per_epoch = math.ceil(n_train / cfg.batch_size)
+    if cfg.max_steps is not None:
+        return int(cfg.max_steps), per_epoch
+    return math.ceil(cfg.epochs * per_epoch / cfg.grad_accum), per_epoch
+
+
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, evals: dict[str, Encoded], task: Any, cfg: Any, pad_id: int, device: torch.device) -> dict[str, float]:
+    """Dev metrics with large, length-sorted batches and no autograd bookkeeping."""
+    model.eval()
+    amp = autocast_dtype(cfg.precision, device)
+    outputs, labels, losses = {}, {}, []
+    for name, data in evals.items():
+        out = np.zeros((len(data), max(task.num_labels, 1)), dtype=np.float32)
+        for index in eval_batches(data.lengths, cfg.eval_batch_size):
+            batch = {k: v.to(device) for k, v in collate(data, index, pad_id, pad_to(cfg)).items()}
+            with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
+                result = model(**batch)
+            out[index] = result.logits.float().cpu().numpy().reshape(len(index), -1)
+            losses.append(float(result.loss) * len(index))
+        outputs[name], labels[name] = out, data.labels
+    model.train()
+    metrics = compute_metrics(task, outputs, labels)
+    metrics["loss"] = sum(losses) / sum(len(d) for d in evals.values())
+    return metrics
+
+
+def pad_to(cfg: Any) -> Optional[int]:
+    return cfg.max_len if cfg.padding == "max" else None
+
+
+def train(
+    model: nn.Module,
+    groups: list[ParamGroup],
+    train_data: Encoded,
+    evals: dict[str, Encoded],
+    task: Any,
+    cfg: Any,
+    *,
+    pad_id: int,
+    device: torch.device,
+    checkpoint: Path,
+    log: Callable[[dict[str, float], int], None],
+) -> TrainState:
+    total_steps, per_epoch = plan_steps(len(train_data), cfg)
+    optimizer = torch.optim.AdamW(
+        [{"params": [p for _, p in g.params], "lr": g.lr, "name": g.name} for g in groups if g.params],
+        betas=tuple(cfg.optim.betas),
+        eps=cfg.optim.eps,
+        weight_decay=cfg.optim.weight_decay,
+    )
+    warmup = int(cfg.optim.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total_steps, cfg.optim.scheduler))
+    amp = autocast_dtype(cfg.precision, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    norms = UpdateNorms(model)
+    state = TrainState()
+    if checkpoint.exists():
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler, scaler)
+
+    trainable = [p for g in groups for _, p in g.params]
+    model.train()
+    last_save = time.monotonic()
+    epoch_batches: tuple[int, list[np.ndarray]] = (-1, [])
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_steps, initial=state.step, disable=None, unit="step", dynamic_ncols=True, leave=False)
+    try:
+        if total_steps == 0 or (state.step == 0 and not state.history):
+            record_eval(state, model, evals, task, cfg, pad_id, device, log, epoch=0.0)
+        while state.step < total_steps and state.status == "running":
+            tic = time.perf_counter()
+            loss_sum = 0.0
+            for micro in range(cfg.grad_accum):
+                position = state.step * cfg.grad_accum + micro
+                epoch, index_in_epoch = divmod(position, per_epoch)
+                if epoch_batches[0] != epoch:
+                    epoch_batches = (epoch, train_batches(train_data.lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length))
+                index = epoch_batches[1][index_in_epoch]
+                batch = {k: v.to(device) for k, v in collate(train_data, index, pad_id, pad_to(cfg)).items()}
+                with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
+                    loss = model(**batch).loss / cfg.grad_accum
+                scaler.scale(loss).backward()
+                loss_sum += float(loss)
+                state.samples += len(index)
+                state.tokens += int(batch["attention_mask"].sum())
+            if cfg.optim.max_grad_norm:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            state.step += 1
+            state.train_s += time.perf_counter() - tic
+
+            norm = norms()
+            state.train_loss.append([state.step, loss_sum])
+            state.update_norms.append([state.step, norm["q"], norm["k"], norm["v"]])
+            rates = {f"lr/{pg['name']}": pg["lr"] for pg in optimizer.param_groups}
+            log({"train/loss": loss_sum, **{f"update_norm/{k}": v for k, v in norm.items()}, **rates}, state.step)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum:.4f}", refresh=False)
+
+            state.status, state.error = check_divergence(state, loss_sum, cfg.diverge_factor)
+            epoch_done = (state.step * cfg.grad_accum) // per_epoch > ((state.step - 1) * cfg.grad_accum) // per_epoch
+            periodic = cfg.eval_every and state.step % cfg.eval_every == 0
+            if epoch_done or periodic or state.step == total_steps or state.status != "running":
+                record_eval(state, model, evals, task, cfg, pad_id, device, log, epoch=state.step * cfg.grad_accum / per_epoch)
+            if time.monotonic() - last_save > cfg.checkpoint_minutes * 60 and state.status == "running":
+                save_checkpoint(checkpoint, model, optimizer, scheduler, scaler, state)
+                last_save = time.monotonic()
+    except (KeyboardInterrupt, SystemExit):  # preempted, cancelled, Ctrl-C: keep the progress
+        save_checkpoint(checkpoint, model, optimizer, scheduler, scaler, state)
+        raise
+    finally:
+        bar.close()
+    if state.status == "running":
+        state.status = "completed"
+    return state
+
+
+def lr_factor(step: int, warmup: int, total: int, kind: str) -> float:
+    """The one factor that scales every group's learning rate at `step`."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if kind == "constant":
+        return 1.0
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def check_divergence(state: TrainState, loss: float, factor: float) -> tuple[str, Optional[str]]:
+    """Non-finite loss, or the recent mean loss far above where it started, ends the run as diverged."""
+    if not math.isfinite(loss):
+        return "diverged", f"loss is {loss} at step {state.step}"
+    state.recent_losses = (state.recent_losses + [loss])[-LOSS_WINDOW:]
+    if state.loss_start is None and state.step >= LOSS_WINDOW:
+        state.loss_start = float(np.mean([l for _, l in state.train_loss[:LOSS_WINDOW]]))
+    if factor and state.loss_start is not None and state.step >= 2 * LOSS_WINDOW:
+        recent = float(np.mean(state.recent_losses))
+        if recent > factor * state.loss_start:
+            return "diverged", f"mean loss {recent:.4g} over the last {LOSS_WINDOW} steps exceeds {factor:g} x its start {state.loss_start:.4g} (step {state.step})"
+    return "running", None
+
+
+def record_eval(state: TrainState, model: nn.Module, evals: dict[str, Encoded], task: Any, cfg: Any, pad_id: int, device: torch.device, log: Callable[[dict[str, float], int], None], epoch: float) -> None:
+    tic = time.perf_counter()
+    metrics = evaluate(model, evals, task, cfg, pad_id, device)
+    state.eval_s += time.perf_counter() - tic
+    state.history.append({"step": state.step, "epoch": round(epoch, 4), "metrics": metrics})
+    log({f"eval/{k}": v for k, v in metrics.items()}, state.step)
+
+
+def save_checkpoint(path: Path, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, state: TrainState) -> None:
+    """Trainable tensors, optimizer, scheduler, RNG and progress, written atomically."""
+    blob = {
+        "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "state": asdict(state),
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(blob, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any) -> TrainState:
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in blob["trainable"].items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    scaler.load_state_dict(blob["scaler"])
+    torch.set_rng_state(blob["rng"])
+    if blob["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(blob["cuda_rng"])
+    return TrainState(**blob["state"])
