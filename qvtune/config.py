@@ -59,7 +59,7 @@ class SyntheticSpec:
 
     train_size: int = 3000
     eval_size: int = 500
-    list_len: int = 8
+    list_len: int = 4
     data_seed: int = 1234
 
 
@@ -79,6 +79,7 @@ class TaskConfig:
     eval_splits: list[str] = field(default_factory=lambda: ["validation"])
     tsv: Optional[TsvLayout] = None
     synthetic: Optional[SyntheticSpec] = None
+    train_size: Optional[int] = None  # rows of the train split, for `plan=true` cost estimates
     # Epochs the paper's scripts used per experiment (table1, table2, heatmap); sweep files read them.
     paper_epochs: dict[str, float] = field(default_factory=dict)
 
@@ -311,7 +312,7 @@ _KEY_FIELDS = (
 
 def run_identity(cfg: Any) -> dict[str, Any]:
     """The fields that decide a run's result, normalised (targets canonical, lam folded into eta_V)."""
-    c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    c = {k: _plain(cfg[k]) for k in (*_KEY_FIELDS, "method", "model", "task", "lam", "lr_v")}
     ident = {k: c[k] for k in _KEY_FIELDS}
     ident["targets"] = parse_targets(c["targets"])
     rates = learning_rates(cfg)
@@ -328,6 +329,11 @@ def run_identity(cfg: Any) -> dict[str, Any]:
     task.pop("paper_epochs", None)
     ident["task"] = task
     return ident
+
+
+def _plain(value: Any) -> Any:
+    """A config value as plain Python, interpolations resolved (the hydra node is never touched)."""
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
 def run_key(cfg: Any) -> str:

@@ -40,6 +40,15 @@ def resolve_source(source: str) -> str:
     raise ModelError(f"model.source={source!r}: no model folder (config.json + tokenizer) inside {root}")
 
 
+def unreachable(source: str, error: OSError) -> ModelError:
+    """One line that names the model and the likely cause, instead of a page of hub traceback."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return ModelError(
+        f"cannot load model {source!r}: {first} (no network or no access to the hub? log in with "
+        "`huggingface-cli login` for gated models, or use a local folder or model=minilm)"
+    )
+
+
 def model_config(model_cfg: Any, num_labels: int, offline_ok: bool = True) -> Any:
     """The transformers config: from `arch` when given (no download), else from the source."""
     from transformers import AutoConfig
@@ -48,7 +57,10 @@ def model_config(model_cfg: Any, num_labels: int, offline_ok: bool = True) -> An
         arch = dict(model_cfg.arch)
         config = AutoConfig.for_model(arch.pop("model_type"), **arch)
     else:
-        config = AutoConfig.from_pretrained(resolve_source(model_cfg.source))
+        try:
+            config = AutoConfig.from_pretrained(resolve_source(model_cfg.source))
+        except OSError as e:
+            raise unreachable(model_cfg.source, e) from None
     config.num_labels = num_labels
     if config.pad_token_id is None:
         config.pad_token_id = 0 if model_cfg.tokenizer == "builtin" else getattr(config, "eos_token_id", None)
@@ -81,11 +93,7 @@ def load_model(model_cfg: Any, num_labels: int, seed: int) -> nn.Module:
             config = model_config(model_cfg, num_labels, offline_ok=False)
             model = AutoModelForSequenceClassification.from_pretrained(source, config=config, dtype=dtype)
         except OSError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelError(
-                f"cannot load model {model_cfg.source!r}: {first} (no network or no access to the hub? "
-                "log in with `huggingface-cli login` for gated models, or use a local folder / model=minilm)"
-            ) from None
+            raise unreachable(model_cfg.source, e) from None
     if model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
@@ -103,7 +111,7 @@ def load_tokenizer(model_cfg: Any) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as e:
-        raise ModelError(f"cannot load the tokenizer of {source!r}: {str(e).strip().splitlines()[0]}") from None
+        raise unreachable(source, e) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

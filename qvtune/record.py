@@ -15,6 +15,7 @@ from the GPUs. A record is plain JSON; its fields (schema version 1):
     final, best     {name: value} at the last evaluation / at the evaluation with the best headline metric
     train_loss      [[step, loss], ...]
     update_norms    [[step, |dW_q|, |dW_k|, |dW_v|], ...]  Frobenius norms of the accumulated updates
+    lr_trace        [[step, lr_qk, lr_v, lr_head], ...]  the learning rates the optimizer applied
     steps, samples  optimizer steps and training samples seen
     timing          {"wall_s", "load_s", "data_s", "train_s", "eval_s", "samples_per_s", "tokens_per_s"}
     peak_rss_mb     peak resident memory of the process

@@ -14,8 +14,10 @@ import logging
 import os
 import platform
 import resource
+import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from datetime import datetime, timezone
@@ -23,6 +25,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from qvtune import __version__
@@ -63,7 +67,11 @@ def main(cfg: DictConfig) -> Optional[dict[str, Any]]:
         if state.finished:
             log.info(f"run {key} is already {state.state} ({store.run_dir(key)}): skipped")
             return state.record
-        return execute(cfg, key, store, resume=state.state == "interrupted")
+        # we hold the lock now, so a record that says "running" was left by a killed run
+        record = execute(cfg, key, store, resume=state.state in ("running", "interrupted"))
+    if record["status"] == "failed" and HydraConfig.get().mode == RunMode.RUN:
+        sys.exit(1)  # a single run says so; in a sweep the failure is a recorded result
+    return record
 
 
 def dry_run(cfg: DictConfig) -> dict[str, Any]:
@@ -104,6 +112,8 @@ def execute(cfg: DictConfig, key: str, store: ResultsStore, resume: bool) -> dic
     log.info(f"run {key} -> {run_dir}" + (" (resuming)" if resume else ""))
     tracker = None
     exit_code = 1
+    if threading.current_thread() is threading.main_thread():  # scancel, time limits: save, then stop
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         from qvtune.tracking import Tracker
 
@@ -181,6 +191,7 @@ def fine_tune(cfg: DictConfig, run_dir: Path, log_fn: Any) -> dict[str, Any]:
         "best": best,
         "train_loss": state.train_loss,
         "update_norms": state.update_norms,
+        "lr_trace": state.lr_trace,
         "steps": state.step,
         "samples": state.samples,
         "timing": {

@@ -37,6 +37,7 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
     train_loss: list[list[float]] = field(default_factory=list)
     update_norms: list[list[float]] = field(default_factory=list)
+    lr_trace: list[list[float]] = field(default_factory=list)  # [step, lr of qk, v, head] as applied
 
 
 def plan_steps(n_train: int, cfg: Any) -> tuple[int, int]:
@@ -132,12 +133,14 @@ def train(
                 with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
                     loss = model(**batch).loss / cfg.grad_accum
                 scaler.scale(loss).backward()
-                loss_sum += float(loss)
+                loss_sum += loss.item()
                 state.samples += len(index)
                 state.tokens += int(batch["attention_mask"].sum())
             if cfg.optim.max_grad_norm:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.max_grad_norm)
+            applied = {pg["name"]: pg["lr"] for pg in optimizer.param_groups}
+            state.lr_trace.append([state.step + 1] + [applied.get(g) for g in ("qk", "v", "head")])
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
@@ -148,7 +151,7 @@ def train(
             norm = norms()
             state.train_loss.append([state.step, loss_sum])
             state.update_norms.append([state.step, norm["q"], norm["k"], norm["v"]])
-            rates = {f"lr/{pg['name']}": pg["lr"] for pg in optimizer.param_groups}
+            rates = {f"lr/{name}": lr for name, lr in applied.items()}
             log({"train/loss": loss_sum, **{f"update_norm/{k}": v for k, v in norm.items()}, **rates}, state.step)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum:.4f}", refresh=False)
@@ -185,9 +188,9 @@ def check_divergence(state: TrainState, loss: float, factor: float) -> tuple[str
     if not math.isfinite(loss):
         return "diverged", f"loss is {loss} at step {state.step}"
     state.recent_losses = (state.recent_losses + [loss])[-LOSS_WINDOW:]
-    if state.loss_start is None and state.step >= LOSS_WINDOW:
-        state.loss_start = float(np.mean([l for _, l in state.train_loss[:LOSS_WINDOW]]))
-    if factor and state.loss_start is not None and state.step >= 2 * LOSS_WINDOW:
+    if state.loss_start is None:
+        state.loss_start = loss  # the first step's loss: the model as it was handed over
+    if factor and len(state.recent_losses) == LOSS_WINDOW:
         recent = float(np.mean(state.recent_losses))
         if recent > factor * state.loss_start:
             return "diverged", f"mean loss {recent:.4g} over the last {LOSS_WINDOW} steps exceeds {factor:g} x its start {state.loss_start:.4g} (step {state.step})"

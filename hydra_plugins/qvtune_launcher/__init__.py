@@ -1,0 +1,1 @@
+"""qvtune's Hydra launcher plugin: `hydra/launcher=gpus` (conf/hydra/launcher/gpus.yaml)."""

@@ -1,0 +1,75 @@
+"""The collect commands (table1, table2, heatmap, curves, all, summary) on a loaded collection."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional
+
+from rich.console import Console
+
+from qvtune.collect import curves, heatmap, tables
+from qvtune.collect.figures import Renderer
+from qvtune.collect.records import Collection, load, parse_filters
+from qvtune.collect.report import Report
+from qvtune.config import available_cpus
+
+COMMANDS = ("table1", "table2", "heatmap", "curves", "all", "summary")
+
+
+def run(
+    command: str,
+    coll: Collection,
+    out: Path,
+    formats: Sequence[str],
+    console: Console,
+    floor: Optional[float] = None,
+    filtered: bool = False,
+) -> Report:
+    """Produce what `command` asks for; `all` is everything the runs support, `summary` the demo's short view.
+
+    `curves` draws every setting that matches the filters when there are filters (`filtered`), and each
+    heatmap's best cell against its best lambda = 1 cell otherwise. Raises ValueError when `curves`
+    matches too many settings to draw. Figures are drawn in worker processes, one per core.
+    """
+    if command not in COMMANDS:
+        raise ValueError(f"unknown command {command!r}: expected one of {', '.join(COMMANDS)}")
+    report = Report(coll, out, formats, console, Renderer(available_cpus()))
+    report.records()
+    # figures first: they are drawn in worker processes while the tables are built here
+    found = heatmap.find(coll) if command not in ("table1", "table2") else []
+    if command in ("heatmap", "all", "summary"):
+        report.heatmaps(found, floor)
+    if command == "curves" and filtered:
+        report.curves([curves.for_runs(coll)])
+    elif command in ("curves", "all"):
+        report.curves(curves.for_heatmaps(coll, found))
+    if command in ("table1", "all"):
+        report.table(tables.table1(coll))
+    if command in ("table2", "all"):
+        report.table(tables.table2(coll))
+    if command in ("all", "summary"):
+        report.table(tables.compare(coll))
+        report.claims(found)
+    report.finish()
+    if command == "all":
+        report.runs_csv()
+        report.markdown("report.md", "qvtune: collected results")
+    if command == "summary":
+        report.markdown("summary.md", "qvtune: summary")
+    return report
+
+
+def summary(
+    results: str | Path = "results",
+    out: str | Path = "collected",
+    filters: Sequence[str] = (),
+    console: Optional[Console] = None,
+) -> Report:
+    """The demo's view of a results folder: what q, k, v, qv, qkv each scored, and the paper's claims.
+
+    Prints a Table-1-style comparison (one row per model, task, method and rank the records hold) and
+    the verdicts, and writes a heatmap PNG when the records hold a learning-rate grid. Files go under
+    `out`: summary.md, compare.md, verdicts.md, heatmaps/. `filters` as on the command line (task=mnli).
+    """
+    coll = load(results, parse_filters(filters))
+    return run("summary", coll, Path(out), ("md",), console or Console(highlight=False))

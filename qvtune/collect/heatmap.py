@@ -1,0 +1,202 @@
+"""Figure 1: the dev metric over a grid of (eta_QK, eta_V), one heatmap per model, task, method, targets, rank.
+
+A grid is every run that shares all settings but the two learning rates, with at least two values of
+each. As in the paper, the best cell and the lambda = 1 diagonal are drawn in red, and cells below a
+floor are drawn in the floor's colour (their value is still written).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.colors import ListedColormap, Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from qvtune.collect import labels
+from qvtune.collect.figures import save_figure
+from qvtune.collect.records import Collection, over_seeds
+DEFAULT_DROP = 0.10  # default floor: this far below the best cell (in metric units)
+HIGHLIGHT = "#d62728"  # the paper's red
+
+
+@dataclass(frozen=True)
+class Cell:
+    lr: float  # eta_QK
+    lr_v: float  # eta_V
+    value: float
+
+    @property
+    def lam(self) -> float:
+        return self.lr_v / self.lr
+
+
+@dataclass
+class Heatmap:
+    """One grid: mean over seeds per (eta_QK, eta_V), the best cell and the best cell with lambda = 1."""
+
+    key: str  # the `grid` key its runs share: every setting but the two learning rates
+    name: str  # file stem
+    title: str
+    model: str
+    task: str
+    method: str
+    targets: str
+    rank: float
+    metric: str
+    cells: pd.DataFrame  # over_seeds per (lr, lr_v) with n_expected
+    best: Cell
+    best_diagonal: Optional[Cell]
+
+    @property
+    def mean(self) -> pd.DataFrame:
+        """The grid of means: rows eta_QK ascending, columns eta_V ascending (NaN: no scored seed)."""
+        return self.cells.pivot(index="lr", columns="lr_v", values="mean").sort_index().sort_index(axis=1)
+
+    def runs_of(self, runs: pd.DataFrame, cell: Cell) -> pd.DataFrame:
+        """The runs (one per seed) behind one cell of this grid."""
+        in_grid = runs["grid"] == self.key
+        return runs[in_grid & np.isclose(runs["lr"], cell.lr) & np.isclose(runs["lr_v"], cell.lr_v)]
+
+    @property
+    def gap(self) -> Optional[float]:
+        return None if self.best_diagonal is None else self.best.value - self.best_diagonal.value
+
+    @property
+    def caption(self) -> str:
+        """The line under the figure: best cell, best on the diagonal, and the gap between them."""
+        best = (f"best (η_QK, η_V) = ({labels.num(self.best.lr)}, {labels.num(self.best.lr_v)}), "
+                f"λ = {labels.num(self.best.lam)}: {self.best.value:.3f}")
+        if self.best_diagonal is None:
+            return f"{best}; no λ = 1 cell in the grid"
+        d = self.best_diagonal
+        return f"{best}; best with λ = 1: η = {labels.num(d.lr)}: {d.value:.3f}; gap {self.gap:+.3f}"
+
+
+def _is_diagonal(lr: pd.Series, lr_v: pd.Series) -> np.ndarray:
+    return np.isclose(lr, lr_v, rtol=1e-6, atol=0.0)
+
+
+def find(coll: Collection) -> list[Heatmap]:
+    """Every learning-rate grid in the runs (at least 2 x 2 distinct rates), sorted by model, task, ..."""
+    runs = coll.trained
+    if runs.empty:
+        return []
+    found = []
+    for grid_key, group in runs.groupby("grid", sort=True):
+        if group["lr"].nunique() < 2 or group["lr_v"].nunique() < 2:
+            continue
+        cells = over_seeds(group, ["lr", "lr_v"])
+        scored = cells[cells["n"] > 0]
+        if scored.empty:
+            continue
+        cells["n_expected"] = group["seed"].nunique()
+        top = scored.sort_values(["mean", "lr", "lr_v"], ascending=[False, True, True], kind="stable").iloc[0]
+        diagonal = scored[_is_diagonal(scored["lr"], scored["lr_v"])]
+        diag_top = (
+            diagonal.sort_values(["mean", "lr"], ascending=[False, True], kind="stable").iloc[0]
+            if len(diagonal) else None
+        )
+        first = group.iloc[0]
+        found.append(Heatmap(
+            key=grid_key,
+            name="",  # set by _name, which needs every grid
+            title=(f"{first.model} · {labels.task_label(first.task)} · "
+                   f"{labels.METHOD_LABEL.get(first.method, first.method)} ({first.targets.upper()})"
+                   + ("" if np.isnan(first["rank"]) else f" r = {int(first['rank'])}")),
+            model=first.model, task=first.task, method=first.method, targets=first.targets, rank=first["rank"],
+            metric=first.metric,
+            cells=cells,
+            best=Cell(float(top.lr), float(top.lr_v), float(top["mean"])),
+            best_diagonal=None if diag_top is None else Cell(
+                float(diag_top.lr), float(diag_top.lr_v), float(diag_top["mean"])
+            ),
+        ))
+    _name(found)
+    return sorted(found, key=lambda h: (labels.order(h.model, labels.MODEL_ORDER), labels.order(h.task, labels.GLUE),
+                                        h.method, h.targets, h.name))
+
+
+def _name(heatmaps: list[Heatmap]) -> None:
+    """heatmap_<model>_<task>_<method>_<targets>[_r<rank>], plus a hash when two grids share that stem."""
+    stems = {}
+    for h in heatmaps:
+        stem = f"heatmap_{h.model}_{h.task}_{h.method}_{h.targets}" + ("" if np.isnan(h.rank) else f"_r{int(h.rank)}")
+        stems.setdefault(stem, []).append(h)
+    for stem, group in stems.items():
+        for h in group:
+            suffix = "" if len(group) == 1 else "_" + hashlib.sha1(h.key.encode()).hexdigest()[:6]
+            h.name = stem + suffix
+
+
+def default_floor(h: Heatmap) -> float:
+    values = h.cells.loc[h.cells["n"] > 0, "mean"]
+    return max(float(values.min()), h.best.value - DEFAULT_DROP)
+
+
+def draw(h: Heatmap, floor: Optional[float] = None) -> Figure:
+    """The figure (matplotlib, Agg): eta_QK up, eta_V right, values written, best and diagonal in red."""
+    floor = default_floor(h) if floor is None else floor
+    grid = h.mean
+    stats = h.cells.set_index(["lr", "lr_v"])
+    rows, cols = list(grid.index), list(grid.columns)
+    # wide enough for the caption, tall enough for the axis label, whatever the grid's size
+    fig = Figure(figsize=(max(7.0, 1.6 + 0.95 * len(cols)), max(4.0, 1.5 + 0.6 * len(rows))), dpi=100)
+    ax = fig.add_axes((0.16, 0.2, 0.68, 0.68))
+    cax = fig.add_axes((0.86, 0.2, 0.025, 0.68))
+    top = max(h.best.value, floor + 1e-6)
+    norm = Normalize(vmin=floor, vmax=top)
+    values = np.ma.masked_invalid(np.clip(grid.to_numpy(dtype=float), floor, None))
+    # the light two thirds of Blues: black and red text stay readable on every cell
+    cmap = ListedColormap(matplotlib.colormaps["Blues"](np.linspace(0.0, 0.65, 256))).with_extremes(bad="#eeeeee")
+    image = ax.imshow(values, cmap=cmap, norm=norm, origin="lower", aspect="auto")
+    fig.colorbar(image, cax=cax).set_label(f"{h.metric} (clipped at {floor:.3f})", fontsize=8)
+    for i, lr in enumerate(rows):
+        for j, lr_v in enumerate(cols):
+            if (lr, lr_v) not in stats.index:
+                continue
+            s = stats.loc[(lr, lr_v)]
+            diagonal = bool(_is_diagonal(pd.Series([lr]), pd.Series([lr_v]))[0])
+            is_best = np.isclose(lr, h.best.lr) and np.isclose(lr_v, h.best.lr_v)
+            text = "-" if s["n"] == 0 else f"{s['mean']:.3f}"
+            if s["diverged"]:
+                text += "†"
+            if s["n"] < s["n_expected"]:
+                text += f"\n{int(s['n'])}/{int(s['n_expected'])}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                    color=HIGHLIGHT if diagonal or is_best else "black", fontweight="bold" if is_best else "normal")
+            if is_best or diagonal:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor=HIGHLIGHT,
+                                       linewidth=2.5 if is_best else 1.0, linestyle="-" if is_best else "--"))
+    ax.set_xticks(range(len(cols)), [labels.num(v) for v in cols], fontsize=8)
+    ax.set_yticks(range(len(rows)), [labels.num(v) for v in rows], fontsize=8)
+    ax.set_xlabel("η_V (learning rate of W_v)")
+    ax.set_ylabel("η_QK (learning rate of W_q, W_k)")
+    ax.set_title(h.title, fontsize=10)
+    fig.text(0.5, 0.03, h.caption, ha="center", fontsize=8)
+    return fig
+
+
+def save(h: Heatmap, folder: Path, floor: Optional[float] = None) -> list[Path]:
+    return save_figure(draw(h, floor), folder, h.name)
+
+
+def grid_frame(heatmaps: list[Heatmap]) -> pd.DataFrame:
+    """All grids as one long table for CSV: one line per (heatmap, eta_QK, eta_V)."""
+    columns = ["heatmap", "model", "task", "method", "targets", "rank", "metric", "lr", "lr_v", "lam", "mean", "std",
+               "n", "n_expected", "completed", "diverged", "running", "failed", "best", "diagonal"]
+    frames = []
+    for h in heatmaps:
+        c = h.cells
+        frames.append(c.assign(
+            heatmap=h.name, model=h.model, task=h.task, method=h.method, targets=h.targets, rank=h.rank,
+            metric=h.metric, lam=c["lr_v"] / c["lr"],
+            best=np.isclose(c["lr"], h.best.lr) & np.isclose(c["lr_v"], h.best.lr_v),
+            diagonal=_is_diagonal(c["lr"], c["lr_v"]),
+        ))
+    return pd.concat(frames, ignore_index=True).reindex(columns=columns) if frames else pd.DataFrame(columns=columns)

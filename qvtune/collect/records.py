@@ -1,0 +1,394 @@
+"""Every run record below a results folder as one pandas table: one row per (setting, seed).
+
+The record's own config decides where a run belongs, never its file or folder name, so runs can be
+moved, copied between stores or nested in sweep folders. A record that cannot be read (half-written,
+not JSON, missing fields) is reported by path and skipped: one bad file never stops a collection.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+from qvtune.config import _KEY_FIELDS, available_cpus, parse_targets
+from qvtune.record import RESULT_FILE
+
+STATUSES = ("completed", "diverged", "running", "failed")  # also the preference order among duplicates
+SCORED = ("completed", "diverged")  # a diverged run counts with what it scored, and is marked
+PICKS = ("final", "best")
+
+# Config keys with their own column; every other key that decides a result goes, as JSON, into `extra`.
+_EXPLICIT = {"targets", "rank", "alpha", "lr", "head_lr", "epochs", "seed"}
+_EXTRA_KEYS = tuple(k for k in _KEY_FIELDS if k not in _EXPLICIT)
+# Columns that together name a setting: everything a run's result depends on except its seed.
+SETTING_COLUMNS = ["model", "task", "method", "targets", "rank", "alpha", "lr", "lr_v", "head_lr", "epochs", "extra"]
+# ... and everything but the two learning rates: the runs of one (eta_QK, eta_V) grid share it.
+GRID_COLUMNS = [c for c in SETTING_COLUMNS if c not in ("lr", "lr_v")]
+COLUMNS = [
+    "path", "run_key", "status", "error", "model", "task", "metric", "method", "targets", "rank", "alpha",
+    "lr", "lr_v", "lam", "head_lr", "epochs", "extra", "seed", "sweep", "trainable", "value", "steps",
+]
+_NUMBERS = {
+    **dict.fromkeys(("rank", "alpha", "lr", "lr_v", "lam", "head_lr", "epochs", "trainable", "value"), "float64"),
+    "seed": "int64", "steps": "int64",
+}
+_PARALLEL_FROM = 400  # below this many files a worker pool costs more than it saves
+
+
+class Malformed(ValueError):
+    """A record that parses as JSON but lacks what the collector needs."""
+
+
+def _sig(x: Any) -> float:
+    """A float rounded to 6 significant digits, so 2 * 1e-4 and 2e-4 land in the same cell."""
+    if x is None:
+        return math.nan
+    return float(f"{float(x):.6g}")
+
+
+def _rates(record: dict[str, Any], cfg: dict[str, Any]) -> tuple[float, float, float]:
+    """(eta_QK, eta_V, lambda) from the record's rates, falling back to lr / lam / lr_v of its config."""
+    rates = record.get("rates") or {}
+    lr = float(rates.get("qk", cfg.get("lr")))
+    if rates.get("lam") is not None:
+        lam = float(rates["lam"])
+    elif cfg.get("lr_v") is not None:
+        lam = float(cfg["lr_v"]) / lr
+    else:
+        lam = float(cfg.get("lam") or 1.0)
+    lr_v = float(rates["v"]) if rates.get("v") is not None else lam * lr
+    return _sig(lr), _sig(lr_v), _sig(lam)
+
+
+@functools.lru_cache(maxsize=256)
+def _canonical(targets: Any) -> str:
+    return parse_targets(list(targets) if isinstance(targets, tuple) else targets)
+
+
+def _targets(value: Any) -> str:
+    """parse_targets, remembered: a store holds few distinct spellings."""
+    return _canonical(tuple(value) if isinstance(value, list) else value)
+
+
+def flatten(record: Any, path: str, pick: str = "final") -> dict[str, Any]:
+    """One record as a row of COLUMNS; `pick` chooses the `final` or the `best` evaluation."""
+    if not isinstance(record, dict):
+        raise Malformed("not a JSON object")
+    try:
+        cfg = record["config"]
+        status = record["status"]
+        if status not in STATUSES:
+            raise Malformed(f"unknown status {status!r}")
+        method = str(cfg["method"]["name"])
+        full = method == "full"  # rank, alpha and dropout mean nothing to a full fine-tune
+        rank = None if full else int(cfg["rank"])
+        lr, lr_v, lam = _rates(record, cfg)
+        metric = record.get("metric") or cfg["task"]["metric"]
+        scores = record.get(pick) or {}
+        value = scores.get(metric)
+        extra = {k: cfg[k] for k in _EXTRA_KEYS if k in cfg and not (full and k == "dropout")}
+        return {
+            "path": path,
+            "run_key": str(record.get("run_key") or ""),
+            "status": status,
+            "error": record.get("error"),
+            "model": str(cfg["model"]["name"]),
+            "task": str(cfg["task"]["name"]),
+            "metric": str(metric),
+            "method": method,
+            "targets": _targets(cfg["targets"]),
+            "rank": math.nan if rank is None else float(rank),
+            "alpha": math.nan if full else _sig(cfg.get("alpha") or rank),
+            "lr": lr,
+            "lr_v": lr_v,
+            "lam": lam,
+            "head_lr": _sig(cfg.get("head_lr")),
+            "epochs": float(cfg.get("epochs", 0) or 0),
+            "extra": json.dumps(extra, sort_keys=True, default=str),
+            "seed": int(cfg["seed"]),
+            "sweep": cfg.get("sweep_name") or record.get("sweep") or "",
+            "trainable": float((record.get("params") or {}).get("trainable") or math.nan),
+            "value": math.nan if value is None else float(value),
+            "steps": int(record.get("steps") or 0),
+        }
+    except Malformed:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise Malformed(f"{type(e).__name__}: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Filters: key=value with the run config's own key names (task=mnli, model.name=roberta-base, rank=8)
+
+
+@dataclass(frozen=True)
+class Filter:
+    """One key=value condition; commas give alternatives (Hydra's sweep syntax), [q,v] is one list value."""
+
+    key: str
+    values: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"{self.key}={','.join(self.values)}"
+
+    def matches(self, record: dict[str, Any]) -> bool:
+        actual = _lookup(record, self.key)
+        return any(_same(actual, want, self.key) for want in self.values)
+
+
+def parse_filters(items: Sequence[str]) -> list[Filter]:
+    """`task=mnli rank=8` -> filters; raises ValueError on an item without '='."""
+    filters = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"filter {item!r}: expected key=value with a run config key, e.g. task=mnli or rank=8")
+        value = value.strip()
+        values = (value.strip("[]"),) if value.startswith("[") else tuple(v.strip() for v in value.split(","))
+        filters.append(Filter(key.strip(), values))
+    return filters
+
+
+_MISSING = object()
+
+
+def _lookup(record: dict[str, Any], key: str) -> Any:
+    """A config value by dotted key; a config group (model, task, method) stands for its name."""
+    cfg = record.get("config") or {}
+    if key == "status":
+        return record.get("status")
+    if key in ("lr", "lr_v", "lam"):
+        return dict(zip(("lr", "lr_v", "lam"), _rates(record, cfg)))[key]
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    if isinstance(node, dict) and "name" in node:
+        return node["name"]
+    if key == "rank" and (cfg.get("method") or {}).get("name") == "full":
+        return None
+    return node
+
+
+def _same(actual: Any, want: str, key: str) -> bool:
+    if actual is _MISSING:
+        return False
+    if key == "targets":
+        try:
+            return parse_targets(actual) == parse_targets(want)
+        except ValueError:
+            return False
+    if actual is None:
+        return want.lower() in ("null", "none", "")
+    if isinstance(actual, bool):
+        return want.lower() in (("true", "1", "yes") if actual else ("false", "0", "no"))
+    if isinstance(actual, (int, float)):
+        try:
+            return math.isclose(float(actual), float(want), rel_tol=1e-6, abs_tol=1e-12)
+        except ValueError:
+            return False
+    return str(actual).lower() == want.lower()
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+@dataclass
+class Collection:
+    """The runs of a results folder (deduplicated), and the files that could not be used."""
+
+    root: Path
+    runs: pd.DataFrame  # COLUMNS + `setting` and `grid` keys; one row per (setting, seed)
+    problems: list[tuple[str, str]]  # (path relative to root, reason), sorted
+    duplicates: int  # records dropped because another record holds the same setting and seed
+    pick: str
+
+    @property
+    def trained(self) -> pd.DataFrame:
+        """Runs that trained (epochs > 0); epochs = 0 records are the 'Before fine-tune' baselines."""
+        return self.runs[self.runs["epochs"] > 0]
+
+
+_CURVES = (b'"lr_trace"', b'"train_loss"', b'"update_norms"')
+_NUMERIC = b"0123456789.,-+eE[] \n\r\tNaInfity"
+
+
+def _without_curves(blob: bytes) -> bytes:
+    """The record's text with its long numeric arrays (lr_trace, train_loss, update_norms) emptied.
+
+    They are most of a record's bytes and the tables never need them; curves.py reads them from the
+    few records it draws. An array is emptied only when it is plainly `"key": [numbers]`; anything
+    else is left for json to parse (or to reject).
+    """
+    for key in _CURVES:
+        start = blob.find(key)
+        if start < 0:
+            continue
+        opening = blob.find(b"[", start + len(key))
+        if opening < 0 or blob[start + len(key):opening].strip() != b":":
+            continue
+        next_key = blob.find(b'"', opening)
+        closing = blob.rfind(b"]", opening, next_key if next_key >= 0 else len(blob))
+        if closing < 0 or blob[opening:closing + 1].translate(None, _NUMERIC):
+            continue
+        blob = blob[:opening] + b"[]" + blob[closing + 1:]
+    return blob
+
+
+def _read(job: tuple[str, str, tuple[Filter, ...], str]) -> tuple[str, Any]:
+    """('row', values of COLUMNS) | ('problem', reason) | ('skip', None) for one file; runs in worker processes."""
+    path, rel, filters, pick = job
+    try:
+        with open(path, "rb") as f:
+            record = json.loads(_without_curves(f.read()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return "problem", f"unreadable ({type(e).__name__}: {e}); half-written or corrupt"
+    try:
+        if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+            raise Malformed("no config object")
+        if filters and not all(f.matches(record) for f in filters):
+            return "skip", None
+        row = flatten(record, rel, pick)
+        return "row", tuple(row[c] for c in COLUMNS)  # a tuple pickles back from a worker faster than a dict
+    except (Malformed, AttributeError, TypeError, ValueError) as e:
+        return "problem", f"not a usable run record ({e})"
+
+
+def result_files(root: Path) -> list[str]:
+    """Paths (relative, '/'-separated, sorted) of every result.json below `root`, in sweep folders too."""
+    found = []
+    prefix = len(str(root)) + 1
+    for folder, _, files in os.walk(root):
+        if RESULT_FILE in files:
+            rel = f"{folder[prefix:]}/{RESULT_FILE}" if len(folder) >= prefix else RESULT_FILE
+            found.append(rel.replace(os.sep, "/"))
+    return sorted(found)
+
+
+def setting_key(runs: pd.DataFrame, columns: Sequence[str] = SETTING_COLUMNS) -> pd.Series:
+    """One string per row naming the values of `columns` (NaN-safe, unlike multi-column groupby keys)."""
+    if runs.empty:
+        return pd.Series([], index=runs.index, dtype=object)
+    parts = [runs[c].map(repr if runs[c].dtype.kind == "f" else str).astype(object) for c in columns]
+    key = parts[0]
+    for p in parts[1:]:
+        key = key + "|" + p
+    return key
+
+
+def load(
+    root: str | Path,
+    filters: Sequence[Filter] = (),
+    pick: str = "final",
+    workers: Optional[int] = None,
+) -> Collection:
+    """Read every result.json below `root` (recursively), keep those matching all `filters`."""
+    root = Path(root).expanduser()
+    if pick not in PICKS:
+        raise ValueError(f"pick={pick!r}: expected one of {', '.join(PICKS)}")
+    jobs = [(str(root / rel), rel, tuple(filters), pick) for rel in result_files(root)]
+    workers = workers or min(available_cpus(), 8)
+    if workers > 1 and len(jobs) >= _PARALLEL_FROM:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(pool.map(_read, jobs, chunksize=max(16, len(jobs) // (8 * workers))))
+    else:
+        results = [_read(job) for job in jobs]
+    rows = [payload for kind, payload in results if kind == "row"]
+    problems = [(job[1], payload) for job, (kind, payload) in zip(jobs, results) if kind == "problem"]
+    # text stays in plain Python objects: grouping and joining them is several times faster than arrow strings
+    runs = pd.DataFrame.from_records(rows, columns=COLUMNS).astype(
+        {**dict.fromkeys(COLUMNS, object), **_NUMBERS}
+    )
+    runs["setting"] = setting_key(runs)
+    runs["_order"] = runs["status"].map({s: i for i, s in enumerate(STATUSES)})
+    runs = runs.sort_values(["setting", "seed", "_order", "path"], kind="stable")
+    twins = runs.duplicated(["setting", "seed"], keep=False)
+    if twins.any():  # the kept record belongs to every sweep its twins were run for
+        joined = runs[twins].groupby(["setting", "seed"])["sweep"].transform(
+            lambda s: ",".join(sorted({x for x in s if x}))
+        )
+        runs.loc[twins, "sweep"] = joined
+    deduped = runs.drop_duplicates(["setting", "seed"], keep="first")
+    duplicates = len(runs) - len(deduped)
+    deduped = deduped.drop(columns="_order").sort_values("path", kind="stable").reset_index(drop=True)
+    deduped["grid"] = setting_key(deduped, GRID_COLUMNS)
+    return Collection(root, deduped, problems, duplicates, pick)
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation over seeds
+
+
+def scored(runs: pd.DataFrame) -> pd.Series:
+    """The value of runs that count (completed or diverged, with a score); NaN for the others."""
+    return runs["value"].where(runs["status"].isin(SCORED))
+
+
+def over_seeds(runs: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """Mean, standard deviation (ddof 1) and count of the scored seeds per group, with status counts.
+
+    Constant-per-setting columns (lr, lr_v, lam, epochs, metric) come along as their first value.
+    """
+    frame = runs.assign(
+        _v=scored(runs),
+        **{f"_{s}": (runs["status"] == s).astype(int) for s in STATUSES},
+    )
+    constants = {c: (c, "first") for c in ("lr", "lr_v", "lam", "epochs", "metric") if c not in by}
+    out = frame.groupby(list(by), sort=True, dropna=False).agg(
+        mean=("_v", "mean"),
+        std=("_v", "std"),
+        n=("_v", "count"),
+        completed=("_completed", "sum"),
+        diverged=("_diverged", "sum"),
+        running=("_running", "sum"),
+        failed=("_failed", "sum"),
+        trainable_min=("trainable", "min"),
+        trainable_max=("trainable", "max"),
+        **constants,
+    )
+    return out.reset_index()
+
+
+def describe(chosen: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Add `seeds` (every seed with a record, any status) and `sweeps` (that ran it) to chosen settings."""
+    grouped = runs[runs["setting"].isin(chosen["setting"])].groupby("setting")
+    seeds = grouped["seed"].agg(lambda s: ",".join(str(x) for x in sorted(set(s))))
+    sweeps = grouped["sweep"].agg(lambda s: ",".join(sorted({y for x in s for y in x.split(",") if y})))
+    return chosen.assign(seeds=chosen["setting"].map(seeds), sweeps=chosen["setting"].map(sweeps))
+
+
+def of_sweep(runs: pd.DataFrame, name: str) -> pd.Series:
+    """Runs made by a sweep whose name starts with `name` (table1, table1-llama, ...)."""
+    return runs["sweep"].map(lambda s: any(x.startswith(name) for x in s.split(",") if x))
+
+
+def pick_settings(stats: pd.DataFrame, cell: Sequence[str]) -> pd.DataFrame:
+    """One setting per cell when several exist (different learning rates, epochs, batch sizes, ...).
+
+    The rule, in order: lambda = 1; the most scored seeds; the highest mean; then the setting key, so the
+    choice is deterministic. `alternatives` counts the settings that were left out.
+    """
+    if stats.empty:
+        return stats.assign(alternatives=pd.Series(dtype="int64"))
+    ranked = stats.assign(
+        _lam1=np.isclose(stats["lam"], 1.0),
+        _mean=stats["mean"].fillna(-np.inf),
+    ).sort_values(
+        [*cell, "_lam1", "n", "_mean", "setting"],
+        ascending=[True] * len(cell) + [False, False, False, True],
+        kind="stable",
+    )
+    sizes = ranked.groupby(list(cell), dropna=False)["setting"].transform("size")
+    chosen = ranked.assign(alternatives=sizes - 1).drop_duplicates(list(cell), keep="first")
+    return chosen.drop(columns=["_lam1", "_mean"]).reset_index(drop=True)

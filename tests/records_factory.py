@@ -1,0 +1,200 @@
+"""Synthetic run records (`result.json`, schema 1 of qvtune.record) for the collector's tests and benchmark.
+
+Values follow a made-up but paper-shaped response: v beats k, qv is close to qkv, eta_V above eta_QK helps
+up to a point, plus seed noise, so every table, heatmap and verdict has something to show.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+TASK_METRIC = {
+    "rte": "accuracy", "stsb": "pearson", "mrpc": "accuracy", "cola": "matthews", "mnli": "accuracy",
+    "sst2": "accuracy", "qqp": "accuracy", "qnli": "accuracy", "synthetic": "accuracy",
+}
+TASK_BASE = {
+    "rte": 0.72, "stsb": 0.90, "mrpc": 0.86, "cola": 0.58, "mnli": 0.82,
+    "sst2": 0.92, "qqp": 0.84, "qnli": 0.88, "synthetic": 0.80,
+}
+TARGET_EFFECT = {"q": -0.07, "k": -0.09, "v": -0.015, "qk": -0.05, "qv": 0.0, "kv": -0.01, "qkv": 0.002}
+HEAD_PARAMS = 768 * 768 + 768 + 2 * 768 + 2  # roberta-base classification head, 2 labels
+
+
+def noise(*parts: Any) -> float:
+    """A deterministic number in [-1, 1) from the parts (stable across processes, unlike hash())."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**63 - 1.0
+
+
+def score(task: str, targets: str, lam: float, seed: int, lr: float = 1e-4, method: str = "lora") -> float:
+    """The synthetic headline metric: best near lambda = 4, falling off for far-off eta_QK."""
+    value = TASK_BASE[task] + TARGET_EFFECT[targets]
+    value -= 0.004 * (math.log2(max(lam, 1e-9)) - 2.0) ** 2
+    value -= 0.01 * abs(math.log10(lr / 1e-4))
+    if method == "full" and lam >= 8 and task in ("mnli", "qnli"):
+        value = 0.33  # the collapse of the paper's lambda = 8 full fine-tunes
+    return round(value + 0.004 * noise(task, targets, lam, lr, method, seed), 6)
+
+
+def trainable(method: str, targets: str, rank: Optional[int]) -> int:
+    """A roberta-base-like count: adapters (or full matrices) on 12 layers plus the head once."""
+    per_matrix = 768 * 768 + 768 if method == "full" else 2 * 768 * (rank or 8)
+    if method == "dora":
+        per_matrix += 768
+    return 12 * len(targets) * per_matrix + HEAD_PARAMS
+
+
+def make_record(
+    *,
+    model: str = "roberta-base",
+    task: str = "mnli",
+    method: str = "lora",
+    targets: Any = "qv",
+    rank: int = 8,
+    lr: float = 1e-4,
+    lam: Optional[float] = 1.0,
+    lr_v: Optional[float] = None,
+    seed: int = 0,
+    epochs: float = 3,
+    sweep: Optional[str] = None,
+    status: str = "completed",
+    value: Optional[float] = None,
+    evals: int = 4,
+    loss_points: int = 20,
+    extra_config: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
+    """One record as a run writes it; `value` overrides the synthetic final headline metric."""
+    canon = "".join(t for t in "qkv" if t in (targets if isinstance(targets, str) else "".join(targets)).lower())
+    ratio = (lr_v / lr) if lr_v is not None else (1.0 if lam is None else float(lam))
+    metric = TASK_METRIC[task]
+    final_value = score(task, canon, ratio, seed, lr, method) if value is None else value
+    if epochs == 0:
+        final_value = TASK_BASE[task] - 0.35 if value is None else value
+    steps = 0 if epochs == 0 else 100 * max(1, int(epochs))
+    config = {
+        "model": {"name": model, "source": None, "arch": {}, "dtype": "float32"},
+        "task": {"name": task, "metric": metric, "num_labels": 1 if task == "stsb" else 2},
+        "method": {"name": method},
+        "targets": targets,
+        "rank": 8 if rank is None else rank,  # RunConfig keeps its default for a full fine-tune
+        "alpha": None,
+        "dropout": 0.0,
+        "lr": lr,
+        "lam": lam,
+        "lr_v": lr_v,
+        "head_lr": None,
+        "epochs": epochs,
+        "max_steps": None,
+        "batch_size": 32,
+        "seed": seed,
+        "sweep_name": sweep,
+        "results_dir": "results",
+        "wandb": {"mode": "offline"},
+        **(extra_config or {}),
+    }
+    evals = evals if steps else 1  # an epochs = 0 run evaluates once
+    history = [
+        {
+            "step": steps * (i + 1) // evals,
+            "epoch": epochs * (i + 1) / evals,
+            "metrics": {metric: round(final_value - 0.05 * (evals - 1 - i) / evals, 6)},
+        }
+        for i in range(evals)
+    ]
+    if status in ("failed", "running") and value is None:
+        history = history[: len(history) // 2]
+    final = dict(history[-1]["metrics"]) if history else {}
+    best = max((h["metrics"] for h in history), key=lambda m: m[metric], default={})
+    loss = [
+        [steps * (i + 1) // loss_points, round(1.1 * math.exp(-3 * ratio ** 0.3 * (i + 1) / loss_points) + 0.2
+                                                + 0.02 * math.sin(7.0 * i + seed + ratio), 5)]
+        for i in range(loss_points if steps else 0)
+    ]
+    return {
+        "schema": 1,
+        "run_key": hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12],
+        "status": status,
+        "error": {"failed": "RuntimeError: CUDA out of memory", "diverged": "loss is nan at step 120"}.get(status),
+        "config": config,
+        "rates": {"qk": lr, "v": ratio * lr, "head": lr, "lam": ratio},
+        "params": {
+            "total": 124_645_632, "trainable": 0 if epochs == 0 else trainable(method, canon, rank), "groups": []
+        },
+        "metric": metric,
+        "history": history,
+        "final": final if status != "failed" else {},
+        "best": best if status != "failed" else {},
+        "train_loss": loss,
+        "update_norms": [[s, 0.1, 0.05, 0.3] for s, _ in loss],
+        "lr_trace": [[s, lr, ratio * lr, lr] for s, _ in loss],
+        "steps": steps,
+        "samples": steps * 32,
+        "timing": {"wall_s": 60.0, "train_s": 50.0, "eval_s": 5.0},
+        "peak_rss_mb": 900.0,
+        "sweep": sweep,
+        "host": "node",
+        "started_at": "2025-01-01T00:00:00",
+        "finished_at": None if status == "running" else "2025-01-01T01:00:00",
+        "qvtune_version": "0.1.0",
+    }
+
+
+def write_record(root: Path, record: dict[str, Any], folder: Optional[str] = None) -> Path:
+    """Store the record as <root>/[folder/]<run_key>/result.json, the way the results store lays it out."""
+    path = Path(root) / (folder or "") / record["run_key"] / "result.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1, sort_keys=True))
+    return path
+
+
+HEATMAP_QK = (2e-5, 5e-5, 1e-4, 2e-4, 4e-4, 8e-4)
+HEATMAP_V = (1e-4, 2e-4, 4e-4, 8e-4, 1e-3, 2e-3)
+GLUE = ("rte", "stsb", "mrpc", "cola", "mnli", "sst2", "qqp", "qnli")
+
+
+def paper_grid(seeds: tuple[int, ...] = (0, 1, 2), loss_points: int = 20) -> list[dict[str, Any]]:
+    """Records shaped like the paper's three experiments: Table 1, Table 2 and the Figure 1 heatmaps."""
+    out = []
+    for model, tasks, ranks in (("roberta-base", ("sst2", "qnli", "qqp", "mnli"), (4, 8, 16)),
+                                ("llama3.1-8b", ("qqp", "mnli"), (8, 16))):
+        for task, rank, targets, seed in itertools.product(tasks, ranks, ("q", "k", "v", "qk", "qv", "qkv"), seeds):
+            out.append(make_record(model=model, task=task, targets=targets, rank=rank, seed=seed,
+                                   sweep="table1", loss_points=loss_points))
+    for task, seed in itertools.product(GLUE, seeds):
+        out.append(make_record(task=task, method="full", targets="qkv", epochs=0, seed=seed, sweep="table2"))
+        for method, rank in (("full", None), ("lora", 8), ("lora", 16), ("dora", 8), ("dora", 16)):
+            out.append(make_record(task=task, method=method, targets="qkv", rank=rank, epochs=10, seed=seed,
+                                   sweep="table2", loss_points=loss_points))
+            for lam in (2, 4, 8):
+                out.append(make_record(task=task, method=method, targets="qv", rank=rank, lam=lam, epochs=10,
+                                       seed=seed, sweep="table2", loss_points=loss_points))
+    for task in ("mnli", "qqp"):
+        for qk, v, seed in itertools.product(HEATMAP_QK, HEATMAP_V, seeds):
+            out.append(make_record(task=task, targets="qkv", lr=qk, lam=None, lr_v=v, seed=seed,
+                                   sweep="heatmap", loss_points=loss_points))
+    return out
+
+
+def bench_records(n: int, loss_points: int = 200) -> list[dict[str, Any]]:
+    """`n` records: the paper's grid repeated over more seeds (realistic sizes: 200 loss points each)."""
+    out: list[dict[str, Any]] = []
+    seed = 0
+    while len(out) < n:
+        out += paper_grid(seeds=(seed,), loss_points=loss_points)
+        seed += 1
+    return out[:n]
+
+
+def demo_records(seeds: tuple[int, ...] = (0, 1)) -> list[dict[str, Any]]:
+    """A demo-sized store: minilm on the synthetic task, five weight types and a 2 x 2 learning-rate grid."""
+    out = [make_record(model="minilm", task="synthetic", targets=t, rank=8, seed=s, epochs=1)
+           for t in ("q", "k", "v", "qv", "qkv") for s in seeds]
+    out += [
+        make_record(model="minilm", task="synthetic", targets="qv", rank=8, lr=qk, lam=None, lr_v=v, seed=s, epochs=1)
+        for qk in (1e-4, 4e-4) for v in (1e-4, 4e-4) for s in seeds if not (qk == v == 1e-4)
+    ]
+    return out

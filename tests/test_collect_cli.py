@@ -1,0 +1,168 @@
+"""python -m qvtune.collect end to end: outputs, determinism, demo summary, W&B, and no heavy imports."""
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+sys.path.insert(0, str(Path(__file__).parent))
+from records_factory import demo_records, make_record, write_record  # noqa: E402
+
+from qvtune.collect import summary  # noqa: E402
+from qvtune.collect.__main__ import main  # noqa: E402
+
+COLLECT_MODULES = ("__main__", "commands", "curves", "figures", "heatmap", "labels", "paper", "records", "render",
+                   "report", "tables", "verdicts", "wandb_log")
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Path:
+    """A demo-sized store (minilm, synthetic task) with a failed run, a running run and a corrupt file."""
+    root = tmp_path / "results"
+    for record in demo_records(seeds=(0, 1, 2)):
+        write_record(root, record, "demo")
+    write_record(root, make_record(model="minilm", task="synthetic", targets="k", rank=8, seed=3, epochs=1,
+                                   status="failed"), "demo")
+    write_record(root, make_record(model="minilm", task="synthetic", targets="q", rank=8, seed=3, epochs=1,
+                                   status="running"), "demo")
+    (root / "demo" / "broken").mkdir(parents=True)
+    (root / "demo" / "broken" / "result.json").write_text('{"schema": 1, "status": "compl')
+    return root
+
+
+@pytest.fixture
+def no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Skip writing PNG/PDF (the slow part) where a test is about the rest; other tests render them."""
+    from qvtune.collect import curves, figures, heatmap
+
+    for module in (curves, heatmap):
+        monkeypatch.setattr(module, "save_figure", lambda fig, folder, stem: figures.figure_paths(folder, stem))
+
+
+def collect(*args: str) -> int:
+    return main([*args, "--wandb", "disabled"])
+
+
+def test_all_writes_everything(demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    assert collect("all", "--results", str(demo), "--out", str(out)) == 0
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    for name in ("table1", "table2", "compare"):
+        assert {f"{name}.md", f"{name}.tex", f"{name}.csv"} <= files
+    assert {"verdicts.md", "verdicts.csv", "heatmaps.csv", "curves.csv", "runs.csv", "report.md",
+            "heatmaps/heatmap_minilm_synthetic_lora_qv_r8.png", "heatmaps/heatmap_minilm_synthetic_lora_qv_r8.pdf",
+            "curves/curves_minilm_synthetic_lora_qv_r8.png"} <= files
+    report = (out / "report.md").read_text()
+    assert "`demo/broken/result.json`: unreadable" in report  # reported by path, and collection went on
+    assert "1 failed" in report and "1 running" in report
+    assert "| Synthetic(minilm) r = 8 |" in (out / "table1.md").read_text()
+    printed = capsys.readouterr().out
+    assert "skipped" in printed and "broken" in printed
+
+
+def test_formats_and_filters(demo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert collect("table1", "targets=q,k", "--format", "md", "--results", str(demo), "--out", str(out)) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["table1.md"]
+    row = next(line for line in (out / "table1.md").read_text().splitlines() if line.startswith("| Synthetic"))
+    cells = [c.strip() for c in row.strip("|").split("|")]  # the paper's six columns, only q and k filled
+    assert cells == ["Synthetic(minilm) r = 8", "**0.713**¹ ± 0.001 (3/4, 1 running)", "0.693² ± 0.001 (3/4, 1 failed)",
+                     "", "", "", ""]
+
+
+def test_same_records_same_bytes(demo: Path, tmp_path: Path, no_figures: None) -> None:
+    """Markdown and CSV are byte-identical from one collection to the next, wherever the store lives."""
+    copy = tmp_path / "elsewhere" / "store"
+    shutil.copytree(demo, copy)
+    for results, out in ((demo, tmp_path / "a"), (copy, tmp_path / "b")):
+        assert collect("all", "--results", str(results), "--out", str(out)) == 0
+
+    def texts(out: Path) -> dict[str, bytes]:
+        return {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.suffix in (".md", ".csv")}
+
+    first = texts(tmp_path / "a")
+    assert len(first) == 12
+    assert texts(tmp_path / "b") == first
+
+
+def test_summary_for_the_demo(demo: Path, tmp_path: Path, no_figures: None) -> None:
+    buffer = io.StringIO()
+    report = summary(demo, tmp_path / "out", console=Console(file=buffer, width=160))
+    printed = buffer.getvalue()
+    assert "Weight types compared" in printed and "Synthetic(minilm) LoRA r = 8" in printed
+    assert "tuning v beats tuning k: supported" in printed
+    assert report.images == {
+        "heatmap_minilm_synthetic_lora_qv_r8": tmp_path / "out" / "heatmaps" / "heatmap_minilm_synthetic_lora_qv_r8.png"
+    }
+    compare = report.tables[0]
+    assert compare.columns == ["q", "k", "v", "qv", "qkv"] and compare.rows == ["Synthetic(minilm) LoRA r = 8"]
+    assert (tmp_path / "out" / "summary.md").read_text().startswith("# qvtune: summary")
+
+
+def test_curves_for_chosen_settings(
+    demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_figures: None
+) -> None:
+    out = tmp_path / "out"
+    assert collect("curves", "targets=qv", "lr=1e-4", "--results", str(demo), "--out", str(out)) == 0
+    settings = {line.split('"')[1] for line in (out / "curves.csv").read_text().splitlines()[1:]}
+    assert settings == {"η_QK=1e-4, η_V=1e-4, λ=1", "η_QK=1e-4, η_V=4e-4, λ=4"}
+    monkeypatch.setattr("qvtune.collect.curves.MAX_SETTINGS", 3)
+    assert collect("curves", "model=minilm", "--results", str(demo), "--out", str(out)) == 2  # too many to draw
+
+
+def test_missing_and_empty_results(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert collect("all", "--results", str(tmp_path / "nope")) == 2
+    (tmp_path / "empty").mkdir()
+    assert collect("all", "--results", str(tmp_path / "empty"), "--out", str(tmp_path / "out")) == 0
+    assert "nothing to collect" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        collect("all", "mnli")  # a filter needs key=value
+
+
+def test_wandb_summary_run(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_figures: None) -> None:
+    """Logged lazily, with files under --out; a stand-in module records the calls."""
+    calls: dict = {"log": {}, "summary": {}}
+
+    class Run:
+        summary = calls["summary"]
+
+        def log(self, data: dict) -> None:
+            calls["log"].update(data)
+
+        def finish(self) -> None:
+            calls["finished"] = True
+
+    def init(**kwargs):
+        calls["init"] = kwargs
+        return Run()
+
+    fake = types.SimpleNamespace(init=init, Table=lambda dataframe: ("table", len(dataframe)),
+                                 Image=lambda path: ("image", path))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    out = tmp_path / "out"
+    assert main(["all", "--results", str(demo), "--out", str(out)]) == 0  # offline by default
+    assert calls["init"]["mode"] == "offline" and calls["init"]["dir"] == str(out)
+    assert {"tables/table1", "tables/compare", "tables/verdicts", "figures/heatmap_minilm_synthetic_lora_qv_r8"} \
+        <= set(calls["log"])
+    assert calls["summary"]["verdict/v>k"].startswith("tuning v beats tuning k")
+    assert calls["finished"]
+
+
+def test_no_torch_or_training_code(demo: Path) -> None:
+    """Collecting imports neither torch, transformers, peft nor qvtune's training modules."""
+    code = (
+        "import sys\n"
+        + "".join(f"import qvtune.collect.{m}\n" for m in COLLECT_MODULES)
+        + f"qvtune.collect.tables.table1(qvtune.collect.records.load({str(demo)!r}))\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'peft', 'wandb')\n"
+        "               or (m.startswith('qvtune.') and m.split('.')[1] not in ('collect', 'config', 'record')))\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

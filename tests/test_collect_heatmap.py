@@ -1,0 +1,113 @@
+"""Heatmaps and convergence curves: the grid, its best cells, and what the rendered image shows."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.image import imread
+
+sys.path.insert(0, str(Path(__file__).parent))
+from records_factory import make_record, write_record  # noqa: E402
+
+from qvtune.collect import curves, heatmap  # noqa: E402
+from qvtune.collect.records import load  # noqa: E402
+
+QK = (1e-4, 2e-4, 4e-4)
+V = (1e-4, 4e-4, 8e-4)
+# accuracy per (eta_QK, eta_V) (seed s adds 0.001 s): the best cell (1e-4, 4e-4) is off the diagonal, whose
+# cells are (1e-4, 1e-4) and (4e-4, 4e-4); (4e-4, 8e-4) diverges.
+GRID = {
+    (1e-4, 1e-4): 0.80, (1e-4, 4e-4): 0.83, (1e-4, 8e-4): 0.82,
+    (2e-4, 1e-4): 0.79, (2e-4, 4e-4): 0.81, (2e-4, 8e-4): 0.78,
+    (4e-4, 1e-4): 0.60, (4e-4, 4e-4): 0.81, (4e-4, 8e-4): 0.33,
+}
+
+
+def grid_store(root: Path, seeds: tuple[int, ...] = (0, 1, 2)) -> Path:
+    for (qk, v), value in GRID.items():
+        for seed in seeds:
+            if (qk, v) == (2e-4, 8e-4) and seed == 2:
+                continue  # a missing seed
+            status = "diverged" if value < 0.5 else "completed"
+            record = make_record(targets="qkv", lr=qk, lam=None, lr_v=v, seed=seed, value=value + 0.001 * seed,
+                                 status=status, sweep="heatmap")
+            write_record(root, record, "heatmap")
+    return root
+
+
+@pytest.fixture
+def grid(tmp_path: Path) -> heatmap.Heatmap:
+    found = heatmap.find(load(grid_store(tmp_path / "results")))
+    assert len(found) == 1
+    return found[0]
+
+
+def test_grid_best_and_diagonal(grid: heatmap.Heatmap) -> None:
+    mean = grid.mean
+    assert list(mean.index) == list(QK) and list(mean.columns) == list(V)
+    assert mean.loc[4e-4, 1e-4] == pytest.approx(0.601)
+    assert (grid.best.lr, grid.best.lr_v) == (1e-4, 4e-4) and grid.best.value == pytest.approx(0.831)
+    assert grid.best.lam == pytest.approx(4)
+    # diagonal cells: (1e-4, 1e-4) = 0.801 and (4e-4, 4e-4) = 0.811
+    assert (grid.best_diagonal.lr, grid.best_diagonal.lr_v) == (4e-4, 4e-4)
+    assert grid.gap == pytest.approx(0.02)
+    assert grid.caption == ("best (η_QK, η_V) = (1e-4, 4e-4), λ = 4: 0.831; "
+                            "best with λ = 1: η = 4e-4: 0.811; gap +0.020")
+    assert grid.name == "heatmap_roberta-base_mnli_lora_qkv_r8"
+    cells = grid.cells.set_index(["lr", "lr_v"])
+    assert cells.loc[(2e-4, 8e-4), ["n", "n_expected"]].tolist() == [2, 3]
+    assert cells.loc[(4e-4, 8e-4), "diverged"] == 3
+
+
+def test_rendered_image(grid: heatmap.Heatmap, tmp_path: Path) -> None:
+    png, pdf = heatmap.save(grid, tmp_path, floor=0.75)
+    image = imread(png)
+    assert image.shape[:2] == (400, 700)  # figure size x dpi: 7 x 4 inches at 100 dpi
+    assert pdf.read_bytes().startswith(b"%PDF")
+
+    fig = heatmap.draw(grid, floor=0.75)
+    FigureCanvasAgg(fig).draw()  # lays the figure out as savefig did, to find the cells in the PNG
+    ax = fig.axes[0]
+
+    def colour(qk: float, v: float) -> tuple[float, ...]:
+        """The PNG's colour near a cell's corner (away from its text and frame)."""
+        x, y = ax.transData.transform((V.index(v) - 0.3, QK.index(qk) - 0.3))
+        return tuple(image[int(image.shape[0] - y), int(x)][:3])
+
+    assert colour(1e-4, 4e-4) != colour(2e-4, 1e-4)  # best and a weaker cell differ
+    # below the floor: 0.601 and the diverged 0.331 are drawn alike, in the floor's colour
+    assert colour(4e-4, 1e-4) == colour(4e-4, 8e-4)
+    texts = [t.get_text() for t in ax.texts]
+    assert "0.831" in texts and "0.331†" in texts and "0.780\n2/3" in texts
+    red = [t.get_text() for t in ax.texts if t.get_color() == heatmap.HIGHLIGHT]
+    assert sorted(red) == ["0.801", "0.811", "0.831"]  # the diagonal and the best cell
+
+
+def test_no_grid_without_two_rates_each(tmp_path: Path) -> None:
+    for lam in (1, 2, 4, 8):  # a lambda strip at one eta_QK is not a 2-D grid
+        write_record(tmp_path, make_record(targets="qv", lam=lam))
+    assert heatmap.find(load(tmp_path)) == []
+
+
+def test_curves_best_against_diagonal(tmp_path: Path) -> None:
+    coll = load(grid_store(tmp_path / "results"))
+    (cs,) = curves.for_heatmaps(coll, heatmap.find(coll))
+    assert [label for label, _ in cs.settings] == ["η_QK=1e-4, η_V=4e-4, λ=4", "η_QK=4e-4, η_V=4e-4, λ=1"]
+    data = curves.compute(coll.root, cs)
+    loss = data[(data["series"] == "train_loss") & (data["setting"] == cs.settings[0][0])]
+    assert loss["n"].max() == 3 and loss["std"].notna().all()
+    assert set(data["series"]) == {"train_loss", "accuracy"}
+    assert curves.render(coll.root, cs, tmp_path / "out").equals(data)
+    assert imread(tmp_path / "out" / f"{cs.name}.png").shape[:2] == (400, 1000)
+
+
+def test_band_over_seeds_of_different_lengths() -> None:
+    a = np.array([[0, 1.0], [10, 0.5], [20, 0.25]])
+    b = np.array([[0, 3.0], [10, 1.5]])  # stopped early (diverged)
+    band = curves.band([a, b]).set_index("step")
+    assert band.loc[10, "mean"] == pytest.approx(1.0) and band.loc[10, "n"] == 2
+    assert band.loc[20, "mean"] == pytest.approx(0.25) and band.loc[20, "n"] == 1
+    assert np.isnan(band.loc[20, "std"])

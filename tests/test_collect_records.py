@@ -1,0 +1,139 @@
+"""Loading records: every result.json below the folder, bad files reported and skipped, filters, duplicates."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from records_factory import make_record, write_record  # noqa: E402
+
+from qvtune.collect.records import _without_curves, load, parse_filters, result_files  # noqa: E402
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    """Three seeds of v and k on MNLI, with a failed, a diverged, a running run and some bad files."""
+    root = tmp_path / "results"
+    for seed in (0, 1, 2):
+        write_record(root, make_record(targets="v", seed=seed), "table1")
+    write_record(root, make_record(targets="k", seed=0))
+    write_record(root, make_record(targets="k", seed=1, status="failed"))
+    write_record(root, make_record(targets="k", seed=2, status="diverged", value=0.3295))
+    write_record(root, make_record(targets="qv", seed=0, status="running"))
+    # a folder name that lies: the record's config says QQP
+    path = write_record(root, make_record(task="qqp", targets=["v", "q"], seed=0), "mnli-sweep")
+    assert "mnli" in str(path)
+    (root / "half" / "result.json").parent.mkdir(parents=True)
+    (root / "half" / "result.json").write_text('{"status": "completed", "config": {"mod')
+    (root / "list" / "result.json").parent.mkdir(parents=True)
+    (root / "list" / "result.json").write_text("[1, 2, 3]")
+    (root / "noconfig" / "result.json").parent.mkdir(parents=True)
+    (root / "noconfig" / "result.json").write_text('{"status": "completed"}')
+    bad_targets = make_record(seed=5)
+    bad_targets["config"]["targets"] = "qx"
+    write_record(root, bad_targets, "bad")
+    return root
+
+
+def test_reads_every_record_and_reports_bad_files(store: Path) -> None:
+    coll = load(store)
+    assert len(coll.runs) == 8
+    assert sorted(coll.runs["status"].value_counts().items()) == [
+        ("completed", 5), ("diverged", 1), ("failed", 1), ("running", 1)
+    ]
+    problems = dict(coll.problems)
+    assert len(problems) == 4
+    assert {"half/result.json", "list/result.json", "noconfig/result.json"} < set(problems)
+    assert "half-written or corrupt" in problems["half/result.json"]
+    assert "not a usable run record" in problems["list/result.json"]
+    assert any("qx" in reason for reason in problems.values())
+
+
+def test_config_decides_where_a_run_belongs(store: Path) -> None:
+    runs = load(store).runs
+    liar = runs[runs["path"].str.startswith("mnli-sweep/")]
+    assert liar["task"].tolist() == ["qqp"]
+    assert liar["targets"].tolist() == ["qv"]  # ["v", "q"] canonicalised
+
+
+def test_values_by_status(store: Path) -> None:
+    runs = load(store).runs.set_index(["targets", "seed"])
+    assert runs.loc[("k", 2), "value"] == pytest.approx(0.3295)  # diverged: counts with what it scored
+    assert math.isnan(runs.loc[("k", 1), "value"])  # failed: no score
+    assert runs.loc[("k", 1), "error"].startswith("RuntimeError")
+
+
+def test_full_fine_tune_has_no_rank(tmp_path: Path) -> None:
+    write_record(tmp_path, make_record(method="full", targets="qkv", rank=None))
+    runs = load(tmp_path).runs
+    assert math.isnan(runs["rank"].iloc[0]) and math.isnan(runs["alpha"].iloc[0])
+
+
+@pytest.mark.parametrize(
+    "filters, expected",
+    [
+        (["task=mnli"], 7),
+        (["task=qqp"], 1),
+        (["model.name=roberta-base", "method.name=lora"], 8),
+        (["model=roberta-base", "method=lora"], 8),
+        (["targets=vq"], 2),
+        (["targets=[q,v]"], 2),
+        (["targets=k,v"], 6),
+        (["rank=8", "lr=0.0001"], 8),
+        (["lr=1e-4", "lam=1"], 8),
+        (["status=completed"], 5),
+        (["rank=16"], 0),
+        (["no.such.key=1"], 0),
+    ],
+)
+def test_filters(store: Path, filters: list[str], expected: int) -> None:
+    assert len(load(store, parse_filters(filters)).runs) == expected
+
+
+def test_filter_on_lambda_from_lr_v(tmp_path: Path) -> None:
+    write_record(tmp_path, make_record(lr=1e-4, lam=None, lr_v=8e-4))
+    write_record(tmp_path, make_record(lr=1e-4, lam=2))
+    assert load(tmp_path, parse_filters(["lam=8"])).runs["lr_v"].tolist() == [pytest.approx(8e-4)]
+    assert load(tmp_path, parse_filters(["lr_v=2e-4"])).runs["lam"].tolist() == [2.0]
+
+
+def test_filter_syntax_error() -> None:
+    with pytest.raises(ValueError, match="key=value"):
+        parse_filters(["mnli"])
+
+
+def test_duplicates_merge_and_keep_both_sweeps(tmp_path: Path) -> None:
+    """The same setting and seed in two sweeps' folders is one run that belongs to both sweeps."""
+    write_record(tmp_path, make_record(seed=0, sweep="heatmap"), "heatmap")
+    write_record(tmp_path, make_record(seed=0, sweep="table1", status="failed"), "table1")
+    coll = load(tmp_path)
+    assert coll.duplicates == 1
+    assert coll.runs["status"].tolist() == ["completed"]  # a completed record wins over a failed one
+    assert coll.runs["sweep"].tolist() == ["heatmap,table1"]
+
+
+def test_best_instead_of_final(tmp_path: Path) -> None:
+    record = make_record()
+    record["best"] = {"accuracy": 0.9}
+    write_record(tmp_path, record)
+    assert load(tmp_path).runs["value"].iloc[0] < 0.9
+    assert load(tmp_path, pick="best").runs["value"].iloc[0] == 0.9
+
+
+def test_curves_are_skipped_without_changing_the_rest() -> None:
+    record = make_record(loss_points=50)
+    record["error"] = 'nan in "train_loss": [1, 2]'  # the key's name inside a string is left alone
+    blob = json.dumps(record, indent=1, sort_keys=True).encode()
+    assert json.loads(_without_curves(blob)) == {**record, "train_loss": [], "update_norms": [], "lr_trace": []}
+    odd = {"metric": "train_loss", "config": {}, "train_loss": [[1, 0.5]]}  # a string value, not the key
+    assert json.loads(_without_curves(json.dumps(odd).encode()))["metric"] == "train_loss"
+
+
+def test_missing_or_empty_folder(tmp_path: Path) -> None:
+    assert result_files(tmp_path / "nothing") == []
+    coll = load(tmp_path)
+    assert coll.runs.empty and coll.problems == []

@@ -1,0 +1,242 @@
+"""Sweeps through a real Slurm cluster with `hydra/launcher=slurm` (conf/hydra/launcher/slurm.yaml).
+
+The launcher alone (tests/launcher_app): a job array, and a task past its time limit that submitit
+requeues and that resumes from its own checkpoint. qvtune: a sweep on Slurm gives the records of a
+local sweep; a run cancelled with scancel, and a run past its time limit, resume from their
+checkpoint while finished runs are left alone.
+
+Needs a cluster whose partition `debug` (QVTUNE_SLURM_PARTITION) is up, with accounting (`sacct`:
+submitit learns of cancelled jobs from it). The yaml asks for a GPU and 64 GB; the tests override
+both, so one CPU-only node is enough. Skipped without a cluster, unless QVTUNE_REQUIRE_SLURM=1.
+"""
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import pytest
+
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parents[1]
+APP = REPO / "tests" / "launcher_app" / "app.py"
+PARTITION = os.environ.get("QVTUNE_SLURM_PARTITION", "debug")
+
+
+def cluster_problem() -> Optional[str]:
+    """Why jobs cannot run on the cluster, or None."""
+    for tool in ("sinfo", "sbatch", "sacct", "scancel"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not on PATH"
+    try:
+        info = subprocess.run(["sinfo", "-h", "-p", PARTITION, "-o", "%a %T"], capture_output=True, text=True, timeout=30)
+        acct = subprocess.run(["sacct", "-n", "-X", "-S", "now-1minutes"], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired as e:
+        return f"{e.cmd[0]} did not answer in 30 s (is slurmctld / slurmdbd running?)"
+    if info.returncode:
+        return f"sinfo failed: {info.stderr.strip()}"
+    if not any(line.split()[0] == "up" and line.split()[1].rstrip("*~#") in ("idle", "mixed", "allocated", "completing")
+               for line in info.stdout.splitlines()):
+        return f"partition {PARTITION!r} has no node up: {info.stdout.strip() or 'no such partition'}"
+    if acct.returncode:
+        return f"sacct failed (accounting off?): {acct.stderr.strip()}"
+    return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster() -> None:
+    problem = cluster_problem()
+    if problem and os.environ.get("QVTUNE_REQUIRE_SLURM") == "1":
+        pytest.fail(f"QVTUNE_REQUIRE_SLURM=1 but the Slurm cluster is not usable: {problem}", pytrace=False)
+    if problem:
+        pytest.skip(f"no usable Slurm cluster: {problem}")
+
+
+def slurm(name: str, sweep_dir: Path, timeout_min: int = 10) -> list[str]:
+    """hydra/launcher=slurm on a small CPU node: no GPU, 1 core and 1 GB per task, a named job."""
+    return ["hydra/launcher=slurm", f"hydra.launcher.partition={PARTITION}", "hydra.launcher.gpus_per_node=null",
+            "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", f"hydra.launcher.timeout_min={timeout_min}",
+            f"hydra.launcher.name={name}", f"hydra.sweep.dir={sweep_dir}"]
+
+
+def job_name() -> str:
+    return f"qvtune-test-{uuid.uuid4().hex[:8]}"
+
+
+def qvtune(tmp_path: Path, results: str, *overrides: str) -> list[str]:
+    """A qvtune sweep of tiny-bert on the synthetic task, one thread per run, offline."""
+    return [sys.executable, "-m", "qvtune.run", "-m", "model=tiny-bert", "task=synthetic", "wandb.mode=disabled",
+            "threads=1", f"results_dir={tmp_path / results}", f"cache_dir={tmp_path / 'cache'}", *overrides]
+
+
+def run(cmd: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def records(results: Path) -> dict[str, dict[str, Any]]:
+    """run key -> result.json of every run in a results store."""
+    return {p.parent.name: json.loads(p.read_text()) for p in results.glob("*/result.json")}
+
+
+def wait_for(what: str, condition: Callable[[], Any], timeout: float, poll: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(poll)
+    return value
+
+
+@contextlib.contextmanager
+def releasing_requeued(name: str) -> Iterator[list[str]]:
+    """Start the requeued tasks of job `name` at once. Slurm holds a requeued job for about two
+    minutes (reason BeginTime) before it may start again; the tests do not need to wait that out."""
+    released: list[str] = []
+    stop = threading.Event()
+
+    def release() -> None:
+        while not stop.wait(2.0):
+            queue = subprocess.run(["squeue", "-h", "-n", name, "-t", "PD", "-o", "%i %r"],
+                                   capture_output=True, text=True, timeout=30).stdout
+            for job, reason in (line.split(maxsplit=1) for line in queue.splitlines() if " " in line):
+                if reason.strip() == "BeginTime":
+                    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True, timeout=30)
+                    released.append(job)
+
+    thread = threading.Thread(target=release, daemon=True)
+    thread.start()
+    try:
+        yield released
+    finally:
+        stop.set()
+        thread.join()
+
+
+def array_tasks(sweep_dir: Path) -> list[str]:
+    """The Slurm ids of a launch's tasks (<array>_<index>, or <job> for a launch of one), from submitit's folder."""
+    dirs = sorted(p.name for p in (sweep_dir / ".submitit").iterdir() if p.is_dir())
+    return [d for d in dirs if "_" in d] or dirs
+
+
+def sacct_states(job: str) -> list[str]:
+    out = subprocess.run(["sacct", "-n", "-X", "--duplicates", "-j", job, "-o", "State"],
+                         capture_output=True, text=True, timeout=30).stdout
+    return out.split()
+
+
+@pytest.mark.timeout(240)
+def test_app_sweep_runs_as_one_job_array(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    r = run([sys.executable, str(APP), "-m", f"out={tmp_path / 'rec'}", f"hydra.searchpath=[file://{REPO / 'conf'}]",
+             "+i=1,2,3", *slurm(job_name(), sweep)], tmp_path, timeout=200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = [json.loads(p.read_text()) for p in sorted((tmp_path / "rec").glob("*.json"))]
+    assert [x["name"] for x in recs] == ["job0", "job1", "job2"]
+    assert all(x["slurm_job_id"] for x in recs)
+    tasks = array_tasks(sweep)
+    array = tasks[0].split("_")[0]
+    assert tasks == [f"{array}_{i}" for i in range(3)], tasks
+    assert set(sacct_states(array)) == {"COMPLETED"}
+
+
+@pytest.mark.timeout(420)
+def test_app_task_past_its_time_limit_is_requeued_and_resumes(tmp_path: Path) -> None:
+    """75 s of work under a 1-minute limit: submitit's requeue (max_num_timeout of slurm.yaml)
+    restarts the task, which resumes from its progress file. signal_delay_s=1: Slurm sends USR2 once
+    at most 30 s + the delay remain, so with the yaml's 120 s it would come before the handler is set."""
+    name, sweep, rec = job_name(), tmp_path / "sweep", tmp_path / "rec"
+    cmd = [sys.executable, str(APP), "-m", f"out={rec}", f"hydra.searchpath=[file://{REPO / 'conf'}]",
+           "+i=1", "work_s=75", *slurm(name, sweep, timeout_min=1), "hydra.launcher.signal_delay_s=1"]
+    with releasing_requeued(name) as released:
+        r = run(cmd, tmp_path, timeout=380)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert released, "the task was never requeued"
+    assert (rec / "job0.json").exists()
+    assert float((rec / "job0.progress").read_text()) == 75
+    starts = (rec / "job0.starts").read_text().split()
+    assert len(starts) >= 2
+    (task,) = array_tasks(sweep)
+    assert "REQUEUED" in sacct_states(task) and sacct_states(task)[-1] == "COMPLETED"
+
+
+@pytest.mark.timeout(480)
+def test_qvtune_sweep_on_slurm_gives_the_records_of_a_local_sweep(tmp_path: Path) -> None:
+    demo = ["targets=q,v,qv", "epochs=1", "max_train_samples=128", "max_eval_samples=64"]
+    r = run(qvtune(tmp_path, "slurm", *demo, *slurm(job_name(), tmp_path / "sweep-slurm")), tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run(qvtune(tmp_path, "local", *demo, f"hydra.sweep.dir={tmp_path / 'sweep-local'}"), tmp_path, timeout=150)
+    assert r.returncode == 0, r.stderr[-3000:]
+    on_slurm, local = records(tmp_path / "slurm"), records(tmp_path / "local")
+    assert len(on_slurm) == 3 and set(on_slurm) == set(local)
+    for key, rec in on_slurm.items():
+        assert rec["status"] == local[key]["status"] == "completed", rec["error"]
+        assert rec["steps"] == local[key]["steps"]
+        assert rec["final"] == pytest.approx(local[key]["final"], rel=1e-5, abs=1e-7)
+
+
+# A run that takes a while on one core (every input padded to 128 tokens), checkpointed every 3 s.
+LONG = ["padding=max", "max_len=128", "max_eval_samples=64", "checkpoint_minutes=0.05"]
+
+
+@pytest.mark.timeout(480)
+def test_scancelled_run_resumes_when_the_sweep_is_relaunched(tmp_path: Path) -> None:
+    """Cancel the sweep's last task once its run has a checkpoint: the launch fails, the re-launch
+    resumes that run and leaves the finished one alone. (The last, since the launcher collects the
+    tasks in order: an earlier failure would end the launch while later runs are still going.)"""
+    name, results = job_name(), tmp_path / "results"
+    cmd = qvtune(tmp_path, "results", "targets=q,v", "max_steps=300", *LONG)
+    with open(tmp_path / "launch1.log", "w") as log:
+        first = subprocess.Popen(cmd + slurm(name, tmp_path / "sweep1"), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            def v_checkpointed() -> Optional[str]:
+                return next((k for k, x in records(results).items()
+                             if x["config"]["targets"] == "v" and (results / k / "checkpoint.pt").exists()), None)
+
+            v = wait_for("the v run's first checkpoint", v_checkpointed, timeout=180)
+            task = wait_for("the v run's Slurm task", lambda: next(
+                (p.name for p in (tmp_path / "sweep1" / ".submitit").glob("*_1")), None), timeout=30)
+            subprocess.run(["scancel", task], check=True, timeout=30)
+            assert first.wait(timeout=240) != 0
+        finally:
+            if first.poll() is None:
+                first.kill()
+    assert "CANCELLED" in sacct_states(task)[0]
+    before = records(results)
+    (q,) = [k for k in before if k != v]
+    assert before[q]["status"] == "completed"
+    assert before[v]["status"] == "running" and (results / v / "checkpoint.pt").exists()
+
+    r = run(cmd + slurm(name, tmp_path / "sweep2"), tmp_path, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    after = records(results)
+    assert after[q]["finished_at"] == before[q]["finished_at"]
+    assert after[v]["status"] == "completed" and after[v]["steps"] == 300
+    assert "(resuming)" in (results / v / "run.log").read_text()
+    assert len(array_tasks(tmp_path / "sweep2")) == 1, "re-ran a finished run"
+
+
+@pytest.mark.timeout(600)
+def test_run_past_its_time_limit_is_requeued_and_resumes(tmp_path: Path) -> None:
+    """A run of about two minutes under a 1-minute limit: requeued (slurm.yaml's max_num_timeout),
+    it resumes from its checkpoint and completes; a re-launch then has nothing to do."""
+    name, results = job_name(), tmp_path / "results"
+    cmd = qvtune(tmp_path, "results", "targets=qv", "max_steps=800", *LONG)
+    with releasing_requeued(name) as released:
+        r = run(cmd + slurm(name, tmp_path / "sweep1", timeout_min=1) + ["hydra.launcher.signal_delay_s=1"],
+                tmp_path, timeout=540)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert released, "the run finished within its time limit: raise max_steps"
+    (rec,) = records(results).values()
+    assert rec["status"] == "completed" and rec["steps"] == 800
+    assert "(resuming)" in (results / rec["run_key"] / "run.log").read_text()
+
+    r = run(cmd + slurm(name, tmp_path / "sweep2"), tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert records(results)[rec["run_key"]]["finished_at"] == rec["finished_at"]
+    assert not (tmp_path / "sweep2" / ".submitit").exists(), "re-ran a finished run"
