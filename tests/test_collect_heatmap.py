@@ -12,7 +12,7 @@ from matplotlib.image import imread
 sys.path.insert(0, str(Path(__file__).parent))
 from records_factory import make_record, write_record  # noqa: E402
 
-from qvtune.collect import curves, heatmap  # noqa: E402
+from qvtune.collect import curves, figures, heatmap  # noqa: E402
 from qvtune.collect.records import load  # noqa: E402
 
 QK = (1e-4, 2e-4, 4e-4)
@@ -111,3 +111,12 @@ def test_band_over_seeds_of_different_lengths() -> None:
     assert band.loc[10, "mean"] == pytest.approx(1.0) and band.loc[10, "n"] == 2
     assert band.loc[20, "mean"] == pytest.approx(0.25) and band.loc[20, "n"] == 1
     assert np.isnan(band.loc[20, "std"])
+
+
+@pytest.mark.parametrize("processes", [0, 1])
+def test_renderer_inline_and_in_the_background(processes: int) -> None:
+    renderer = figures.Renderer(processes)
+    jobs = [renderer.submit(pow, 2, k) for k in range(3)]
+    renderer.close()
+    assert [job.result() for job in jobs] == [1, 2, 4]
+    assert figures.Renderer.for_cores(1).processes == 0 and figures.Renderer.for_cores(2).processes == 1

@@ -29,11 +29,11 @@ def run(
 
     `curves` draws every setting that matches the filters when there are filters (`filtered`), and each
     heatmap's best cell against its best lambda = 1 cell otherwise. Raises ValueError when `curves`
-    matches too many settings to draw. Figures are drawn in worker processes, one per core.
+    matches too many settings to draw. Figures are drawn in background processes, one per spare core.
     """
     if command not in COMMANDS:
         raise ValueError(f"unknown command {command!r}: expected one of {', '.join(COMMANDS)}")
-    report = Report(coll, out, formats, console, Renderer(available_cpus()))
+    report = Report(coll, out, formats, console, Renderer.for_cores(available_cpus()))
     report.records()
     # figures first: they are drawn in worker processes while the tables are built here
     found = heatmap.find(coll) if command not in ("table1", "table2") else []

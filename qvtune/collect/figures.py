@@ -30,19 +30,24 @@ def save_figure(fig: Figure, folder: Path, stem: str) -> list[Path]:
 
 
 class Renderer:
-    """Runs figure jobs in up to `workers` processes (started on the first job), or inline with one worker."""
+    """Runs figure jobs in `processes` background processes (started on the first job), or inline with 0."""
 
-    def __init__(self, workers: int = 1):
-        self.workers = workers
+    def __init__(self, processes: int = 0):
+        self.processes = processes
         self._pool: Optional[ProcessPoolExecutor] = None
 
+    @classmethod
+    def for_cores(cls, cores: int) -> Renderer:
+        """One core stays with the main process (it builds the tables meanwhile), the others draw."""
+        return cls(min(cores - 1, 4))
+
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        if self.workers <= 1:
+        if self.processes < 1:
             future: Future = Future()
             future.set_result(fn(*args))
             return future
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers)
+            self._pool = ProcessPoolExecutor(self.processes)
         return self._pool.submit(fn, *args)
 
     def close(self) -> None:

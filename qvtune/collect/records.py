@@ -376,19 +376,22 @@ def of_sweep(runs: pd.DataFrame, name: str) -> pd.Series:
 def pick_settings(stats: pd.DataFrame, cell: Sequence[str]) -> pd.DataFrame:
     """One setting per cell when several exist (different learning rates, epochs, batch sizes, ...).
 
-    The rule, in order: lambda = 1; the most scored seeds; the highest mean; then the setting key, so the
+    The rule, in order: lambda = 1; the learning rates most cells of the table have runs at (so cells
+    compare like with like); the most scored seeds; the highest mean; then the setting key, so the
     choice is deterministic. `alternatives` counts the settings that were left out.
     """
     if stats.empty:
         return stats.assign(alternatives=pd.Series(dtype="int64"))
+    rates = stats["lr"].map(repr) + "|" + stats["lr_v"].map(repr)
     ranked = stats.assign(
         _lam1=np.isclose(stats["lam"], 1.0),
+        _common=rates.map(rates.value_counts()),
         _mean=stats["mean"].fillna(-np.inf),
     ).sort_values(
-        [*cell, "_lam1", "n", "_mean", "setting"],
-        ascending=[True] * len(cell) + [False, False, False, True],
+        [*cell, "_lam1", "_common", "n", "_mean", "setting"],
+        ascending=[True] * len(cell) + [False, False, False, False, True],
         kind="stable",
     )
     sizes = ranked.groupby(list(cell), dropna=False)["setting"].transform("size")
     chosen = ranked.assign(alternatives=sizes - 1).drop_duplicates(list(cell), keep="first")
-    return chosen.drop(columns=["_lam1", "_mean"]).reset_index(drop=True)
+    return chosen.drop(columns=["_lam1", "_common", "_mean"]).reset_index(drop=True)

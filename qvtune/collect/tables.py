@@ -92,8 +92,9 @@ def _notes_for(cells: pd.DataFrame, rule: list[str]) -> list[str]:
     chosen_from_many = int((cells["alternatives"] > 0).sum())
     if chosen_from_many:
         notes.append(
-            f"{chosen_from_many} cell(s) had runs at several settings: shown is the one with lambda = 1, else the most "
-            "seeds, else the best mean; the CSV names it (lr, lr_v, epochs) and counts the alternatives."
+            f"{chosen_from_many} cell(s) had runs at several settings: shown is the one with lambda = 1, then at the "
+            "learning rates most cells use, then with the most seeds, then the best mean; the CSV names it "
+            "(lr, lr_v, epochs) and counts the alternatives."
         )
     return notes
 
@@ -118,7 +119,7 @@ def _table1_like(
         runs, sweep_note = _own_sweep(runs, name)
         rule = [sweep_note, "Cells are LoRA runs with lambda = 1 (eta_V = eta_QK)."]
     else:
-        rule = ["Cells prefer lambda = 1 runs when a cell has runs at several learning rates."]
+        rule = ["Cells prefer lambda = 1 runs, at the learning rates most cells use, when a cell has several."]
     wanted = list(columns)
     if methods is not None and (runs["targets"] == "kv").any():
         wanted.insert(wanted.index("qkv"), "kv")  # not in the paper, shown when the runs have it

@@ -43,7 +43,8 @@ class Verdict:
 
     @property
     def line(self) -> str:
-        diff = "no pairs" if self.pairs == 0 else f"Δ = {self.mean:+.4f} ± {self.std:.4f} over {self.pairs} seed(s)"
+        spread = f" ± {self.std:.4f}" if self.pairs > 1 else ""
+        diff = "no pairs" if self.pairs == 0 else f"Δ = {self.mean:+.4f}{spread} over {self.pairs} seed(s)"
         extra = f" ({self.detail})" if self.detail else ""
         return f"{CLAIMS[self.claim]} | {self.context} | {diff} | {self.status}{extra}"
 
@@ -57,17 +58,16 @@ def _stats(d: np.ndarray) -> tuple[float, float, float]:
     return float(np.mean(d)), s, s / math.sqrt(n) if n > 1 else math.nan
 
 
-def _context_label(row: pd.Series, with_rates: bool = True) -> str:
+def _context_label(row: pd.Series) -> str:
     text = (f"{labels.task_label(row.task)}({labels.model_short(row.model)}) "
             f"{labels.METHOD_LABEL.get(row.method, row.method)}")
     if not np.isnan(row["rank"]):
         text += f" r = {int(row['rank'])}"
-    if with_rates:
-        text += f", η_QK = {labels.num(row.lr)}, η_V = {labels.num(row.lr_v)}"
-    return text + f", epochs = {row.epochs:g}"
+    return text + f", η_QK = {labels.num(row.lr)}, η_V = {labels.num(row.lr_v)}, epochs = {row.epochs:g}"
 
 
 def _context_order(row: pd.Series) -> tuple:
+    """Contexts in the tables' order: task, model, method, rank, then rates."""
     return (labels.order(row.task, labels.TABLE1_TASKS + labels.GLUE), labels.order(row.model, labels.MODEL_ORDER),
             labels.order(row.method, labels.METHOD_ORDER), -1 if np.isnan(row["rank"]) else row["rank"],
             row.lr, row.lr_v, row.epochs, row.name)

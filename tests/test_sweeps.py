@@ -1,0 +1,58 @@
+"""Sweeps: every sweep file expands to the runs it claims, a sweep skips finished runs, plan=true plans."""
+import re
+
+import pytest
+
+from tests.conftest import records, run_cli
+
+CLAIMED = {"table1": 216, "table1-llama": 72, "table2": 504, "heatmap": 432, "heatmap-llama": 105, "curves": 6, "demo": 13}
+
+
+@pytest.mark.parametrize("sweep", sorted(CLAIMED))
+def test_sweep_file_expands_to_its_runs(tmp_path, sweep):
+    proc = run_cli("-m", f"+sweep={sweep}", "plan=true", f"results_dir={tmp_path}", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    total = re.search(r"^(\d+) runs: (\d+) pending$", proc.stdout, re.M)
+    assert total and int(total.group(1)) == CLAIMED[sweep] == int(total.group(2)), proc.stdout[-2000:]
+    assert len(set(re.findall(r"^pending\s+([0-9a-f]{12})", proc.stdout, re.M))) == CLAIMED[sweep]
+
+
+def test_table2_rows(tmp_path):
+    proc = run_cli("-m", "+sweep=table2", "task=rte", "seed=0", "plan=true", f"results_dir={tmp_path}", cwd=tmp_path, timeout=120)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("pending")]
+    assert len(lines) == 21  # before fine-tune, full/lora8/lora16/dora8/dora16 QKV, and 3 lambdas x 5 on QV
+    assert sum("epochs=0" in l for l in lines) == 1
+    assert sum("method=full" in l and "targets=qv" in l for l in lines) == 3
+
+
+def test_a_typo_in_any_job_stops_the_sweep_before_launch(tmp_path):
+    proc = run_cli("-m", "model=tiny-bert", "targets=q,qx", f"results_dir={tmp_path / 'r'}", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert "targets='qx'" in proc.stderr and "nothing was launched" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_sweep_runs_then_relaunch_skips_and_plan_reports(tmp_path):
+    results = tmp_path / "results"
+    args = ["-m", "model=tiny-bert", "task=synthetic", "targets=q,v,qv", "lam=1,4", "epochs=1",
+            "task.synthetic.train_size=96", "task.synthetic.eval_size=32", "wandb.mode=disabled",
+            f"results_dir={results}", f"cache_dir={tmp_path / 'cache'}"]
+    first = run_cli(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    recs = records(results)
+    assert len(recs) == 6 and {r["status"] for r in recs} == {"completed"}
+    assert "launching 6" in first.stdout
+
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0 and "skipping 6 completed" in again.stdout and "launching 0" in again.stdout
+    assert records(results) == recs
+
+    # a failed record runs again; plan=true shows the states without running anything
+    failed = recs[0]
+    (results / failed["run_key"] / "result.json").write_text('{"status": "failed", "error": "boom"}')
+    plan = run_cli(*args, "plan=true", cwd=tmp_path)
+    assert re.search(r"^6 runs: 5 completed, 1 failed$", plan.stdout, re.M), plan.stdout
+    assert "estimated" in plan.stdout
+    rerun = run_cli(*args, cwd=tmp_path)
+    assert "skipping 5 completed" in rerun.stdout and "launching 1" in rerun.stdout
+    assert {r["status"] for r in records(results)} == {"completed"}
