@@ -304,7 +304,7 @@ def _validate_task(task: Any, data_dir: Optional[str]) -> list[str]:
 
 # What changes a run's result. Paths, logging, launcher and bookkeeping keys are left out, so a
 # re-launched grid maps every run to the same key wherever its files live.
-_KEY_FIELDS = (
+KEY_FIELDS = (
     "targets rank alpha dropout lr head_lr epochs max_steps batch_size grad_accum max_len padding"
     " group_by_length seed precision max_train_samples max_eval_samples diverge_factor optim"
 ).split()
@@ -312,8 +312,8 @@ _KEY_FIELDS = (
 
 def run_identity(cfg: Any) -> dict[str, Any]:
     """The fields that decide a run's result, normalised (targets canonical, lam folded into eta_V)."""
-    c = {k: _plain(cfg[k]) for k in (*_KEY_FIELDS, "method", "model", "task", "lam", "lr_v")}
-    ident = {k: c[k] for k in _KEY_FIELDS}
+    c = {k: _plain(cfg[k]) for k in (*KEY_FIELDS, "method", "model", "task", "lam", "lr_v")}
+    ident = {k: c[k] for k in KEY_FIELDS}
     ident["targets"] = parse_targets(c["targets"])
     rates = learning_rates(cfg)
     ident["lr_v"], ident["head_lr"] = rates.v, rates.head

@@ -146,9 +146,9 @@ def test_wandb_summary_run(demo: Path, tmp_path: Path, monkeypatch: pytest.Monke
                                  Image=lambda path: ("image", path))
     monkeypatch.setitem(sys.modules, "wandb", fake)
     out = tmp_path / "out"
-    assert main(["all", "--results", str(demo), "--out", str(out)]) == 0  # offline by default
+    assert main(["summary", "--results", str(demo), "--out", str(out)]) == 0  # offline by default
     assert calls["init"]["mode"] == "offline" and calls["init"]["dir"] == str(out)
-    assert {"tables/table1", "tables/compare", "tables/verdicts", "figures/heatmap_minilm_synthetic_lora_qv_r8"} \
+    assert {"tables/compare", "tables/verdicts", "tables/heatmaps", "figures/heatmap_minilm_synthetic_lora_qv_r8"} \
         <= set(calls["log"])
     assert calls["summary"]["verdict/v>k"].startswith("tuning v beats tuning k")
     assert calls["finished"]

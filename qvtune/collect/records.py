@@ -19,7 +19,7 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from qvtune.config import _KEY_FIELDS, available_cpus, parse_targets
+from qvtune.config import KEY_FIELDS, available_cpus, parse_targets
 from qvtune.record import RESULT_FILE
 
 STATUSES = ("completed", "diverged", "running", "failed")  # also the preference order among duplicates
@@ -28,7 +28,7 @@ PICKS = ("final", "best")
 
 # Config keys with their own column; every other key that decides a result goes, as JSON, into `extra`.
 _EXPLICIT = {"targets", "rank", "alpha", "lr", "head_lr", "epochs", "seed"}
-_EXTRA_KEYS = tuple(k for k in _KEY_FIELDS if k not in _EXPLICIT)
+_EXTRA_KEYS = tuple(k for k in KEY_FIELDS if k not in _EXPLICIT)
 # Columns that together name a setting: everything a run's result depends on except its seed.
 SETTING_COLUMNS = ["model", "task", "method", "targets", "rank", "alpha", "lr", "lr_v", "head_lr", "epochs", "extra"]
 # ... and everything but the two learning rates: the runs of one (eta_QK, eta_V) grid share it.
