@@ -66,8 +66,12 @@ def slurm(name: str, sweep_dir: Path, timeout_min: int = 10) -> list[str]:
             f"hydra.launcher.name={name}", f"hydra.sweep.dir={sweep_dir}"]
 
 
-def job_name() -> str:
-    return f"qvtune-test-{uuid.uuid4().hex[:8]}"
+@pytest.fixture
+def name() -> Iterator[str]:
+    """The test's Slurm job name; whatever of it is still queued or running at the end is cancelled."""
+    job = f"qvtune-test-{uuid.uuid4().hex[:8]}"
+    yield job
+    subprocess.run(["scancel", f"--name={job}"], capture_output=True, timeout=30)
 
 
 def qvtune(tmp_path: Path, results: str, *overrides: str) -> list[str]:
@@ -131,10 +135,10 @@ def sacct_states(job: str) -> list[str]:
 
 
 @pytest.mark.timeout(240)
-def test_app_sweep_runs_as_one_job_array(tmp_path: Path) -> None:
+def test_app_sweep_runs_as_one_job_array(tmp_path: Path, name: str) -> None:
     sweep = tmp_path / "sweep"
     r = run([sys.executable, str(APP), "-m", f"out={tmp_path / 'rec'}", f"hydra.searchpath=[file://{REPO / 'conf'}]",
-             "+i=1,2,3", *slurm(job_name(), sweep)], tmp_path, timeout=200)
+             "+i=1,2,3", *slurm(name, sweep)], tmp_path, timeout=200)
     assert r.returncode == 0, r.stderr[-3000:]
     recs = [json.loads(p.read_text()) for p in sorted((tmp_path / "rec").glob("*.json"))]
     assert [x["name"] for x in recs] == ["job0", "job1", "job2"]
@@ -146,11 +150,12 @@ def test_app_sweep_runs_as_one_job_array(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(420)
-def test_app_task_past_its_time_limit_is_requeued_and_resumes(tmp_path: Path) -> None:
+def test_app_task_past_its_time_limit_is_requeued_and_resumes(tmp_path: Path, name: str) -> None:
     """75 s of work under a 1-minute limit: submitit's requeue (max_num_timeout of slurm.yaml)
-    restarts the task, which resumes from its progress file. signal_delay_s=1: Slurm sends USR2 once
-    at most 30 s + the delay remain, so with the yaml's 120 s it would come before the handler is set."""
-    name, sweep, rec = job_name(), tmp_path / "sweep", tmp_path / "rec"
+    restarts the task, which resumes from its progress file. signal_delay_s=1: Slurm checks time limits
+    every 30 s and sends USR2 once at most the delay + 30 s remain, here 29-59 s into the task; with
+    the yaml's 120 s it could come in the task's first second, before submitit handles it, and kill it."""
+    sweep, rec = tmp_path / "sweep", tmp_path / "rec"
     cmd = [sys.executable, str(APP), "-m", f"out={rec}", f"hydra.searchpath=[file://{REPO / 'conf'}]",
            "+i=1", "work_s=75", *slurm(name, sweep, timeout_min=1), "hydra.launcher.signal_delay_s=1"]
     with releasing_requeued(name) as released:
@@ -166,9 +171,9 @@ def test_app_task_past_its_time_limit_is_requeued_and_resumes(tmp_path: Path) ->
 
 
 @pytest.mark.timeout(480)
-def test_qvtune_sweep_on_slurm_gives_the_records_of_a_local_sweep(tmp_path: Path) -> None:
+def test_qvtune_sweep_on_slurm_gives_the_records_of_a_local_sweep(tmp_path: Path, name: str) -> None:
     demo = ["targets=q,v,qv", "epochs=1", "max_train_samples=128", "max_eval_samples=64"]
-    r = run(qvtune(tmp_path, "slurm", *demo, *slurm(job_name(), tmp_path / "sweep-slurm")), tmp_path, timeout=300)
+    r = run(qvtune(tmp_path, "slurm", *demo, *slurm(name, tmp_path / "sweep-slurm")), tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     r = run(qvtune(tmp_path, "local", *demo, f"hydra.sweep.dir={tmp_path / 'sweep-local'}"), tmp_path, timeout=150)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -200,11 +205,11 @@ def steps_for(seconds: float, steps_per_s: float) -> int:
 
 
 @pytest.mark.timeout(480)
-def test_scancelled_run_resumes_when_the_sweep_is_relaunched(tmp_path: Path, steps_per_s: float) -> None:
+def test_scancelled_run_resumes_when_the_sweep_is_relaunched(tmp_path: Path, name: str, steps_per_s: float) -> None:
     """Cancel the sweep's last task once its run has a checkpoint: the launch fails, the re-launch
     resumes that run and leaves the finished one alone. (The last, since the launcher collects the
     tasks in order: an earlier failure would end the launch while later runs are still going.)"""
-    name, results, steps = job_name(), tmp_path / "results", steps_for(30, steps_per_s)
+    results, steps = tmp_path / "results", steps_for(30, steps_per_s)
     cmd = qvtune(tmp_path, "results", "targets=q,v", f"max_steps={steps}", *LONG)
     with open(tmp_path / "launch1.log", "w") as log:
         first = subprocess.Popen(cmd + slurm(name, tmp_path / "sweep1"), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
@@ -237,11 +242,11 @@ def test_scancelled_run_resumes_when_the_sweep_is_relaunched(tmp_path: Path, ste
 
 
 @pytest.mark.timeout(600)
-def test_run_past_its_time_limit_is_requeued_and_resumes(tmp_path: Path, steps_per_s: float) -> None:
+def test_run_past_its_time_limit_is_requeued_and_resumes(tmp_path: Path, name: str, steps_per_s: float) -> None:
     """70 s of training under a 1-minute limit (USR2 at 29-59 s, see the app's test above):
     requeued (slurm.yaml's max_num_timeout), the run resumes from its checkpoint and completes; a
     re-launch then has nothing to do."""
-    name, results, steps = job_name(), tmp_path / "results", steps_for(70, steps_per_s)
+    results, steps = tmp_path / "results", steps_for(70, steps_per_s)
     cmd = qvtune(tmp_path, "results", "targets=qv", f"max_steps={steps}", *LONG)
     with releasing_requeued(name) as released:
         r = run(cmd + slurm(name, tmp_path / "sweep1", timeout_min=1) + ["hydra.launcher.signal_delay_s=1"],
