@@ -19,9 +19,11 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 ## The offline demo: MiniLM on the synthetic task, 13 runs (~10 min on 2 CPU cores), then the collector.
+## On real data: make demo DEMO_ARGS="task=sst2 data_dir=path/to/glue"
+DEMO_ARGS ?=
 demo: install
-	$(PY) -m qvtune.run -m +sweep=demo results_dir=results/demo
-	$(PY) -m qvtune.collect all --results results/demo --out results/demo/collected --wandb disabled
+	$(PY) -m qvtune.run -m +sweep=demo results_dir=results/demo $(DEMO_ARGS)
+	$(PY) -m qvtune.collect summary --results results/demo --out results/demo/collected --wandb disabled $(filter task=%,$(DEMO_ARGS))
 
 ## The test suite (< 10 min on 2 CPU cores); Slurm tests run when a cluster is up (see .ci/run).
 test: install

@@ -3,11 +3,12 @@ of a sweep, and batches that spend compute on real tokens: length-grouped, dynam
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -42,7 +43,12 @@ class Encoded:
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """Changes whenever the tokenizer's vocabulary, rules or special tokens change."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    blob = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None), state.pop("padding", None)  # set by each call, not identity
+        blob = json.dumps(state, sort_keys=True)  # sorted: its hash maps change order between processes
+    else:
+        blob = repr(sorted(tokenizer.get_vocab().items()))
     blob += repr((type(tokenizer).__name__, tokenizer.pad_token_id, tokenizer.model_max_length))
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -128,8 +134,3 @@ def collate(data: Encoded, index: np.ndarray, pad_id: int, pad_to: Optional[int]
         batch["token_type_ids"] = torch.from_numpy(types)
     batch["labels"] = torch.from_numpy(data.labels[index])
     return batch
-
-
-def iterate(batches: list[np.ndarray], start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
-    for i in range(start, len(batches)):
-        yield i, batches[i]

@@ -6,7 +6,7 @@ from the GPUs. A record is plain JSON; its fields (schema version 1):
     schema          1
     run_key         12 hex digits, qvtune.config.run_key of the config
     status          "running" | "completed" | "diverged" | "failed"
-    error           null, or the reason of a failure / divergence
+    error           null, or the reason of a failure / divergence (a failure also keeps its `traceback`)
     config          the resolved RunConfig (model.name, task.name, method.name, targets "qv", rank, lr, ...)
     rates           {"qk": eta_QK, "v": eta_V, "head": head lr, "lam": lambda}
     params          {"total": int, "trainable": int, "groups": [{"group", "lr", "tensors", "params"}, ...]}

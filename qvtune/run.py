@@ -121,8 +121,7 @@ def execute(cfg: DictConfig, key: str, store: ResultsStore, resume: bool) -> dic
         record.update(fine_tune(cfg, run_dir, tracker.log))
         exit_code = 0
     except Exception as e:  # recorded, never raised: one bad run must not stop a sweep
-        record.update(status="failed", error=f"{type(e).__name__}: {e}")
-        log.error(f"run {key} failed: {type(e).__name__}: {e}\n{traceback.format_exc()}")
+        record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -130,9 +129,11 @@ def execute(cfg: DictConfig, key: str, store: ResultsStore, resume: bool) -> dic
     store.write(key, record)
     if tracker is not None:
         tracker.finish({k: record.get(k) for k in ("status", "best", "final", "steps")}, exit_code)
-    summary = record.get("final") or {}
-    log.info(f"run {key} {record['status']}: {cfg.task.metric} = {summary.get(cfg.task.metric, float('nan')):.4f}"
-             f" -> {run_dir / 'result.json'}")
+    if record["status"] == "failed":
+        log.error(f"run {key} failed: {record['error']} -> {run_dir / 'result.json'}")
+    else:
+        log.info(f"run {key} {record['status']}: {cfg.task.metric} = {record['final'][cfg.task.metric]:.4f}"
+                 f" -> {run_dir / 'result.json'}")
     return record
 
 
