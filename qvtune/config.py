@@ -134,6 +134,7 @@ class RunConfig:
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
     eval_every: int = 0  # steps between dev evaluations; 0 = once per epoch
+    eval_at_start: bool = False  # also evaluate the untrained model (epochs=0 runs do only that)
     diverge_factor: float = 10.0  # stop when the loss exceeds this multiple of its start (or is NaN/inf)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data_dir: Optional[str] = None  # a folder in the GLUE TSV layout instead of the hub

@@ -79,16 +79,20 @@ def encode_cached(tokenizer: Any, split: Split, max_len: int, cache_dir: Path, k
     return enc
 
 
-def encode(tokenizer: Any, split: Split, max_len: int) -> Encoded:
-    out = tokenizer(*split.columns, truncation=True, max_length=max_len)
-    ids = out["input_ids"]
-    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    flat = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(offsets[-1]))
-    types = None
-    if "token_type_ids" in out and any(any(t) for t in out["token_type_ids"]):
-        types = np.fromiter((t for x in out["token_type_ids"] for t in x), dtype=np.int8, count=int(offsets[-1]))
-    return Encoded(flat, types, offsets, split.labels)
+def encode(tokenizer: Any, split: Split, max_len: int, chunk: int = 4096) -> Encoded:
+    """Token ids of every example, tokenized in chunks so memory stays flat on large tasks."""
+    ids, types, lengths = [], [], []
+    for start in range(0, len(split), chunk):
+        out = tokenizer(*[c[start : start + chunk] for c in split.columns], truncation=True, max_length=max_len)
+        lengths.append(np.fromiter(map(len, out["input_ids"]), dtype=np.int64))
+        ids.append(np.fromiter((t for x in out["input_ids"] for t in x), dtype=np.int32))
+        if "token_type_ids" in out:
+            types.append(np.fromiter((t for x in out["token_type_ids"] for t in x), dtype=np.int8))
+    offsets = np.concatenate([[0], np.cumsum(np.concatenate(lengths))])
+    flat_types = np.concatenate(types) if types else None
+    if flat_types is not None and not flat_types.any():
+        flat_types = None  # single sentences: all zeros, the model's default
+    return Encoded(np.concatenate(ids), flat_types, offsets, split.labels)
 
 
 def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool) -> list[np.ndarray]:

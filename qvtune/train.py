@@ -118,7 +118,7 @@ def train(
 
     bar = tqdm(total=total_steps, initial=state.step, disable=None, unit="step", dynamic_ncols=True, leave=False)
     try:
-        if total_steps == 0 or (state.step == 0 and not state.history):
+        if total_steps == 0 or (cfg.eval_at_start and state.step == 0 and not state.history):
             record_eval(state, model, evals, task, cfg, pad_id, device, log, epoch=0.0)
         while state.step < total_steps and state.status == "running":
             tic = time.perf_counter()

@@ -17,7 +17,7 @@ RECORD_KEYS = {"schema", "run_key", "status", "error", "config", "rates", "param
 
 def test_tiny_run_writes_a_complete_record_and_is_not_repeated(tmp_path):
     args = ["model=tiny-bert", "task=synthetic", "targets=qv", "lr=1e-3", "lam=4", "epochs=1",
-            "task.synthetic.train_size=320", "task.synthetic.eval_size=64", "eval_every=4", "wandb.mode=offline",
+            "task.synthetic.train_size=320", "task.synthetic.eval_size=64", "eval_every=4", "eval_at_start=true", "wandb.mode=offline",
             f"results_dir={tmp_path / 'results'}", f"cache_dir={tmp_path / 'cache'}"]
     proc = run_cli(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -47,7 +47,7 @@ def test_tiny_run_writes_a_complete_record_and_is_not_repeated(tmp_path):
 
 
 def test_minilm_learns_the_synthetic_task(tmp_path):
-    proc = run_cli("model=minilm", "task=synthetic", "targets=qv", "lr=1e-3", "epochs=1", "wandb.mode=disabled",
+    proc = run_cli("model=minilm", "task=synthetic", "targets=qv", "lr=1e-3", "epochs=1", "eval_at_start=true", "wandb.mode=disabled",
                    f"results_dir={tmp_path / 'results'}", f"cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     [rec] = records(tmp_path / "results")
