@@ -16,6 +16,9 @@ import torch
 from qvtune.tasks import Split
 
 
+PAD_MULTIPLE = 8
+
+
 @dataclass
 class Encoded:
     """Ragged token ids stored flat: example i is ids[offsets[i]:offsets[i+1]]."""
@@ -121,9 +124,10 @@ def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
 
 
 def collate(data: Encoded, index: np.ndarray, pad_id: int, pad_to: Optional[int]) -> dict[str, torch.Tensor]:
-    """Pad a batch to its longest example (or to `pad_to`, the paper's fixed length)."""
+    """Pad a batch to its longest example rounded up to a multiple of 8 (few distinct shapes keep
+    the CPU allocator and kernel caches small), or to `pad_to`, the paper's fixed length."""
     lengths = data.lengths[index]
-    width = int(pad_to or lengths.max())
+    width = int(pad_to or -(-lengths.max() // PAD_MULTIPLE) * PAD_MULTIPLE)
     ids = np.full((len(index), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(index), width), dtype=np.int64)
     types = None if data.types is None else np.zeros((len(index), width), dtype=np.int64)

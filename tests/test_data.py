@@ -25,7 +25,7 @@ def test_collate_pads_dynamically_or_to_max_len():
     enc = encode(tok, Split([["cat dog bird", "red"], ["cat", "sun moon"]], np.array([1, 0])), max_len=16)
     assert enc.lengths.tolist() == [7, 6]  # [CLS] a [SEP] b [SEP]
     dyn = collate(enc, np.array([1, 0]), tok.pad_token_id, None)
-    assert dyn["input_ids"].shape == (2, 7) and dyn["attention_mask"].sum().item() == 13
+    assert dyn["input_ids"].shape == (2, 8) and dyn["attention_mask"].sum().item() == 13  # 7 rounded up to 8
     assert dyn["labels"].tolist() == [0, 1] and dyn["input_ids"][0, -1].item() == tok.pad_token_id
     padded = collate(enc, np.array([0, 1]), tok.pad_token_id, 16)
     assert padded["input_ids"].shape == (2, 16) and padded["attention_mask"].sum().item() == 13
