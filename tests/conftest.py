@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.version import VersionBase
 
 from qvtune.config import config_dir, register_configs
 
@@ -21,9 +22,17 @@ register_configs()
 
 
 def make_config(*overrides: str) -> Any:
-    """The composed config the CLI would see for these overrides."""
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose(config_name="run", overrides=list(overrides))
+    """The composed config the CLI would see for these overrides.
+
+    Hydra keeps the version base in a process-wide singleton; it is put back afterwards so that
+    Hydra's own launcher test suites, later in the same session, see their default.
+    """
+    base = VersionBase.instance().getbase()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            return compose(config_name="run", overrides=list(overrides))
+    finally:
+        VersionBase.instance().version_base = base
 
 
 def run_cli(*args: str, cwd: Path, timeout: float = 600, module: str = "qvtune.run") -> subprocess.CompletedProcess:
