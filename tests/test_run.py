@@ -1,5 +1,4 @@
 """`python -m qvtune.run` end to end, as a subprocess, on tiny models and on the pretrained MiniLM."""
-import json
 import os
 import signal
 import subprocess
@@ -8,7 +7,7 @@ import time
 
 import pytest
 
-from tests.conftest import OFFLINE_ENV, ROOT, records, run_cli
+from tests.conftest import OFFLINE_ENV, records, run_cli
 
 RECORD_KEYS = {"schema", "run_key", "status", "error", "config", "rates", "params", "metric", "history", "final",
                "best", "train_loss", "update_norms", "lr_trace", "steps", "samples", "timing", "peak_rss_mb",
