@@ -8,7 +8,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -56,8 +56,9 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def encode_cached(tokenizer: Any, split: Split, max_len: int, cache_dir: Path, key: str) -> Encoded:
-    """Tokenize `split` or read it from the cache; several jobs may race here safely.
+def encode_cached(tokenizer: Any, read: Callable[[], Split], max_len: int, cache_dir: Path, key: str) -> Encoded:
+    """Tokenize the split that `read` returns, or read it from the cache without calling `read`;
+    several jobs may race here safely.
 
     Each writer tokenizes into a private temp file and renames it into place, so readers see a
     complete file or none, and concurrent writers produce the same bytes.
@@ -66,7 +67,7 @@ def encode_cached(tokenizer: Any, split: Split, max_len: int, cache_dir: Path, k
     if path.exists():
         with np.load(path) as z:
             return Encoded(z["ids"], z["types"] if "types" in z else None, z["offsets"], z["labels"])
-    enc = encode(tokenizer, split, max_len)
+    enc = encode(tokenizer, read(), max_len)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
     try:
@@ -117,6 +118,23 @@ def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, g
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def micro_batches(lengths: np.ndarray, index: np.ndarray, max_tokens: Optional[int], pad_to: Optional[int]) -> list[np.ndarray]:
+    """A batch cut into pieces of at most `max_tokens` padded tokens, longest first, each run as its
+    own forward and backward pass: the same gradient in a fraction of the activation memory."""
+    width = padded_width(lengths[index], pad_to)
+    rows = max(1, max_tokens // width) if max_tokens else len(index)
+    if rows >= len(index):
+        return [index]
+    index = index[np.argsort(-lengths[index], kind="stable")]
+    return [index[i : i + rows] for i in range(0, len(index), rows)]
+
+
+def padded_width(lengths: np.ndarray, pad_to: Optional[int]) -> int:
+    """The longest example rounded up to a multiple of 8 (few distinct shapes keep the CPU allocator
+    and kernel caches small), or `pad_to`, the paper's fixed length."""
+    return int(pad_to or -(-lengths.max() // PAD_MULTIPLE) * PAD_MULTIPLE)
+
+
 def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Evaluation order: by length, so that padding is minimal; predictions are put back in place."""
     order = np.argsort(-lengths, kind="stable")
@@ -124,10 +142,9 @@ def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
 
 
 def collate(data: Encoded, index: np.ndarray, pad_id: int, pad_to: Optional[int]) -> dict[str, torch.Tensor]:
-    """Pad a batch to its longest example rounded up to a multiple of 8 (few distinct shapes keep
-    the CPU allocator and kernel caches small), or to `pad_to`, the paper's fixed length."""
+    """The padded tensors of one batch (see `padded_width`)."""
     lengths = data.lengths[index]
-    width = int(pad_to or -(-lengths.max() // PAD_MULTIPLE) * PAD_MULTIPLE)
+    width = padded_width(lengths, pad_to)
     ids = np.full((len(index), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(index), width), dtype=np.int64)
     types = None if data.types is None else np.zeros((len(index), width), dtype=np.int64)

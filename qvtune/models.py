@@ -18,6 +18,9 @@ QKV_NAMES: dict[str, tuple[str, ...]] = {
 # Projections that compute q, k and v in one matrix: tuning "only W_v" is not expressible there.
 FUSED_NAMES = ("c_attn", "qkv_proj", "query_key_value", "Wqkv", "qkv", "in_proj")
 HEAD_NAMES = ("classifier", "score", "pre_classifier")  # the freshly initialised classification head
+# Each family's config key for dropout on the attention probabilities (BERT/RoBERTa; Llama, Mistral,
+# Qwen, DistilBERT; GPT-2).
+ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop")
 
 
 class ModelError(ValueError):
@@ -78,19 +81,34 @@ def build_on_meta(model_cfg: Any, num_labels: int) -> nn.Module:
         return AutoModelForSequenceClassification.from_config(config)
 
 
-def load_model(model_cfg: Any, num_labels: int, seed: int) -> nn.Module:
+def set_attention_dropout(config: Any, p: Optional[float]) -> None:
+    """Set the family's attention-probability dropout to `p` (None keeps the model's own)."""
+    keys = [k for k in ATTENTION_DROPOUT_KEYS if hasattr(config, k)]
+    if p is None or (not keys and p == 0):
+        return
+    if not keys:
+        raise ModelError(f"attention_dropout={p}: {type(config).__name__} has none of the keys "
+                         f"{', '.join(ATTENTION_DROPOUT_KEYS)}; use attention_dropout=null")
+    for key in keys:
+        setattr(config, key, p)
+
+
+def load_model(model_cfg: Any, num_labels: int, seed: int, attention_dropout: Optional[float] = None) -> nn.Module:
     """Pretrained weights from the source (the head freshly initialised from `seed`), or random weights."""
     from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(seed)
     dtype = getattr(torch, model_cfg.dtype)
     if model_cfg.source is None:
-        model = AutoModelForSequenceClassification.from_config(model_config(model_cfg, num_labels))
+        config = model_config(model_cfg, num_labels)
+        set_attention_dropout(config, attention_dropout)
+        model = AutoModelForSequenceClassification.from_config(config)
         model.to(dtype)
     else:
         source = resolve_source(model_cfg.source)
         try:
             config = model_config(model_cfg, num_labels, offline_ok=False)
+            set_attention_dropout(config, attention_dropout)
             model = AutoModelForSequenceClassification.from_pretrained(source, config=config, dtype=dtype)
         except OSError as e:
             raise unreachable(model_cfg.source, e) from None

@@ -17,7 +17,9 @@ from the GPUs. A record is plain JSON; its fields (schema version 1):
     update_norms    [[step, |dW_q|, |dW_k|, |dW_v|], ...]  Frobenius norms of the accumulated updates
     lr_trace        [[step, lr_qk, lr_v, lr_head], ...]  the learning rates the optimizer applied
     steps, samples  optimizer steps and training samples seen
-    timing          {"wall_s", "load_s", "data_s", "train_s", "eval_s", "samples_per_s", "tokens_per_s"}
+    timing          {"wall_s", "setup_s", "load_s", "data_s", "train_s", "eval_s", "samples_per_s", "tokens_per_s"}
+                    wall_s from the run's start (its imports included) to its end; setup_s the part
+                    before training (imports, model, data): a process's first run pays the imports
     peak_rss_mb     peak resident memory of the process
     sweep           the sweep name or null
     host, started_at, finished_at, qvtune_version

@@ -6,8 +6,9 @@ import csv
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -32,9 +33,23 @@ class Split:
 
 @dataclass
 class TaskData:
-    train: Split
-    evals: dict[str, Split]  # eval split name -> data (MNLI has two)
+    """A task's data, read on first use: with a warm tokenization cache only the fingerprint is needed."""
+
     fingerprint: str  # changes when the data changes: part of the tokenization cache key
+    eval_names: list[str]  # MNLI has two
+    read: Callable[[], tuple[Split, dict[str, Split]]]
+
+    @cached_property
+    def _splits(self) -> tuple[Split, dict[str, Split]]:
+        return self.read()
+
+    @property
+    def train(self) -> Split:
+        return self._splits[0]
+
+    @property
+    def evals(self) -> dict[str, Split]:
+        return self._splits[1]
 
 
 def load_task(task: Any, data_dir: Optional[str]) -> TaskData:
@@ -52,8 +67,12 @@ def _load_tsv_task(task: Any, data_dir: Path) -> TaskData:
     digest = hashlib.sha256()
     for name in files:
         digest.update((folder / name).read_bytes())
-    splits = [read_glue_tsv(folder / name, task) for name in files]
-    return TaskData(splits[0], dict(zip(task.eval_splits, splits[1:])), digest.hexdigest())
+
+    def read() -> tuple[Split, dict[str, Split]]:
+        splits = [read_glue_tsv(folder / name, task) for name in files]
+        return splits[0], dict(zip(task.eval_splits, splits[1:]))
+
+    return TaskData(digest.hexdigest(), list(task.eval_splits), read)
 
 
 def read_glue_tsv(path: Path, task: Any) -> Split:
@@ -109,7 +128,7 @@ def _load_hub_task(task: Any) -> TaskData:
     fingerprint = hashlib.sha256(
         json.dumps([ds[s]._fingerprint for s in [task.train_split, *task.eval_splits]]).encode()
     ).hexdigest()
-    return TaskData(split(task.train_split), {s: split(s) for s in task.eval_splits}, fingerprint)
+    return TaskData(fingerprint, list(task.eval_splits), lambda: (split(task.train_split), {s: split(s) for s in task.eval_splits}))
 
 
 def synthetic_task(spec: Any) -> TaskData:
@@ -134,7 +153,7 @@ def synthetic_task(spec: Any) -> TaskData:
 
     train, dev = make(spec.train_size), make(spec.eval_size)
     key = json.dumps({k: spec[k] for k in ("train_size", "eval_size", "list_len", "data_seed")}, sort_keys=True)
-    return TaskData(train, {"validation": dev}, hashlib.sha256((key + "|".join(WORDS)).encode()).hexdigest())
+    return TaskData(hashlib.sha256((key + "|".join(WORDS)).encode()).hexdigest(), ["validation"], lambda: (train, {"validation": dev}))
 
 
 def compute_metrics(task: Any, predictions: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict[str, float]:

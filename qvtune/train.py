@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qvtune.data import Encoded, collate, eval_batches, train_batches
+from qvtune.data import Encoded, collate, eval_batches, micro_batches, train_batches
 from qvtune.methods import ParamGroup, UpdateNorms
 from qvtune.tasks import compute_metrics
 
@@ -64,12 +64,13 @@ def evaluate(model: nn.Module, evals: dict[str, Encoded], task: Any, cfg: Any, p
     outputs, labels, losses = {}, {}, []
     for name, data in evals.items():
         out = np.zeros((len(data), max(task.num_labels, 1)), dtype=np.float32)
-        for index in eval_batches(data.lengths, cfg.eval_batch_size):
-            batch = {k: v.to(device) for k, v in collate(data, index, pad_id, pad_to(cfg)).items()}
-            with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
-                result = model(**batch)
-            out[index] = result.logits.float().cpu().numpy().reshape(len(index), -1)
-            losses.append(float(result.loss) * len(index))
+        for batch_index in eval_batches(data.lengths, cfg.eval_batch_size):
+            for index in micro_batches(data.lengths, batch_index, cfg.max_batch_tokens, pad_to(cfg)):
+                batch = {k: v.to(device) for k, v in collate(data, index, pad_id, pad_to(cfg)).items()}
+                with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
+                    result = model(**batch)
+                out[index] = result.logits.float().cpu().numpy().reshape(len(index), -1)
+                losses.append(float(result.loss) * len(index))
         outputs[name], labels[name] = out, data.labels
     model.train()
     metrics = compute_metrics(task, outputs, labels)
@@ -129,13 +130,11 @@ def train(
                 if epoch_batches[0] != epoch:
                     epoch_batches = (epoch, train_batches(train_data.lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length))
                 index = epoch_batches[1][index_in_epoch]
-                batch = {k: v.to(device) for k, v in collate(train_data, index, pad_id, pad_to(cfg)).items()}
-                with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
-                    loss = model(**batch).loss / cfg.grad_accum
-                scaler.scale(loss).backward()
-                loss_sum += loss.item()
+                loss, tokens = backward(model, train_data, index, pad_id, pad_to(cfg), cfg.max_batch_tokens, device,
+                                        scale=1 / cfg.grad_accum, amp=amp, scaler=scaler)
+                loss_sum += loss
+                state.tokens += tokens
                 state.samples += len(index)
-                state.tokens += int(batch["attention_mask"].sum())
             if cfg.optim.max_grad_norm:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.max_grad_norm)
@@ -172,6 +171,22 @@ def train(
     if state.status == "running":
         state.status = "completed"
     return state
+
+
+def backward(model: nn.Module, data: Encoded, index: np.ndarray, pad_id: int, pad_to: Optional[int],
+             max_tokens: Optional[int], device: torch.device, scale: float = 1.0,
+             amp: Optional[torch.dtype] = None, scaler: Optional[Any] = None) -> tuple[float, int]:
+    """Accumulate the gradient of `scale` x the batch's mean loss, in micro-batches of at most
+    `max_tokens` padded tokens; returns (that scaled loss, real tokens seen)."""
+    loss_sum, tokens = 0.0, 0
+    for piece in micro_batches(data.lengths, index, max_tokens, pad_to):
+        batch = {k: v.to(device) for k, v in collate(data, piece, pad_id, pad_to).items()}
+        with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
+            loss = model(**batch).loss * (scale * len(piece) / len(index))
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        loss_sum += loss.item()
+        tokens += int(batch["attention_mask"].sum())
+    return loss_sum, tokens
 
 
 def lr_factor(step: int, warmup: int, total: int, kind: str) -> float:

@@ -37,6 +37,8 @@ def test_run_key_ignores_paths_and_spelling_but_not_results():
     assert run_key(make_config("lr=1e-3", "lam=2")) != base
     assert run_key(make_config("lr=1e-3", "seed=1")) != base
     assert run_key(make_config("lr=1e-3", "targets=qkv")) != base
+    assert run_key(make_config("lr=1e-3", "attention_dropout=null")) != base  # the model's own dropout
+    assert run_key(make_config("lr=1e-3", "max_batch_tokens=512")) == base  # the same gradient, less memory
 
 
 @pytest.mark.parametrize("override, message", [
@@ -46,6 +48,8 @@ def test_run_key_ignores_paths_and_spelling_but_not_results():
     ("lam=0", "lam=0.0: expected a positive ratio eta_V / eta_QK"),
     ("lr_v=-2e-4", "lr_v=-0.0002: expected a positive learning rate (eta_V)"),
     ("padding=none", "padding='none': expected one of dynamic, max"),
+    ("attention_dropout=1.5", "attention_dropout=1.5: expected a number in [0, 1), or null for the model's own"),
+    ("max_batch_tokens=0", "max_batch_tokens=0: expected an integer >= 1, or null to never split a batch"),
 ])
 def test_validate_names_bad_value(override, message):
     errors = validate(make_config(override))

@@ -1,8 +1,11 @@
 """Batching and the tokenization cache: every example once per epoch, similar lengths per batch,
-a cache that is reused by later runs and changes its key when the tokenizer or the data change."""
+micro-batches that bound memory without changing the gradient, a cache that is reused by later
+runs and changes its key when the tokenizer or the data change."""
 import numpy as np
+import pytest
+import torch
 
-from qvtune.data import collate, encode, encode_cached, tokenizer_fingerprint, train_batches
+from qvtune.data import collate, encode, encode_cached, micro_batches, tokenizer_fingerprint, train_batches
 from qvtune.tasks import Split
 from qvtune.vocab import builtin_tokenizer
 
@@ -31,16 +34,52 @@ def test_collate_pads_dynamically_or_to_max_len():
     assert padded["input_ids"].shape == (2, 16) and padded["attention_mask"].sum().item() == 13
 
 
+def test_micro_batches_bound_padded_tokens_and_cover_the_batch():
+    lengths = np.array([10, 120, 33, 64, 7, 128, 90, 15])
+    index = np.arange(8)
+    assert [p.tolist() for p in micro_batches(lengths, index, None, None)] == [index.tolist()]
+    assert [p.tolist() for p in micro_batches(lengths, index, 4096, None)] == [index.tolist()]  # fits: one piece
+    pieces = micro_batches(lengths, index, 256, None)  # width 128: two rows per piece
+    assert sorted(np.concatenate(pieces).tolist()) == index.tolist()
+    assert all(len(p) * 128 <= 256 for p in pieces) and len(pieces) == 4
+    assert lengths[pieces[0]].tolist() == [128, 120]  # longest first, so later pieces pad less
+    assert len(micro_batches(lengths, index, 100, 128)) == 8  # never fewer than one row
+
+
+def test_micro_batches_give_the_gradient_of_the_whole_batch():
+    from qvtune.methods import apply_method
+    from qvtune.models import load_model
+    from qvtune.train import backward
+    from tests.conftest import make_config
+
+    cfg = make_config("model=tiny-bert", "targets=qv", "attention_dropout=0")
+    tok = builtin_tokenizer()
+    rng = np.random.default_rng(0)
+    words = [" ".join(rng.choice(["cat", "dog", "sun", "moon", "red"], size=n)) for n in rng.integers(1, 30, size=12)]
+    data = encode(tok, Split([words], rng.integers(0, 2, size=12)), max_len=64)
+    grads = []
+    for max_tokens in (None, 40):
+        model = apply_method(load_model(cfg.model, 2, seed=0), cfg)
+        model.eval()  # no dropout: the two gradients must agree to rounding
+        loss, _ = backward(model, data, np.arange(12), tok.pad_token_id, None, max_tokens, torch.device("cpu"))
+        grads.append((loss, [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    (whole_loss, whole), (split_loss, split) = grads
+    assert split_loss == pytest.approx(whole_loss, rel=1e-5)
+    assert len(whole) > 0 and all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(whole, split))
+
+
 def test_cache_is_reused_and_keyed(tmp_path, monkeypatch):
     tok = builtin_tokenizer()
     split = Split([["cat dog", "red blue green"], ["sun", "moon"]], np.array([0, 1]))
-    first = encode_cached(tok, split, 32, tmp_path, "k1")
+    first = encode_cached(tok, lambda: split, 32, tmp_path, "k1")
     files = list(tmp_path.iterdir())
     assert len(files) == 1 and not [f for f in files if f.name.startswith(".")]  # no temp file left
     calls = []
     monkeypatch.setattr("qvtune.data.encode", lambda *a: calls.append(a))
-    again = encode_cached(tok, split, 32, tmp_path, "k1")
-    assert calls == [] and again.ids.tolist() == first.ids.tolist() and again.labels.tolist() == [0, 1]
+    reads = []
+    again = encode_cached(tok, lambda: reads.append(1) or split, 32, tmp_path, "k1")
+    assert calls == [] and reads == []  # a warm cache neither tokenizes nor reads the data
+    assert again.ids.tolist() == first.ids.tolist() and again.labels.tolist() == [0, 1]
     other = builtin_tokenizer()
     other.add_tokens(["zebra"])
     assert tokenizer_fingerprint(other) != tokenizer_fingerprint(tok)

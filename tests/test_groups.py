@@ -122,3 +122,11 @@ def test_update_norms_track_lora_product():
                 expected += float(delta.pow(2).sum())
     got = norms()
     assert got["q"] == 0.0 and got["k"] == 0.0 and got["v"] == pytest.approx(expected**0.5, rel=1e-5)
+
+
+@pytest.mark.parametrize("model, key", [("tiny-bert", "attention_probs_dropout_prob"), ("tiny-llama", "attention_dropout")])
+def test_attention_dropout_is_set_in_each_family(model, key):
+    cfg = make_config(f"model={model}")
+    own = getattr(load_model(cfg.model, 2, seed=0).config, key)
+    assert getattr(load_model(cfg.model, 2, seed=0, attention_dropout=None).config, key) == own
+    assert getattr(load_model(cfg.model, 2, seed=0, attention_dropout=0.25).config, key) == 0.25
