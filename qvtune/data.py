@@ -15,7 +15,6 @@ import torch
 
 from qvtune.tasks import Split
 
-
 PAD_MULTIPLE = 8
 
 

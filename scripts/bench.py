@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = {"sst2": "SST-2", "rte": "RTE", "mrpc": "MRPC"}

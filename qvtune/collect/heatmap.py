@@ -21,6 +21,7 @@ from matplotlib.patches import Rectangle
 from qvtune.collect import labels
 from qvtune.collect.figures import save_figure
 from qvtune.collect.records import Collection, over_seeds
+
 DEFAULT_DROP = 0.10  # default floor: this far below the best cell (in metric units)
 HIGHLIGHT = "#d62728"  # the paper's red
 
