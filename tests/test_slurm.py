@@ -128,10 +128,16 @@ def array_tasks(sweep_dir: Path) -> list[str]:
     return [d for d in dirs if "_" in d] or dirs
 
 
-def sacct_states(job: str) -> list[str]:
-    out = subprocess.run(["sacct", "-n", "-X", "--duplicates", "-j", job, "-o", "State"],
-                         capture_output=True, text=True, timeout=30).stdout
-    return out.split()
+def sacct_states(job: str, settle_s: float = 60) -> list[str]:
+    """The job's accounting states, once they settle: slurmdbd can lag behind the jobs' own end."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        out = subprocess.run(["sacct", "-n", "-X", "--duplicates", "-j", job, "-o", "State"],
+                             capture_output=True, text=True, timeout=30).stdout
+        states = out.split()
+        if (states and not {"PENDING", "RUNNING", "COMPLETING"} & set(states)) or time.monotonic() > deadline:
+            return states
+        time.sleep(1)
 
 
 @pytest.mark.timeout(240)
