@@ -124,7 +124,9 @@ def test_stopping_the_launcher_stops_its_jobs(tmp_path: Path, how: str) -> None:
     rec = tmp_path / "rec"
     cmd = [sys.executable, str(APP), "-m", f"out={rec}", f"hydra.sweep.dir={tmp_path / 'sweep'}", SEARCHPATH,
            "hydra/launcher=gpus", "hydra.launcher.slots=2", "+i=1,2,3", "sleep=60"]
-    launcher = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # as from a terminal: SIGINT handled even when the tests run in the background (`&` ignores it)
+    launcher = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     started = [rec / "job0.started", rec / "job1.started"]
     deadline = time.monotonic() + 60
     while not all(p.exists() and p.read_text() for p in started):
