@@ -64,13 +64,12 @@ def evaluate(model: nn.Module, evals: dict[str, Encoded], task: Any, cfg: Any, p
     outputs, labels, losses = {}, {}, []
     for name, data in evals.items():
         out = np.zeros((len(data), max(task.num_labels, 1)), dtype=np.float32)
-        for batch_index in eval_batches(data.lengths, cfg.eval_batch_size):
-            for index in micro_batches(data.lengths, batch_index, cfg.max_batch_tokens, pad_to(cfg)):
-                batch = {k: v.to(device) for k, v in collate(data, index, pad_id, pad_to(cfg)).items()}
-                with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
-                    result = model(**batch)
-                out[index] = result.logits.float().cpu().numpy().reshape(len(index), -1)
-                losses.append(float(result.loss) * len(index))
+        pieces = (piece for index in eval_batches(data.lengths, cfg.eval_batch_size)
+                  for piece in micro_batches(data.lengths, index, cfg.max_batch_tokens, pad_to(cfg)))
+        for piece in pieces:
+            result, _ = forward(model, data, piece, pad_id, pad_to(cfg), device, amp)
+            out[piece] = result.logits.float().cpu().numpy().reshape(len(piece), -1)
+            losses.append(float(result.loss) * len(piece))
         outputs[name], labels[name] = out, data.labels
     model.train()
     metrics = compute_metrics(task, outputs, labels)
@@ -180,13 +179,20 @@ def backward(model: nn.Module, data: Encoded, index: np.ndarray, pad_id: int, pa
     `max_tokens` padded tokens; returns (that scaled loss, real tokens seen)."""
     loss_sum, tokens = 0.0, 0
     for piece in micro_batches(data.lengths, index, max_tokens, pad_to):
-        batch = {k: v.to(device) for k, v in collate(data, piece, pad_id, pad_to).items()}
-        with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
-            loss = model(**batch).loss * (scale * len(piece) / len(index))
+        result, real = forward(model, data, piece, pad_id, pad_to, device, amp)
+        loss = result.loss * (scale * len(piece) / len(index))
         (scaler.scale(loss) if scaler is not None else loss).backward()
         loss_sum += loss.item()
-        tokens += int(batch["attention_mask"].sum())
+        tokens += real
     return loss_sum, tokens
+
+
+def forward(model: nn.Module, data: Encoded, index: np.ndarray, pad_id: int, pad_to: Optional[int],
+            device: torch.device, amp: Optional[torch.dtype]) -> tuple[Any, int]:
+    """The model's output on the examples `index`, and how many real (non-pad) tokens they hold."""
+    batch = {k: v.to(device) for k, v in collate(data, index, pad_id, pad_to).items()}
+    with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
+        return model(**batch), int(batch["attention_mask"].sum())
 
 
 def lr_factor(step: int, warmup: int, total: int, kind: str) -> float:
