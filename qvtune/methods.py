@@ -27,7 +27,21 @@ class ParamGroup:
 
 
 def apply_method(model: nn.Module, cfg: Any) -> nn.Module:
-    """Freeze everything, then make trainable the targeted projections (or adapters on them) and the head."""
+    """Freeze everything, then make trainable the targeted projections (or adapters on them) and the
+    head, and keep every trainable tensor in fp32 whatever the frozen base's dtype."""
+    return trainables_in_fp32(_attach(model, cfg))
+
+
+def trainables_in_fp32(model: nn.Module) -> nn.Module:
+    """Store trainable tensors in fp32: in bf16 an AdamW step at lr 1e-5 on a weight near 0.02 is below
+    half an ulp and is lost, so a bf16 head would never move. Compute still runs under autocast."""
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    return model
+
+
+def _attach(model: nn.Module, cfg: Any) -> nn.Module:
     targets = parse_targets(cfg.targets)
     modules = attention_modules(model)
     chosen = [name for t in targets for name in modules[t]]
@@ -51,10 +65,35 @@ def apply_method(model: nn.Module, cfg: Any) -> nn.Module:
     return get_peft_model(model, peft_config)
 
 
-def param_groups(model: nn.Module, rates: LearningRates) -> list[ParamGroup]:
-    """Assign each trainable tensor to qk, v or head by its owning module; anything else is an error."""
+def param_groups(model: nn.Module, rates: LearningRates, grouping: str = "by_module") -> list[ParamGroup]:
+    """Assign each trainable tensor to qk, v or head by its owning module (`by_module`), or by the paper
+    scripts' rule (`paper`, see paper_group); a tensor owned by none of them is an error."""
     lr = {"qk": rates.qk, "v": rates.v, "head": rates.head}
     groups = {g: ParamGroup(g, lr[g]) for g in GROUPS}
+    owner = _owners(model)
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        group = owner.get(id(p))
+        if group is None:
+            raise RuntimeError(f"trainable parameter {name} belongs to no q/k/v projection and no head")
+        groups[paper_group(name, p, group) if grouping == "paper" else group].params.append((name, p))
+    return [groups[g] for g in GROUPS]
+
+
+def paper_group(name: str, p: nn.Parameter, owner: str) -> str:
+    """The group the paper's public code (EfficientFT's MyTrainer.create_my_optimizer) gives a tensor:
+    a name containing "value" or "v_proj", or any 1-D tensor, goes to eta_V unless its name contains
+    "query" or "key"; everything else to eta_QK. So the head's biases train at lambda x lr, and a Llama
+    DoRA's q_proj/k_proj magnitude vectors land in the V group. The head's matrices keep the head
+    group (at head_lr, which is lr unless given: the scripts have no head rate)."""
+    if "value" in name or "v_proj" in name or p.ndim == 1:
+        return "qk" if "query" in name or "key" in name else "v"
+    return "head" if owner == "head" else "qk"
+
+
+def _owners(model: nn.Module) -> dict[int, str]:
+    """id(parameter) -> the group of the module that owns it (qk, v or head)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     heads = set(head_modules(base))  # PEFT wraps them as base_model.model.<head>
     owner: dict[int, str] = {}
@@ -68,14 +107,7 @@ def param_groups(model: nn.Module, rates: LearningRates) -> list[ParamGroup]:
             continue
         for p in module.parameters():
             owner.setdefault(id(p), group)
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        group = owner.get(id(p))
-        if group is None:
-            raise RuntimeError(f"trainable parameter {name} belongs to no q/k/v projection and no head")
-        groups[group].params.append((name, p))
-    return [groups[g] for g in GROUPS]
+    return owner
 
 
 def group_table(model: nn.Module, groups: list[ParamGroup]) -> dict[str, Any]:
