@@ -1,7 +1,9 @@
 """python -m qvtune.collect end to end: outputs, determinism, demo summary, W&B, and no heavy imports."""
 from __future__ import annotations
 
+import csv
 import io
+import itertools
 import shutil
 import subprocess
 import sys
@@ -11,12 +13,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-sys.path.insert(0, str(Path(__file__).parent))
-from records_factory import demo_records, make_record, write_record  # noqa: E402
+from qvtune.collect import summary
+from qvtune.collect.__main__ import main
+from qvtune.sample_records import demo_records, make_record, write_record
 
-from qvtune.collect import summary  # noqa: E402
-from qvtune.collect.__main__ import main  # noqa: E402
-
+# qvtune's modules a collection may import: none of them imports torch or the training code
+LIGHT = ("collect", "config", "identity", "record", "files", "figures", "formatting")
 COLLECT_MODULES = ("__main__", "commands", "curves", "figures", "heatmap", "labels", "paper", "records", "render",
                    "report", "tables", "verdicts", "wandb_log")
 
@@ -39,7 +41,8 @@ def demo(tmp_path: Path) -> Path:
 @pytest.fixture
 def no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
     """Skip writing PNG/PDF (the slow part) where a test is about the rest; other tests render them."""
-    from qvtune.collect import curves, figures, heatmap
+    from qvtune import figures
+    from qvtune.collect import curves, heatmap
 
     for module in (curves, heatmap):
         monkeypatch.setattr(module, "save_figure", lambda fig, folder, stem: figures.figure_paths(folder, stem))
@@ -116,6 +119,36 @@ def test_curves_for_chosen_settings(
     assert collect("curves", "model=minilm", "--results", str(demo), "--out", str(out)) == 2  # too many to draw
 
 
+def test_pool_and_margin_options(tmp_path: Path, no_figures: None) -> None:
+    """--pool puts Table 1's runs into the grid's heatmap; --margin is claim 2's margin, printed with it."""
+    root = tmp_path / "results"
+    for qk, v, seed in itertools.product((1e-4, 4e-4), (1e-4, 4e-4), (0, 1, 2)):
+        record = make_record(targets="qv", lr=qk, lam=None, lr_v=v, seed=seed, sweep="grid")
+        write_record(root, record, "grid")
+    for targets, seed in itertools.product(("qv", "qkv"), (0, 1, 2)):
+        write_record(root, make_record(targets=targets, lr=2e-3, seed=seed, sweep="table1"), "table1")
+
+    def heatmaps(*flags: str) -> set[tuple[str, str, str]]:
+        out = tmp_path / "out"
+        assert collect("heatmap", "--format", "csv", "--results", str(root), "--out", str(out), *flags) == 0
+        with open(out / "heatmaps.csv", newline="") as f:
+            return {(row["heatmap"], row["sweeps"], row["lr"]) for row in csv.DictReader(f)}
+
+    own = "heatmap_grid_roberta-base_mnli_lora_qv_r8"
+    assert heatmaps() == {(own, "grid", lr) for lr in ("0.0001", "0.0004")}
+    pooled = "heatmap_roberta-base_mnli_lora_qv_r8"
+    assert heatmaps("--pool") == {(pooled, "grid,table1", lr) for lr in ("0.0001", "0.0004", "0.002")}
+    report = summary(root, tmp_path / "summary", console=Console(file=io.StringIO()), pool=True)
+    assert set(report.images) == {pooled}
+
+    out = tmp_path / "margin"
+    assert collect("summary", "--margin", "0.05", "--results", str(root), "--out", str(out)) == 0
+    text = (out / "verdicts.md").read_text()
+    assert "qv matches qkv (or is better) within ±0.05: supported" in text and "inside ±0.05" in text
+    with pytest.raises(SystemExit):
+        collect("summary", "--margin", "0", "--results", str(root))
+
+
 def test_missing_and_empty_results(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert collect("all", "--results", str(tmp_path / "nope")) == 2
     (tmp_path / "empty").mkdir()
@@ -161,7 +194,7 @@ def test_no_torch_or_training_code(demo: Path) -> None:
         + "".join(f"import qvtune.collect.{m}\n" for m in COLLECT_MODULES)
         + f"qvtune.collect.tables.table1(qvtune.collect.records.load({str(demo)!r}))\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'peft', 'wandb')\n"
-        "               or (m.startswith('qvtune.') and m.split('.')[1] not in ('collect', 'config', 'record')))\n"
+        f"               or (m.startswith('qvtune.') and m.split('.')[1] not in {LIGHT!r}))\n"
         "assert not heavy, heavy\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -1,7 +1,6 @@
 """Heatmaps and convergence curves: the grid, its best cells, and what the rendered image shows."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,11 +8,9 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.image import imread
 
-sys.path.insert(0, str(Path(__file__).parent))
-from records_factory import make_record, write_record  # noqa: E402
-
-from qvtune.collect import curves, figures, heatmap  # noqa: E402
-from qvtune.collect.records import load  # noqa: E402
+from qvtune.collect import curves, figures, heatmap
+from qvtune.collect.records import load
+from qvtune.sample_records import make_record, write_record
 
 QK = (1e-4, 2e-4, 4e-4)
 V = (1e-4, 4e-4, 8e-4)
@@ -26,16 +23,22 @@ GRID = {
 }
 
 
-def grid_store(root: Path, seeds: tuple[int, ...] = (0, 1, 2)) -> Path:
+def grid_store(root: Path, seeds: tuple[int, ...] = (0, 1, 2), sweep: str = "heatmap") -> Path:
     for (qk, v), value in GRID.items():
         for seed in seeds:
             if (qk, v) == (2e-4, 8e-4) and seed == 2:
                 continue  # a missing seed
             status = "diverged" if value < 0.5 else "completed"
             record = make_record(targets="qkv", lr=qk, lam=None, lr_v=v, seed=seed, value=value + 0.001 * seed,
-                                 status=status, sweep="heatmap")
-            write_record(root, record, "heatmap")
+                                 status=status, sweep=sweep)
+            write_record(root, record, sweep)
     return root
+
+
+def table1_runs(root: Path, lr: float = 5e-4) -> None:
+    """Table 1's lambda = 1 runs at a rate off the grid, in every other setting like the grid's; better."""
+    for seed in (0, 1, 2):
+        write_record(root, make_record(targets="qkv", lr=lr, seed=seed, value=0.9, sweep="table1"), "table1")
 
 
 @pytest.fixture
@@ -56,7 +59,8 @@ def test_grid_best_and_diagonal(grid: heatmap.Heatmap) -> None:
     assert grid.gap == pytest.approx(0.02)
     assert grid.caption == ("best (η_QK, η_V) = (1e-4, 4e-4), λ = 4: 0.831; "
                             "best with λ = 1: η = 4e-4: 0.811; gap +0.020")
-    assert grid.name == "heatmap_roberta-base_mnli_lora_qkv_r8"
+    assert grid.name == "heatmap_heatmap_roberta-base_mnli_lora_qkv_r8"  # the sweep's name, then the settings
+    assert grid.title == "roberta-base · MNLI · LoRA (QKV) r = 8 · sweep heatmap"
     cells = grid.cells.set_index(["lr", "lr_v"])
     assert cells.loc[(2e-4, 8e-4), ["n", "n_expected"]].tolist() == [2, 3]
     assert cells.loc[(4e-4, 8e-4), "diverged"] == 3
@@ -84,6 +88,44 @@ def test_rendered_image(grid: heatmap.Heatmap, tmp_path: Path) -> None:
     assert "0.831" in texts and "0.331†" in texts and "0.780\n2/3" in texts
     red = [t.get_text() for t in ax.texts if t.get_color() == heatmap.HIGHLIGHT]
     assert sorted(red) == ["0.801", "0.811", "0.831"]  # the diagonal and the best cell
+
+
+def test_a_grid_holds_one_sweep_unless_pooled(tmp_path: Path) -> None:
+    """Table 1's runs at (5e-4, 5e-4) join the grid as a row, a column and the best cell only when pooled."""
+    root = grid_store(tmp_path / "results")
+    table1_runs(root)
+    coll = load(root)
+    (own,) = heatmap.find(coll)
+    assert list(own.mean.index) == list(QK) and list(own.mean.columns) == list(V)
+    assert (own.best.lr, own.best.lr_v) == (1e-4, 4e-4) and own.sweeps == ("heatmap",)
+    assert len(own.members(coll.runs)) == 26
+    (pooled,) = heatmap.find(coll, pool=True)
+    assert list(pooled.mean.index) == [*QK, 5e-4] and list(pooled.mean.columns) == sorted([*V, 5e-4])
+    assert (pooled.best.lr, pooled.best.lr_v) == (5e-4, 5e-4) and pooled.best.lam == pytest.approx(1)
+    assert pooled.title.endswith("· sweeps heatmap, table1")
+    assert pooled.name == "heatmap_roberta-base_mnli_lora_qkv_r8"  # today's stem when pooled
+    assert len(pooled.members(coll.runs)) == 29
+    # the curves follow: the grid's own best cell is off the diagonal; the pooled one's is on it
+    (own_curves,) = curves.for_heatmaps(coll, [own])
+    assert own_curves.name == "curves_heatmap_roberta-base_mnli_lora_qkv_r8"
+    assert curves.for_heatmaps(coll, [pooled]) == []
+
+
+def test_twins_belong_to_each_sweep_and_names_stay_unique(tmp_path: Path) -> None:
+    root = grid_store(tmp_path / "results")
+    grid_store(root, seeds=(3, 4, 5), sweep="heatmap-b")  # a second sweep with the same settings
+    twin = make_record(targets="qkv", lr=1e-4, lam=None, lr_v=1e-4, seed=0, value=0.801, sweep="table1")
+    write_record(root, twin, "table1")  # the grid's run at (1e-4, 1e-4), seed 0, made by table1 too
+    coll = load(root)
+    assert coll.duplicates == 1
+    found = heatmap.find(coll)
+    assert [h.name for h in found] == ["heatmap_heatmap-b_roberta-base_mnli_lora_qkv_r8",
+                                       "heatmap_heatmap_roberta-base_mnli_lora_qkv_r8"]
+    assert [h.cells.set_index(["lr", "lr_v"]).loc[(1e-4, 1e-4), "n"] for h in found] == [3, 3]
+    assert set(heatmap.grid_frame(found)["sweeps"]) == {"heatmap", "heatmap-b"}
+    (pooled,) = heatmap.find(coll, pool=True)
+    assert pooled.sweeps == ("heatmap", "heatmap-b", "table1")
+    assert pooled.cells.set_index(["lr", "lr_v"]).loc[(1e-4, 1e-4), "n"] == 6
 
 
 def test_no_grid_without_two_rates_each(tmp_path: Path) -> None:

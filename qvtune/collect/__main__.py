@@ -18,8 +18,8 @@ from rich.markup import escape
 from qvtune.collect.commands import COMMANDS, run
 from qvtune.collect.records import PICKS, load, parse_filters
 from qvtune.collect.report import parse_formats
-
-WANDB_MODES = ("offline", "online", "disabled")
+from qvtune.collect.verdicts import DEFAULT_MARGIN
+from qvtune.config import WANDB_MODES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the evaluation a run scores with: its last (final, default) or its best")
     parser.add_argument("--floor", type=float, default=None,
                         help="heatmap cells below this value are drawn in its colour (default: best - 0.10)")
+    parser.add_argument("--pool", action="store_true",
+                        help="put runs of every sweep into one heatmap grid and one pairing "
+                        "(default: each sweep on its own)")
+    parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
+                        help="claim 2's equivalence margin: qv matches qkv when the 90%% interval of "
+                        f"their difference lies within ±margin (metric units; default: {DEFAULT_MARGIN:g})")
     parser.add_argument("--wandb", choices=WANDB_MODES, default="offline",
                         help="log the collection as a W&B summary run (default: offline, files under --out)")
     parser.add_argument("--wandb-project", default="qvtune", help="W&B project (default: qvtune)")
@@ -52,6 +58,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         formats = parse_formats(args.format)
     except ValueError as e:
         parser.error(str(e))
+    if not args.margin > 0:
+        parser.error(f"--margin {args.margin:g}: expected a positive number, in the metric's units")
     console = Console(highlight=False)
     results = Path(args.results).expanduser()
     if not results.is_dir():
@@ -68,7 +76,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             console.print(f"[yellow]skipped[/] {escape(str(results / path))}: {escape(reason)}")
         return 0
     try:
-        report = run(args.command, coll, Path(args.out), formats, console, args.floor, filtered=bool(filters))
+        report = run(args.command, coll, Path(args.out), formats, console, args.floor, filtered=bool(filters),
+                     pool=args.pool, margin=args.margin)
     except ValueError as e:
         console.print(f"[red]{escape(str(e))}[/]")
         return 2

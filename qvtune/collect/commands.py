@@ -7,7 +7,7 @@ from typing import Optional
 
 from rich.console import Console
 
-from qvtune.collect import curves, heatmap, tables
+from qvtune.collect import curves, heatmap, tables, verdicts
 from qvtune.collect.figures import Renderer
 from qvtune.collect.records import Collection, load, parse_filters
 from qvtune.collect.report import Report
@@ -24,19 +24,25 @@ def run(
     console: Console,
     floor: Optional[float] = None,
     filtered: bool = False,
+    pool: bool = False,
+    margin: float = verdicts.DEFAULT_MARGIN,
 ) -> Report:
     """Produce what `command` asks for; `all` is everything the runs support, `summary` the demo's short view.
 
     `curves` draws every setting that matches the filters when there are filters (`filtered`), and each
-    heatmap's best cell against its best lambda = 1 cell otherwise. Raises ValueError when `curves`
-    matches too many settings to draw. Figures are drawn in background processes, one per spare core.
+    heatmap's best cell against its best lambda = 1 cell otherwise. Heatmaps, their curves and the
+    verdicts take each sweep's runs on their own unless `pool`; `margin` is claim 2's equivalence margin.
+    Raises ValueError when `curves` matches too many settings to draw or the margin is not positive.
+    Figures are drawn in background processes, one per spare core.
     """
     if command not in COMMANDS:
         raise ValueError(f"unknown command {command!r}: expected one of {', '.join(COMMANDS)}")
+    if not margin > 0:  # checked before any figure is started
+        raise ValueError(f"margin {margin}: expected a positive number, in the metric's units")
     report = Report(coll, out, formats, console, Renderer.for_cores(available_cpus()))
     report.records()
     # figures first: they are drawn in worker processes while the tables are built here
-    found = heatmap.find(coll) if command not in ("table1", "table2") else []
+    found = heatmap.find(coll, pool) if command not in ("table1", "table2") else []
     if command in ("heatmap", "all", "summary"):
         report.heatmaps(found, floor)
     if command == "curves" and filtered:
@@ -49,7 +55,7 @@ def run(
         report.table(tables.table2(coll))
     if command in ("all", "summary"):
         report.table(tables.compare(coll))
-        report.claims(found)
+        report.claims(found, margin, pool)
     report.finish()
     if command == "all":
         report.runs_csv()
@@ -64,12 +70,16 @@ def summary(
     out: str | Path = "collected",
     filters: Sequence[str] = (),
     console: Optional[Console] = None,
+    pool: bool = False,
+    margin: float = verdicts.DEFAULT_MARGIN,
 ) -> Report:
     """The demo's view of a results folder: what q, k, v, qv, qkv each scored, and the paper's claims.
 
     Prints a Table-1-style comparison (one row per model, task, method and rank the records hold) and
     the verdicts, and writes a heatmap PNG when the records hold a learning-rate grid. Files go under
-    `out`: summary.md, compare.md, verdicts.md, heatmaps/. `filters` as on the command line (task=mnli).
+    `out`: summary.md, compare.md, verdicts.md, heatmaps/. `filters` as on the command line (task=mnli);
+    `pool` and `margin` as in `run`.
     """
     coll = load(results, parse_filters(filters))
-    return run("summary", coll, Path(out), ("md",), console or Console(highlight=False))
+    console = console or Console(highlight=False)
+    return run("summary", coll, Path(out), ("md",), console, pool=pool, margin=margin)

@@ -1,12 +1,16 @@
 """Figure 1: the dev metric over a grid of (eta_QK, eta_V), one heatmap per model, task, method, targets, rank.
 
-A grid is every run that shares all settings but the two learning rates, with at least two values of
-each. As in the paper, the best cell and the lambda = 1 diagonal are drawn in red, and cells below a
-floor are drawn in the floor's colour (their value is still written).
+A grid is every run of one sweep that shares all settings but the two learning rates, with at least two
+values of each, so that another experiment's runs (Table 1's lambda = 1 runs at other rates) never add
+a row, a column or the best cell. Runs without a sweep name form their own grids; pooling puts every
+sweep's runs in one. As in the paper, the best cell and the lambda = 1 diagonal are drawn in red, and
+cells below a floor are drawn in the floor's colour (their value is still written).
 """
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -19,11 +23,25 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from qvtune.collect import labels
-from qvtune.collect.figures import save_figure
 from qvtune.collect.records import Collection, over_seeds
+from qvtune.figures import save_figure
 
 DEFAULT_DROP = 0.10  # default floor: this far below the best cell (in metric units)
 HIGHLIGHT = "#d62728"  # the paper's red
+
+
+def sweeps_of(sweep: str) -> list[str]:
+    """The sweeps a run belongs to: a merged twin's comma-joined names, or [''] for a run outside sweeps."""
+    return [x for x in sweep.split(",") if x] or [""]
+
+
+def source(sweeps: Sequence[str]) -> str:
+    """Which sweep(s) runs came from, in words; '' when none has a sweep name."""
+    names = sorted({s for s in sweeps if s})
+    if not names:
+        return ""
+    text = ("sweep " if len(names) == 1 else "sweeps ") + ", ".join(names)
+    return text + (" and runs outside sweeps" if "" in sweeps else "")
 
 
 @dataclass(frozen=True)
@@ -42,6 +60,8 @@ class Heatmap:
     """One grid: mean over seeds per (eta_QK, eta_V), the best cell and the best cell with lambda = 1."""
 
     key: str  # the `grid` key its runs share: every setting but the two learning rates
+    sweeps: tuple[str, ...]  # the sweeps its runs came from ('' for runs outside sweeps): one unless pooled
+    pooled: bool  # runs of every sweep, not of sweeps[0] alone
     name: str  # file stem
     title: str
     model: str
@@ -59,10 +79,17 @@ class Heatmap:
         """The grid of means: rows eta_QK ascending, columns eta_V ascending (NaN: no scored seed)."""
         return self.cells.pivot(index="lr", columns="lr_v", values="mean").sort_index().sort_index(axis=1)
 
+    def members(self, runs: pd.DataFrame) -> pd.DataFrame:
+        """The runs behind this grid: its `grid` key and, unless pooled, its sweep."""
+        mine = runs["grid"] == self.key
+        if not self.pooled:
+            mine &= runs["sweep"].map(lambda s: self.sweeps[0] in sweeps_of(s))
+        return runs[mine]
+
     def runs_of(self, runs: pd.DataFrame, cell: Cell) -> pd.DataFrame:
         """The runs (one per seed) behind one cell of this grid."""
-        in_grid = runs["grid"] == self.key
-        return runs[in_grid & np.isclose(runs["lr"], cell.lr) & np.isclose(runs["lr_v"], cell.lr_v)]
+        mine = self.members(runs)
+        return mine[np.isclose(mine["lr"], cell.lr) & np.isclose(mine["lr_v"], cell.lr_v)]
 
     @property
     def gap(self) -> Optional[float]:
@@ -83,13 +110,23 @@ def _is_diagonal(lr: pd.Series, lr_v: pd.Series) -> np.ndarray:
     return np.isclose(lr, lr_v, rtol=1e-6, atol=0.0)
 
 
-def find(coll: Collection) -> list[Heatmap]:
-    """Every learning-rate grid in the runs (at least 2 x 2 distinct rates), sorted by model, task, ..."""
+def _groups(runs: pd.DataFrame, pool: bool) -> list[tuple[str, tuple[str, ...], pd.DataFrame]]:
+    """(grid key, sweeps, runs) per candidate: per sweep (a merged twin joins each of its own) or pooled."""
+    if pool:
+        return [(key, tuple(sorted({x for s in group["sweep"] for x in sweeps_of(s)})), group)
+                for key, group in runs.groupby("grid", sort=True)]
+    exploded = runs.assign(_sweep=runs["sweep"].map(sweeps_of)).explode("_sweep")
+    return [(key, (sweep,), group.drop(columns="_sweep"))
+            for (sweep, key), group in exploded.groupby(["_sweep", "grid"], sort=True)]
+
+
+def find(coll: Collection, pool: bool = False) -> list[Heatmap]:
+    """Every learning-rate grid (>= 2 x 2 distinct rates) per sweep, or pooled; sorted by model, task, ..."""
     runs = coll.trained
     if runs.empty:
         return []
     found = []
-    for grid_key, group in runs.groupby("grid", sort=True):
+    for grid_key, sweeps, group in _groups(runs, pool):
         if group["lr"].nunique() < 2 or group["lr_v"].nunique() < 2:
             continue
         cells = over_seeds(group, ["lr", "lr_v"])
@@ -104,12 +141,16 @@ def find(coll: Collection) -> list[Heatmap]:
             if len(diagonal) else None
         )
         first = group.iloc[0]
+        where = source(sweeps)
         found.append(Heatmap(
             key=grid_key,
+            sweeps=sweeps,
+            pooled=pool,
             name="",  # set by _name, which needs every grid
             title=(f"{first.model} · {labels.task_label(first.task)} · "
                    f"{labels.METHOD_LABEL.get(first.method, first.method)} ({first.targets.upper()})"
-                   + ("" if np.isnan(first["rank"]) else f" r = {int(first['rank'])}")),
+                   + ("" if np.isnan(first["rank"]) else f" r = {int(first['rank'])}")
+                   + (f" · {where}" if where else "")),
             model=first.model, task=first.task, method=first.method, targets=first.targets, rank=first["rank"],
             metric=first.metric,
             cells=cells,
@@ -124,14 +165,20 @@ def find(coll: Collection) -> list[Heatmap]:
 
 
 def _name(heatmaps: list[Heatmap]) -> None:
-    """heatmap_<model>_<task>_<method>_<targets>[_r<rank>], plus a hash when two grids share that stem."""
+    """heatmap_[<sweep>_]<model>_<task>_<method>_<targets>[_r<rank>], plus a hash when two grids share it.
+
+    The sweep is named unless pooled or empty, so one sweep's grid never overwrites another's file.
+    """
     stems = {}
     for h in heatmaps:
-        stem = f"heatmap_{h.model}_{h.task}_{h.method}_{h.targets}" + ("" if np.isnan(h.rank) else f"_r{int(h.rank)}")
-        stems.setdefault(stem, []).append(h)
+        named = not h.pooled and h.sweeps[0]
+        sweep = re.sub(r"[^A-Za-z0-9._-]", "-", h.sweeps[0]) + "_" if named else ""
+        stem = (f"heatmap_{sweep}{h.model}_{h.task}_{h.method}_{h.targets}"
+                + ("" if np.isnan(h.rank) else f"_r{int(h.rank)}"))
+        stems.setdefault(stem, []).append((h, h.key + ("|" + h.sweeps[0] if named else "")))
     for stem, group in stems.items():
-        for h in group:
-            suffix = "" if len(group) == 1 else "_" + hashlib.sha1(h.key.encode()).hexdigest()[:6]
+        for h, key in group:
+            suffix = "" if len(group) == 1 else "_" + hashlib.sha1(key.encode()).hexdigest()[:6]
             h.name = stem + suffix
 
 
@@ -189,13 +236,15 @@ def save(h: Heatmap, folder: Path, floor: Optional[float] = None) -> list[Path]:
 
 def grid_frame(heatmaps: list[Heatmap]) -> pd.DataFrame:
     """All grids as one long table for CSV: one line per (heatmap, eta_QK, eta_V)."""
-    columns = ["heatmap", "model", "task", "method", "targets", "rank", "metric", "lr", "lr_v", "lam", "mean", "std",
-               "n", "n_expected", "completed", "diverged", "running", "failed", "best", "diagonal"]
+    columns = ["heatmap", "sweeps", "model", "task", "method", "targets", "rank", "metric", "lr", "lr_v",
+               "lam", "mean", "std", "n", "n_expected", "completed", "diverged", "running", "failed", "best",
+               "diagonal"]
     frames = []
     for h in heatmaps:
         c = h.cells
         frames.append(c.assign(
-            heatmap=h.name, model=h.model, task=h.task, method=h.method, targets=h.targets, rank=h.rank,
+            heatmap=h.name, sweeps=",".join(h.sweeps), model=h.model, task=h.task, method=h.method,
+            targets=h.targets, rank=h.rank,
             metric=h.metric, lam=c["lr_v"] / c["lr"],
             best=np.isclose(c["lr"], h.best.lr) & np.isclose(c["lr_v"], h.best.lr_v),
             diagonal=_is_diagonal(c["lr"], c["lr_v"]),

@@ -14,9 +14,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from qvtune.collect import curves, heatmap, render, verdicts
-from qvtune.collect.figures import Renderer, figure_paths
+from qvtune.collect.figures import Renderer
 from qvtune.collect.records import STATUSES, Collection
 from qvtune.collect.tables import Table
+from qvtune.figures import figure_paths
 
 SECTIONS = ("records", "table1", "table2", "compare", "heatmaps", "curves", "verdicts")  # order in report.md
 FORMATS = {"md": "md", "markdown": "md", "latex": "latex", "tex": "latex", "csv": "csv"}
@@ -96,7 +97,8 @@ class Report:
         if not found:
             self.console.print("[dim]Heatmaps: no learning-rate grid (2 x 2 or more) in the runs[/]")
             return
-        lines = ["### Heatmaps (eta_QK x eta_V)", ""]
+        pooled = "pools the runs of every sweep (--pool)" if found[0].pooled else "holds one sweep's runs"
+        lines = ["### Heatmaps (eta_QK x eta_V)", "", f"Each grid {pooled}.", ""]
         folder = self.out / "heatmaps"
         for h in found:
             self._figure(folder, h.name, self.renderer.submit(heatmap.save, h, folder, floor))
@@ -138,9 +140,12 @@ class Report:
             if "csv" in self.formats:
                 self._write("curves.csv", render.frame_to_csv(self.frames["curves"]))
 
-    def claims(self, found: list[heatmap.Heatmap]) -> None:
-        self.verdicts = verdicts.all_verdicts(self.coll, found)
-        text = verdicts.to_markdown(self.verdicts)
+    def claims(
+        self, found: list[heatmap.Heatmap], margin: float = verdicts.DEFAULT_MARGIN, pool: bool = False
+    ) -> None:
+        """The verdicts on the paper's claims; `margin` and `pool` as in commands.run."""
+        self.verdicts = verdicts.all_verdicts(self.coll, found, margin, pool)
+        text = verdicts.to_markdown(self.verdicts, margin, pool)
         self.sections["verdicts"] = text
         self.frames["verdicts"] = verdicts.frame(self.verdicts)
         if "md" in self.formats:
