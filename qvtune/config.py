@@ -6,22 +6,24 @@ lambda = eta_V / eta_QK, and eta_V = lam * lr.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, ListConfig
 
 WEIGHT_TYPES = ("q", "k", "v")
 METHODS = ("full", "lora", "dora")
+METHODS_WITH_RANK = ("lora", "dora")  # adapters have a rank, alpha and dropout; a full fine-tune has none
 METRICS = ("accuracy", "f1", "matthews", "pearson", "spearman")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 PADDINGS = ("dynamic", "max")
 SCHEDULERS = ("linear", "constant")
+# by_module: each tensor goes to the group of the module that owns it (W_q/W_k -> qk, W_v -> v, head).
+# paper: the paper scripts' rule, for bit-for-bit reproduction (see qvtune.methods.paper_group).
+GROUPINGS = ("by_module", "paper")
 WANDB_MODES = ("offline", "online", "disabled")
 
 
@@ -96,12 +98,15 @@ class OptimConfig:
     weight_decay: float = 0.0
     scheduler: str = "linear"  # linear | constant; every group is scaled by the same factor
     warmup_ratio: float = 0.0
-    max_grad_norm: Optional[float] = None
+    max_grad_norm: Optional[float] = None  # clip the gradient norm of all trainable tensors (null: never)
+    grouping: str = "by_module"  # how trainable tensors are put into the qk / v / head groups: GROUPINGS
 
 
 @dataclass
 class WandbConfig:
-    mode: str = "offline"  # offline needs no account; `wandb sync` later
+    # offline (needs no account; `wandb sync` later), online or disabled; null: the WANDB_MODE
+    # environment variable where it is set, else offline
+    mode: Optional[str] = None
     project: str = "qvtune"
     entity: Optional[str] = None
     group: Optional[str] = None  # defaults to the sweep name
@@ -113,6 +118,7 @@ class RunConfig:
     model: ModelConfig = MISSING
     task: TaskConfig = MISSING
     method: MethodConfig = MISSING
+    recipe: str = "fast"  # the recipe group that set the training details (conf/recipe/)
     targets: Any = "qv"  # subset of qkv: "qv", "vq", "QKV", [q, v]
     rank: int = 8
     alpha: Optional[float] = None  # defaults to rank (the paper's alpha = r)
@@ -127,6 +133,9 @@ class RunConfig:
     head_lr: Optional[float] = None  # the classification head; defaults to lr
     epochs: float = 3
     max_steps: Optional[int] = None  # stop after this many optimizer steps (overrides epochs)
+    # Train only this fraction of the run's steps, then pause (resumable): a rung of a search. The
+    # schedule and batches stay those of the full run, so a later launch continues it exactly.
+    until: Optional[float] = None
     batch_size: int = 32
     grad_accum: int = 1
     eval_batch_size: int = 128
@@ -212,6 +221,29 @@ def learning_rates(cfg: Any) -> LearningRates:
     return LearningRates(qk=lr, v=lam * lr, head=head, lam=lam)
 
 
+def until_step(until: Optional[float], total_steps: int) -> int:
+    """The optimizer step a run trained `until` a fraction of its `total_steps` stops at."""
+    if until is None:
+        return total_steps
+    # rounded first, as in plan_steps: 1/3 of 9 steps is 3, not 4
+    return math.ceil(round(until * total_steps, 9))
+
+
+def has_rank(method: str) -> bool:
+    """Whether `rank`, `alpha` and `dropout` mean anything to the method (its adapters' shape)."""
+    return method in METHODS_WITH_RANK
+
+
+def wandb_mode(cfg: Any) -> str:
+    """`wandb.mode` when given, else the WANDB_MODE environment variable (W&B's own), else offline."""
+    return cfg.wandb.mode or os.environ.get("WANDB_MODE") or "offline"
+
+
+def _positive(x: Optional[float]) -> bool:
+    """A finite number > 0 (nan and inf are not: a run with them only diverges or never stops)."""
+    return x is not None and math.isfinite(x) and x > 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Validation: cheap checks, no torch, no transformers, no files read but the data folder listing.
 
@@ -230,21 +262,25 @@ def validate(cfg: Any) -> list[str]:
     except ValueError as e:
         errors.append(str(e))
     check(cfg.rank >= 1, f"rank={cfg.rank}: expected an integer >= 1")
-    check(cfg.alpha is None or cfg.alpha > 0, f"alpha={cfg.alpha}: expected a positive number")
+    check(cfg.alpha is None or _positive(cfg.alpha), f"alpha={cfg.alpha}: expected a finite positive number")
     check(0 <= cfg.dropout < 1, f"dropout={cfg.dropout}: expected a number in [0, 1)")
     check(cfg.attention_dropout is None or 0 <= cfg.attention_dropout < 1,
           f"attention_dropout={cfg.attention_dropout}: expected a number in [0, 1), or null for the model's own")
-    check(cfg.lr > 0, f"lr={cfg.lr}: expected a positive learning rate (eta_QK)")
-    check(cfg.lam is None or cfg.lam > 0, f"lam={cfg.lam}: expected a positive ratio eta_V / eta_QK")
-    check(cfg.lr_v is None or cfg.lr_v > 0, f"lr_v={cfg.lr_v}: expected a positive learning rate (eta_V)")
-    check(cfg.head_lr is None or cfg.head_lr > 0, f"head_lr={cfg.head_lr}: expected a positive learning rate")
-    if cfg.lr > 0 and cfg.lr_v is not None and cfg.lr_v > 0 and cfg.lam is not None and cfg.lam > 0:
+    check(_positive(cfg.lr), f"lr={cfg.lr}: expected a finite positive learning rate (eta_QK)")
+    check(cfg.lam is None or _positive(cfg.lam), f"lam={cfg.lam}: expected a finite positive ratio eta_V / eta_QK")
+    check(cfg.lr_v is None or _positive(cfg.lr_v), f"lr_v={cfg.lr_v}: expected a finite positive learning rate (eta_V)")
+    check(cfg.head_lr is None or _positive(cfg.head_lr),
+          f"head_lr={cfg.head_lr}: expected a finite positive learning rate")
+    if _positive(cfg.lr) and _positive(cfg.lr_v) and _positive(cfg.lam):
         try:
             learning_rates(cfg)
         except ValueError as e:
             errors.append(str(e))
-    check(cfg.epochs >= 0, f"epochs={cfg.epochs}: expected a number >= 0 (0 evaluates the untrained model)")
+    check(math.isfinite(cfg.epochs) and cfg.epochs >= 0,
+          f"epochs={cfg.epochs}: expected a finite number >= 0 (0 evaluates the untrained model)")
     check(cfg.max_steps is None or cfg.max_steps >= 0, f"max_steps={cfg.max_steps}: expected an integer >= 0")
+    check(cfg.until is None or (math.isfinite(cfg.until) and 0 < cfg.until <= 1),
+          f"until={cfg.until}: expected a fraction of the run's steps in (0, 1], or null for the whole run")
     check(cfg.max_batch_tokens is None or cfg.max_batch_tokens >= 1,
           f"max_batch_tokens={cfg.max_batch_tokens}: expected an integer >= 1, or null to never split a batch")
     for key in ("batch_size", "grad_accum", "eval_batch_size"):
@@ -253,7 +289,8 @@ def validate(cfg: Any) -> list[str]:
     check(cfg.padding in PADDINGS, f"padding={cfg.padding!r}: expected one of {', '.join(PADDINGS)}")
     check(cfg.precision in PRECISIONS, f"precision={cfg.precision!r}: expected one of {', '.join(PRECISIONS)}")
     check(cfg.eval_every >= 0, f"eval_every={cfg.eval_every}: expected steps >= 0 (0 = once per epoch)")
-    check(cfg.diverge_factor >= 0, f"diverge_factor={cfg.diverge_factor}: expected >= 0 (0 = only NaN/inf)")
+    check(math.isfinite(cfg.diverge_factor) and cfg.diverge_factor >= 0,
+          f"diverge_factor={cfg.diverge_factor}: expected a finite number >= 0 (0 = only NaN/inf)")
     for key in ("max_train_samples", "max_eval_samples"):
         check(cfg[key] is None or cfg[key] >= 1, f"{key}={cfg[key]}: expected an integer >= 1 or null")
     check(
@@ -261,7 +298,17 @@ def validate(cfg: Any) -> list[str]:
         f"optim.scheduler={cfg.optim.scheduler!r}: expected one of {', '.join(SCHEDULERS)}",
     )
     check(0 <= cfg.optim.warmup_ratio < 1, f"optim.warmup_ratio={cfg.optim.warmup_ratio}: expected [0, 1)")
-    check(cfg.wandb.mode in WANDB_MODES, f"wandb.mode={cfg.wandb.mode!r}: expected one of {', '.join(WANDB_MODES)}")
+    check(cfg.optim.max_grad_norm is None or _positive(cfg.optim.max_grad_norm),
+          f"optim.max_grad_norm={cfg.optim.max_grad_norm}: expected a finite positive norm, or null to never clip")
+    check(cfg.optim.grouping in GROUPINGS,
+          f"optim.grouping={cfg.optim.grouping!r}: expected one of {', '.join(GROUPINGS)}")
+    check(_positive(cfg.optim.eps), f"optim.eps={cfg.optim.eps}: expected a finite positive number")
+    check(math.isfinite(cfg.optim.weight_decay) and cfg.optim.weight_decay >= 0,
+          f"optim.weight_decay={cfg.optim.weight_decay}: expected a finite number >= 0")
+    check(cfg.wandb.mode is None or cfg.wandb.mode in WANDB_MODES,
+          f"wandb.mode={cfg.wandb.mode!r}: expected one of {', '.join(WANDB_MODES)}, or null for WANDB_MODE")
+    check(wandb_mode(cfg) in WANDB_MODES,
+          f"WANDB_MODE={wandb_mode(cfg)!r} (environment): expected one of {', '.join(WANDB_MODES)}")
     check(cfg.threads is None or cfg.threads >= 1, f"threads={cfg.threads}: expected an integer >= 1")
     errors += _validate_model(cfg.model)
     errors += _validate_task(cfg.task, cfg.data_dir)
@@ -308,50 +355,6 @@ def _validate_task(task: Any, data_dir: Optional[str]) -> list[str]:
             f" but {', '.join(missing)} is missing in {folder}"
         )
     return errors
-
-
-# ---------------------------------------------------------------------------------------------
-# Identity of a run
-
-
-# What changes a run's result. Paths, logging, launcher and bookkeeping keys are left out, so a
-# re-launched grid maps every run to the same key wherever its files live.
-KEY_FIELDS = (
-    "targets rank alpha dropout attention_dropout lr head_lr epochs max_steps batch_size grad_accum max_len padding"
-    " group_by_length seed precision max_train_samples max_eval_samples diverge_factor optim"
-).split()
-
-
-def run_identity(cfg: Any) -> dict[str, Any]:
-    """The fields that decide a run's result, normalised (targets canonical, lam folded into eta_V)."""
-    c = {k: _plain(cfg[k]) for k in (*KEY_FIELDS, "method", "model", "task", "lam", "lr_v")}
-    ident = {k: c[k] for k in KEY_FIELDS}
-    ident["targets"] = parse_targets(c["targets"])
-    rates = learning_rates(cfg)
-    ident["lr_v"], ident["head_lr"] = rates.v, rates.head
-    ident["alpha"] = c["alpha"] if c["alpha"] is not None else c["rank"]
-    if c["method"]["name"] == "full":  # rank, alpha and dropout mean nothing to a full fine-tune
-        ident.update(rank=None, alpha=None, dropout=None)
-    ident["method"] = c["method"]["name"]
-    model = c["model"]
-    ident["model"] = {k: model[k] for k in ("source", "dtype")}
-    if model["source"] is None:
-        ident["model"]["arch"] = model["arch"]
-    task = dict(c["task"])
-    task.pop("paper_epochs", None)
-    ident["task"] = task
-    return ident
-
-
-def _plain(value: Any) -> Any:
-    """A config value as plain Python, interpolations resolved (the hydra node is never touched)."""
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
-
-
-def run_key(cfg: Any) -> str:
-    """A short stable hash of `run_identity`: the name of the run's folder in the results store."""
-    blob = json.dumps(run_identity(cfg), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def available_cpus() -> int:

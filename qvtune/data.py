@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -13,7 +11,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from qvtune.tasks import Split
+from qvtune.files import atomic_write
+from qvtune.tasks import Split, TaskData
 
 PAD_MULTIPLE = 8
 
@@ -67,19 +66,28 @@ def encode_cached(tokenizer: Any, read: Callable[[], Split], max_len: int, cache
         with np.load(path) as z:
             return Encoded(z["ids"], z["types"] if "types" in z else None, z["offsets"], z["labels"])
     enc = encode(tokenizer, read(), max_len)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            arrays = {"ids": enc.ids, "offsets": enc.offsets, "labels": enc.labels}
-            if enc.types is not None:
-                arrays["types"] = enc.types
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    arrays = {"ids": enc.ids, "offsets": enc.offsets, "labels": enc.labels}
+    if enc.types is not None:
+        arrays["types"] = enc.types
+    atomic_write(path, lambda f: np.savez(f, **arrays))
     return enc
+
+
+def cache_key(task_name: str, tokenizer: Any, task: TaskData) -> str:
+    """The tokenization cache's name for a task's splits: it changes with the tokenizer and with the data."""
+    return f"{task_name}-{tokenizer_fingerprint(tokenizer)[:16]}-{task.fingerprint[:16]}"
+
+
+def encode_task(tokenizer: Any, task: TaskData, task_name: str, max_len: int,
+                cache_dir: Path) -> tuple[Encoded, dict[str, Encoded]]:
+    """Token ids of the task's train split and of each eval split, from the cache where they are."""
+    key = cache_key(task_name, tokenizer, task)
+    train = encode_cached(tokenizer, lambda: task.train, max_len, cache_dir, f"{key}-train")
+    evals = {
+        name: encode_cached(tokenizer, lambda name=name: task.evals[name], max_len, cache_dir, f"{key}-{name}")
+        for name in task.eval_names
+    }
+    return train, evals
 
 
 def encode(tokenizer: Any, split: Split, max_len: int, chunk: int = 4096) -> Encoded:

@@ -1,80 +1,315 @@
-"""The run record (`result.json`) and the results store that holds one folder per run key.
+"""The run record and the results store that holds one folder per run key.
 
 This module imports nothing heavy: the collector and `plan=true` read the store on a laptop far
-from the GPUs. A record is plain JSON; its fields (schema version 1):
+from the GPUs. `RunRecord` is the one place that builds, writes, reads and validates a record; its
+fields are documented there. A run's folder holds
 
-    schema          1
-    run_key         12 hex digits, qvtune.config.run_key of the config
-    status          "running" | "completed" | "diverged" | "failed"
-    error           null, or the reason of a failure / divergence (a failure also keeps its `traceback`)
-    config          the resolved RunConfig (model.name, task.name, method.name, targets "qv", rank, lr, ...)
-    rates           {"qk": eta_QK, "v": eta_V, "head": head lr, "lam": lambda}
-    params          {"total": int, "trainable": int, "groups": [{"group", "lr", "tensors", "params"}, ...]}
-    metric          name of the task's headline metric (e.g. "accuracy", "matthews", "pearson")
-    history         [{"step": int, "epoch": float, "metrics": {name: value, ...}}, ...]  dev evaluations
-    final, best     {name: value} at the last evaluation / at the evaluation with the best headline metric
-    train_loss      [[step, loss], ...]
-    update_norms    [[step, |dW_q|, |dW_k|, |dW_v|], ...]  Frobenius norms of the accumulated updates
-    lr_trace        [[step, lr_qk, lr_v, lr_head], ...]  the learning rates the optimizer applied
-    steps, samples  optimizer steps and training samples seen
-    timing          {"wall_s", "setup_s", "load_s", "data_s", "train_s", "eval_s", "samples_per_s", "tokens_per_s"}
-                    wall_s from the run's start (its imports included) to its end; setup_s the part
-                    before training (imports, model, data): a process's first run pays the imports
-    peak_rss_mb     peak resident memory of the process
-    sweep           the sweep name or null
-    host, started_at, finished_at, qvtune_version
+    result.json    the record without its per-step curves (schema 2): small, so that the collector
+                   and the sweeper read thousands of them quickly
+    curves.json    a finished run's curves ({"run_key", "train_loss", "update_norms", "lr_trace"}),
+                   written before the result.json that names it in `curves_file`
+    run.log        the run's log;  checkpoint.pt  its latest checkpoint while it works;  .lock
+
+Records of schema 1 (the curves inline in result.json) are read everywhere, their curves included.
 """
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
-import tempfile
+import socket
+import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union, cast, get_args, get_origin, get_type_hints
 
-SCHEMA_VERSION = 1
+from filelock import FileLock, Timeout
+from omegaconf import OmegaConf
+
+from qvtune import __version__
+from qvtune.config import learning_rates, until_step
+from qvtune.files import atomic_write
+
+if TYPE_CHECKING:
+    from qvtune.train import TrainState
+
+SCHEMA_VERSION = 2
 RESULT_FILE = "result.json"
+CURVES_FILE = "curves.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 LOCK_FILE = ".lock"
-FINISHED = ("completed", "diverged")  # a re-launch skips these; "failed" runs again
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON so that readers see the old file or the new one, never a half-written one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True, allow_nan=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+class _Word(str, Enum):
+    """A status word: equal to its string, and printed as it (f-strings, JSON, pandas columns)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Status(_Word):
+    """What a record says of its run, in the collector's order of preference among duplicates."""
+
+    COMPLETED = "completed"
+    DIVERGED = "diverged"  # stopped by the divergence check; it counts with what it scored
+    # stopped at `until` (a rung of a search) with its checkpoint: a launch with a larger one resumes it
+    PAUSED = "paused"
+    RUNNING = "running"  # at work, or killed: the store tells them apart by the run's lock
+    FAILED = "failed"  # an exception, its reason in `error`; a re-launch runs it again
+
+
+class State(_Word):
+    """What the store knows of a run key, from the most advanced: its record's status; interrupted
+    for a record that says running while nobody holds the run's lock, or one that cannot be used (a
+    killed run: it resumes from its checkpoint); pending when there is no record."""
+
+    COMPLETED = "completed"
+    DIVERGED = "diverged"
+    PAUSED = "paused"
+    RUNNING = "running"
+    INTERRUPTED = "interrupted"
+    FAILED = "failed"
+    PENDING = "pending"
+
+
+FINISHED = (State.COMPLETED, State.DIVERGED)  # a re-launch skips these
+# a launch runs these, and a paused run that has not reached the launch's `until` (see `reached`)
+TO_RUN = (State.PENDING, State.FAILED, State.INTERRUPTED)
+
+
+class InvalidRecord(ValueError):
+    """JSON that is not a run record this qvtune can use; the message names what is wrong."""
+
+
+def _now() -> str:
+    """UTC, to the second: records from machines in other time zones sort and compare."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, obj: Any, indent: Optional[int]) -> None:
+    """JSON, atomically; NaN and inf stay what they are (a diverged run's loss)."""
+    text = json.dumps(obj, indent=indent, sort_keys=True, allow_nan=True)
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+@dataclass
+class Curves:
+    """A run's per-step curves, one row per optimizer step."""
+
+    train_loss: list[list[float]] = field(default_factory=list)  # [[step, loss], ...]
+    # [[step, |dW_q|, |dW_k|, |dW_v|], ...]: Frobenius norms of the accumulated updates (for LoRA/DoRA
+    # of the adapters' product)
+    update_norms: list[list[float]] = field(default_factory=list)
+    # [[step, lr_qk, lr_v, lr_head], ...]: the learning rates the optimizer applied
+    lr_trace: list[list[float]] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Curves:
+        """The curves in a curves.json (or inline in a schema 1 record); absent ones are empty."""
+        values = {f.name: data.get(f.name) or [] for f in fields(cls)}
+        bad = [name for name, value in values.items() if not isinstance(value, list)]
+        if bad:
+            raise InvalidRecord(f"{bad[0]}: expected a list of [step, value, ...] rows")
+        return cls(**values)
+
+
+@dataclass
+class RunRecord:
+    """One run: what it was, how it went, what it scored. result.json holds every field but `curves`.
+
+    A run writes its record when it starts (status running) and when it ends (RunRecord.start,
+    .finish or .fail). Every field but `status` has a default, so that records written by earlier
+    versions (without tokens, precision, device, ...) load; `from_dict` checks the types of the rest.
+    """
+
+    status: Status  # running while it works, then completed | diverged | paused | failed
+    run_key: str = ""  # 12 hex digits: qvtune.identity.run_key of the config and the precision used
+    # the resolved RunConfig: model.name, task.name, method.name, targets as given, rank, lr, lam, ...
+    config: dict[str, Any] = field(default_factory=dict)
+    # {"qk": eta_QK, "v": eta_V, "head": the head's rate, "lam": lambda}
+    rates: dict[str, float] = field(default_factory=dict)
+    metric: str = ""  # the task's headline metric: accuracy, f1, matthews, pearson, spearman
+    precision: Optional[str] = None  # the precision used: fp32, bf16 or fp16 (see qvtune.identity)
+    error: Optional[str] = None  # why it failed ("Type: message") or diverged
+    traceback: Optional[str] = None  # a failure's traceback
+    # the optimizer groups: {"total": int, "trainable": int, "groups": [{"group", "lr", "tensors", "params"}]}
+    params: Optional[dict[str, Any]] = None
+    # the dev evaluations in order: [{"step": int, "epoch": float, "metrics": {name: value}}, ...]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    final: dict[str, float] = field(default_factory=dict)  # {metric: value} at the last evaluation
+    best: dict[str, float] = field(default_factory=dict)  # ... at the one with the best headline metric
+    steps: int = 0  # optimizer steps taken
+    planned_steps: Optional[int] = None  # optimizer steps of the whole run (a paused run took fewer)
+    samples: int = 0  # training samples seen
+    tokens: Optional[int] = None  # training tokens seen, padding excluded
+    # seconds: wall_s from the run's start (its imports included) to its end; setup_s the part before
+    # training (imports, model, data: a process's first run pays the imports), of it load_s (model)
+    # and data_s (tokenization); train_s, eval_s; and samples_per_s, tokens_per_s of the training
+    timing: dict[str, Optional[float]] = field(default_factory=dict)
+    peak_rss_mb: Optional[float] = None  # peak resident memory of the process
+    peak_gpu_mb: Optional[float] = None  # peak allocated GPU memory; None on a CPU
+    device: Optional[str] = None  # where it trained: cpu, cuda, cuda:1
+    threads: Optional[int] = None  # torch's CPU threads
+    sweep: Optional[str] = None  # the sweep's name (sweep_name), or None for a single run
+    host: str = ""  # the machine it ran on
+    started_at: str = ""  # ISO 8601, UTC: when this attempt started (a resumed run restarts it)
+    finished_at: Optional[str] = None
+    qvtune_version: str = ""
+    curves_file: Optional[str] = None  # "curves.json" once the curves are written beside result.json
+    schema: int = SCHEMA_VERSION  # 2; 1 for a record of an earlier version, with its curves inline
+    # the per-step curves: never in result.json; read with RunRecord.read(path, curves=True)
+    curves: Optional[Curves] = None
+
+    @classmethod
+    def start(cls, cfg: Any, key: str, precision: str) -> RunRecord:
+        """The record of a run that is starting: its config, learning rates and where it runs."""
+        rates = learning_rates(cfg)
+        return cls(
+            status=Status.RUNNING,
+            run_key=key,
+            config=cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True)),
+            rates={"qk": rates.qk, "v": rates.v, "head": rates.head, "lam": rates.lam},
+            metric=cfg.task.metric,
+            precision=precision,
+            sweep=cfg.sweep_name,
+            host=socket.gethostname(),
+            started_at=_now(),
+            qvtune_version=__version__,
+        )
+
+    def finish(self, state: TrainState, params: dict[str, Any], setup: dict[str, float],
+               memory: dict[str, Any], device: str, threads: int) -> None:
+        """What training produced: `state` the training loop's, `setup` the timings measured before
+        it and wall_s (see `timing`), `memory` qvtune.runtime.peak_memory_mb."""
+        history = state.history
+        self.status, self.error = Status(state.status), state.error
+        self.params, self.history = params, history
+        self.final = history[-1]["metrics"]
+        self.best = max(history, key=lambda h: h["metrics"][self.metric])["metrics"]
+        self.steps, self.samples, self.tokens = state.step, state.samples, state.tokens
+        self.planned_steps = state.total_steps
+        self.curves = Curves(state.train_loss, state.update_norms, state.lr_trace)
+        train_s = state.train_s
+        self.timing = {**setup, "train_s": train_s, "eval_s": state.eval_s,
+                       "samples_per_s": state.samples / train_s if train_s else None,
+                       "tokens_per_s": state.tokens / train_s if train_s else None}
+        self.peak_rss_mb, self.peak_gpu_mb = memory["peak_rss_mb"], memory["peak_gpu_mb"]
+        self.device, self.threads = device, threads
+        self.finished_at = _now()
+
+    def fail(self, error: BaseException) -> None:
+        """An exception ends the run: recorded with its traceback, never raised (a sweep goes on)."""
+        self.status = Status.FAILED
+        self.error = f"{type(error).__name__}: {error}"
+        self.traceback = "".join(traceback.format_exception(error))
+        self.finished_at = _now()
+
+    @classmethod
+    def from_dict(cls, data: Any, curves: bool = False) -> RunRecord:
+        """The record in result.json's content; raises InvalidRecord. With `curves`, a schema 1
+        record's inline curves are kept (a schema 2 record's are in its curves file: see `read`)."""
+        if not isinstance(data, dict):
+            raise InvalidRecord("not a JSON object")
+        schema = data.get("schema", 1)
+        if schema not in (1, SCHEMA_VERSION):
+            raise InvalidRecord(f"schema {schema!r}: this qvtune reads schemas 1 and {SCHEMA_VERSION}")
+        try:
+            status = Status(data.get("status"))
+        except ValueError:
+            raise InvalidRecord(f"unknown status {data.get('status')!r}; expected one of "
+                                f"{', '.join(Status)}") from None
+        values: dict[str, Any] = {}
+        for name, kinds in _KINDS.items():
+            if name in data:
+                value = data[name]
+                if not isinstance(value, kinds):
+                    raise InvalidRecord(f"{name}: {type(value).__name__} where "
+                                        f"{' or '.join(k.__name__ for k in kinds)} was expected")
+                values[name] = value
+        record = cls(status=status, **values)
+        if curves and schema == 1:
+            record.curves = Curves.from_dict(data)
+        return record
+
+    def to_dict(self) -> dict[str, Any]:
+        """result.json's content: every field but the curves."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "curves"}
+        out.update(status=self.status.value, schema=SCHEMA_VERSION)
+        return out
+
+    @classmethod
+    def read(cls, path: Path, curves: bool = False) -> RunRecord:
+        """The record in a result.json, with `curves` its curves too (curves.json, or inline in schema 1).
+        Raises OSError, json.JSONDecodeError / UnicodeDecodeError (unreadable) or InvalidRecord."""
+        path = Path(path)
+        record = cls.from_dict(json.loads(path.read_bytes()), curves)
+        if curves and record.curves_file:
+            data = json.loads((path.parent / record.curves_file).read_bytes())
+            if not isinstance(data, dict) or data.get("run_key") != record.run_key:
+                raise InvalidRecord(f"{record.curves_file}: not the curves of run {record.run_key}")
+            record.curves = Curves.from_dict(data)
+        return record
+
+    def write(self, folder: Path) -> None:
+        """Write the record into its run folder: its curves (when it has them) first, then the
+        result.json naming them, so that a result.json never names curves that are not complete."""
+        if self.curves is not None:
+            curves = {"run_key": self.run_key, **asdict(self.curves)}
+            _write_json(Path(folder) / CURVES_FILE, curves, indent=None)
+            self.curves_file = CURVES_FILE
+        _write_json(Path(folder) / RESULT_FILE, self.to_dict(), indent=1)
+
+
+def _kinds(annotation: Any) -> tuple[type, ...]:
+    """The JSON types a field's annotation admits: Optional[X] adds None, an int is a float too."""
+    if get_origin(annotation) is Union:
+        return tuple(k for arg in get_args(annotation) for k in _kinds(arg))
+    kind = get_origin(annotation) or annotation
+    return (int, float) if kind is float else (kind,)
+
+
+_HINTS = get_type_hints(RunRecord)
+# field -> the JSON types it accepts, from RunRecord's annotations (status and curves are parsed apart)
+_KINDS = {f.name: _kinds(_HINTS[f.name]) for f in fields(RunRecord) if f.name not in ("status", "curves")}
 
 
 @dataclass(frozen=True)
 class RunState:
     """What the store knows of one run key."""
 
-    state: str  # pending | running | interrupted | completed | diverged | failed
-    record: Optional[dict[str, Any]]
+    state: State
+    record: Optional[RunRecord]
 
     @property
     def finished(self) -> bool:
         return self.state in FINISHED
 
+    def reached(self, until: Optional[float]) -> bool:
+        """Whether the run needs no launch with this `until`: finished, or paused at or past it."""
+        if self.finished:
+            return True
+        if self.state is not State.PAUSED or self.record is None or self.record.planned_steps is None:
+            return False
+        return self.record.steps >= until_step(until, self.record.planned_steps)
+
+
+def result_files(root: Path) -> list[str]:
+    """Paths (relative to `root`, '/'-separated, sorted) of every result.json below it: in run
+    folders, and in sweep folders that hold run folders."""
+    found = []
+    prefix = len(str(root)) + 1
+    for folder, _, files in os.walk(root):
+        if RESULT_FILE in files:
+            rel = f"{folder[prefix:]}/{RESULT_FILE}" if len(folder) >= prefix else RESULT_FILE
+            found.append(rel.replace(os.sep, "/"))
+    return sorted(found)
+
 
 class ResultsStore:
-    """One folder per run key under `root`: result.json, the run's log, its latest checkpoint.
+    """One folder per run key under `root`: result.json, curves.json, the run's log, its latest checkpoint.
 
     A run holds an exclusive lock on its folder while it works, so two sweeps writing into one
     store never run the same key twice at once, and a record that says "running" while nobody
@@ -87,62 +322,54 @@ class ResultsStore:
     def run_dir(self, key: str) -> Path:
         return self.root / key
 
-    def read(self, key: str) -> Optional[dict[str, Any]]:
-        path = self.run_dir(key) / RESULT_FILE
+    def read(self, key: str) -> Optional[RunRecord]:
+        """The key's record (without curves), None when there is none; raises ValueError when unusable."""
         try:
-            return json.loads(path.read_text())
+            return RunRecord.read(self.run_dir(key) / RESULT_FILE)
         except FileNotFoundError:
             return None
 
-    def write(self, key: str, record: dict[str, Any]) -> None:
-        write_json_atomic(self.run_dir(key) / RESULT_FILE, record)
+    def write(self, record: RunRecord) -> None:
+        record.write(self.run_dir(record.run_key))
 
     def state(self, key: str) -> RunState:
         try:
             record = self.read(key)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return RunState("interrupted", None)
+        except ValueError:  # not JSON, or not a record: run it again
+            return RunState(State.INTERRUPTED, None)
         if record is None:
-            return RunState("pending", None)
-        status = record.get("status")
-        if status == "running":
-            return RunState("running" if self.is_locked(key) else "interrupted", record)
-        return RunState(status if status in ("completed", "diverged", "failed") else "interrupted", record)
+            return RunState(State.PENDING, None)
+        if record.status is Status.RUNNING:
+            return RunState(State.RUNNING if self.is_locked(key) else State.INTERRUPTED, record)
+        return RunState(State(record.status.value), record)
+
+    def _lock(self, key: str) -> FileLock:
+        """The run's lock, taken without waiting (timeout 0): the caller learns at once who holds it."""
+        return FileLock(self.run_dir(key) / LOCK_FILE, timeout=0)
 
     def is_locked(self, key: str) -> bool:
-        lock = self.run_dir(key) / LOCK_FILE
-        if not lock.exists():
+        """Whether a run of the key holds its lock (in another process, or in this one's `claim`)."""
+        if not (self.run_dir(key) / LOCK_FILE).exists():
             return False
-        with open(lock, "a") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno in (errno.EAGAIN, errno.EACCES):
-                    return True
-                raise
-            fcntl.flock(f, fcntl.LOCK_UN)
-            return False
+        lock = self._lock(key)
+        try:
+            lock.acquire()
+        except Timeout:
+            return True
+        lock.release()
+        return False
 
     @contextlib.contextmanager
     def claim(self, key: str) -> Iterator[bool]:
         """Hold the run's lock for the duration; yields False when another process holds it."""
-        folder = self.run_dir(key)
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / LOCK_FILE, "a") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
-    def result_files(self) -> list[Path]:
-        """Every result.json below the root (run folders, and sweep folders that hold run folders)."""
-        if not self.root.is_dir():
-            return []
-        return sorted(self.root.rglob(RESULT_FILE))
+        self.run_dir(key).mkdir(parents=True, exist_ok=True)
+        lock = self._lock(key)
+        try:
+            lock.acquire()
+        except Timeout:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()

@@ -10,52 +10,47 @@ recorded in result.json instead of stopping a sweep.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import platform
-import resource
 import signal
-import socket
 import sys
 import threading
 import time
-import traceback
-from datetime import datetime, timezone
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from qvtune import __version__
-from qvtune.config import (
-    available_cpus,
-    config_dir,
-    learning_rates,
-    parse_targets,
-    register_configs,
-    run_key,
-    validate,
-)
-from qvtune.record import CHECKPOINT_FILE, SCHEMA_VERSION, ResultsStore
+from qvtune.config import config_dir, has_rank, learning_rates, parse_targets, register_configs, validate
+from qvtune.identity import run_key
+from qvtune.record import CHECKPOINT_FILE, RESULT_FILE, ResultsStore, RunRecord, State, Status
+
+if TYPE_CHECKING:
+    from qvtune.runtime import Runtime
 
 log = logging.getLogger("qvtune")
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="run")
-def main(cfg: DictConfig) -> Optional[dict[str, Any]]:
+def main(cfg: DictConfig) -> Optional[Union[RunRecord, dict[str, Any]]]:
     errors = validate(cfg)
     if errors:
         for e in errors:
             print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    key = run_key(cfg)
-    store = ResultsStore(Path(cfg.results_dir).expanduser().absolute())
     if cfg.dry_run:
         return dry_run(cfg)
+    from qvtune.runtime import detect
+
+    runtime = detect(cfg)
+    key = run_key(cfg, runtime.precision)
+    store = ResultsStore(Path(cfg.results_dir).expanduser().absolute())
     if cfg.plan:
         print(f"{key}  {store.state(key).state}")
         return None
@@ -64,12 +59,13 @@ def main(cfg: DictConfig) -> Optional[dict[str, Any]]:
             log.info(f"run {key} is running in another process: skipped")
             return None
         state = store.state(key)
-        if state.finished:
+        if state.reached(cfg.until):
             log.info(f"run {key} is already {state.state} ({store.run_dir(key)}): skipped")
             return state.record
         # we hold the lock now, so a record that says "running" was left by a killed run
-        record = execute(cfg, key, store, resume=state.state in ("running", "interrupted"))
-    if record["status"] == "failed" and HydraConfig.get().mode == RunMode.RUN:
+        resume = state.state in (State.RUNNING, State.INTERRUPTED, State.PAUSED)
+        record = execute(cfg, key, store, runtime, resume=resume)
+    if record.status is Status.FAILED and HydraConfig.get().mode == RunMode.RUN:
         sys.exit(1)  # a single run says so; in a sweep the failure is a recorded result
     return record
 
@@ -80,84 +76,86 @@ def dry_run(cfg: DictConfig) -> dict[str, Any]:
     from qvtune.models import build_on_meta
 
     model = apply_method(build_on_meta(cfg.model, cfg.task.num_labels), cfg)
-    table = group_table(model, param_groups(model, learning_rates(cfg)))
+    table = group_table(model, param_groups(model, learning_rates(cfg), cfg.optim.grouping))
     targets = parse_targets(cfg.targets)
-    rank = "" if cfg.method.name == "full" else f" r={cfg.rank}"
+    rank = f" r={cfg.rank}" if has_rank(cfg.method.name) else ""
     print(f"{cfg.model.name} {cfg.method.name} {targets.upper()}{rank}, {cfg.task.num_labels} labels")
     print(format_group_table(table))
     return table
 
 
-def execute(cfg: DictConfig, key: str, store: ResultsStore, resume: bool) -> dict[str, Any]:
+def execute(cfg: DictConfig, key: str, store: ResultsStore, runtime: Runtime, resume: bool) -> RunRecord:
     """Run one configuration and write its record; exceptions become a "failed" record."""
     run_dir = store.run_dir(key)
-    handler = logging.FileHandler(run_dir / "run.log")
-    handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
-    log.addHandler(handler)
-    rates = learning_rates(cfg)
-    record: dict[str, Any] = {
-        "schema": SCHEMA_VERSION,
-        "run_key": key,
-        "status": "running",
-        "error": None,
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "rates": {"qk": rates.qk, "v": rates.v, "head": rates.head, "lam": rates.lam},
-        "metric": cfg.task.metric,
-        "sweep": cfg.sweep_name,
-        "host": socket.gethostname(),
-        "started_at": now(),
-        "qvtune_version": __version__,
-    }
-    store.write(key, record)
-    log.info(f"run {key} -> {run_dir}" + (" (resuming)" if resume else ""))
+    record = RunRecord.start(cfg, key, runtime.precision)
     tracker = None
     exit_code = 1
-    if threading.current_thread() is threading.main_thread():  # scancel, time limits: save, then stop
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    try:
-        from qvtune.tracking import Tracker
+    with run_log(run_dir):
+        store.write(record)
+        log.info(f"run {key} -> {run_dir}" + (" (resuming)" if resume else ""))
+        exit_on_sigterm()
+        try:
+            from qvtune.tracking import Tracker
 
-        tracker = Tracker(cfg, key, rates, run_dir)
-        record.update(fine_tune(cfg, run_dir, tracker.log))
-        exit_code = 0
-    except Exception as e:  # recorded, never raised: one bad run must not stop a sweep
-        record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
-    finally:
-        log.removeHandler(handler)
-        handler.close()
-    record["finished_at"] = now()
-    store.write(key, record)
+            tracker = Tracker(cfg, key, learning_rates(cfg), run_dir)
+            fine_tune(cfg, record, run_dir, runtime, tracker.log)
+            exit_code = 0
+        except Exception as e:  # recorded, never raised: one bad run must not stop a sweep
+            record.fail(e)
+    store.write(record)
     if tracker is not None:
-        tracker.finish({k: record.get(k) for k in ("status", "best", "final", "steps")}, exit_code)
-    if record["status"] == "failed":
-        log.error(f"run {key} failed: {record['error']} -> {run_dir / 'result.json'}")
+        tracker.finish({"status": record.status.value, "best": record.best, "final": record.final,
+                        "steps": record.steps}, exit_code)
+    if record.status is Status.FAILED:
+        log.error(f"run {key} failed: {record.error} -> {run_dir / RESULT_FILE}")
     else:
-        log.info(f"run {key} {record['status']}: {cfg.task.metric} = {record['final'][cfg.task.metric]:.4f}"
-                 f" -> {run_dir / 'result.json'}")
+        log.info(f"run {key} {record.status}: {cfg.task.metric} = {record.final[cfg.task.metric]:.4f}"
+                 f" -> {run_dir / RESULT_FILE}")
     return record
 
 
-def fine_tune(cfg: DictConfig, run_dir: Path, log_fn: Any) -> dict[str, Any]:
-    """Model -> method and groups -> data -> training loop; returns the record's result fields."""
+@contextlib.contextmanager
+def run_log(run_dir: Path) -> Iterator[None]:
+    """qvtune's log lines also go to the run's own run.log while it works (a resumed run appends)."""
+    handler = logging.FileHandler(run_dir / "run.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def exit_on_sigterm() -> None:
+    """scancel and time limits send SIGTERM: stop through SystemExit, which the training loop
+    answers by saving a checkpoint and `execute` does not record, so the run stays "running" and
+    resumes. Only the main thread may set a handler."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+def fine_tune(cfg: DictConfig, record: RunRecord, run_dir: Path, runtime: Runtime, log_fn: Any) -> None:
+    """Model -> method and groups -> data -> training loop; fills in the record's results."""
     wall = time.perf_counter()  # imports included: the first run of a process pays for them
     import torch
 
-    from qvtune.data import encode_cached, tokenizer_fingerprint
+    from qvtune.data import encode_task
     from qvtune.methods import apply_method, format_group_table, group_table, param_groups
     from qvtune.models import build_on_meta, load_model, load_tokenizer
+    from qvtune.runtime import peak_memory_mb, set_threads
     from qvtune.tasks import load_task
     from qvtune.train import train
 
-    torch.set_num_threads(cfg.threads or available_cpus())
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
-    rates = learning_rates(cfg)
-    apply_method(build_on_meta(cfg.model, cfg.task.num_labels), cfg)  # structure errors before any weights load
+    threads = set_threads(cfg)
+    device = torch.device(runtime.device)
+    apply_method(build_on_meta(cfg.model, cfg.task.num_labels), cfg)  # structure errors before weights load
 
     tic = time.perf_counter()
     tokenizer = load_tokenizer(cfg.model)
-    model = apply_method(load_model(cfg.model, cfg.task.num_labels, cfg.seed, cfg.attention_dropout), cfg).to(device)
-    groups = param_groups(model, rates)
+    model = load_model(cfg.model, cfg.task.num_labels, cfg.seed, cfg.attention_dropout)
+    model = apply_method(model, cfg).to(device)
+    groups = param_groups(model, learning_rates(cfg), cfg.optim.grouping)
     table = group_table(model, groups)
     log.info("\n" + format_group_table(table))
     load_s = time.perf_counter() - tic
@@ -165,58 +163,20 @@ def fine_tune(cfg: DictConfig, run_dir: Path, log_fn: Any) -> dict[str, Any]:
     tic = time.perf_counter()
     task = load_task(cfg.task, cfg.data_dir)
     cache = Path(cfg.cache_dir).expanduser()
-    prefix = f"{cfg.task.name}-{tokenizer_fingerprint(tokenizer)[:16]}-{task.fingerprint[:16]}"
-    train_data = encode_cached(tokenizer, lambda: task.train, cfg.max_len, cache, f"{prefix}-train").subset(cfg.max_train_samples)
-    evals = {
-        name: encode_cached(tokenizer, lambda name=name: task.evals[name], cfg.max_len, cache, f"{prefix}-{name}")
-        .subset(cfg.max_eval_samples)
-        for name in task.eval_names
-    }
+    train_data, evals = encode_task(tokenizer, task, cfg.task.name, cfg.max_len, cache)
+    train_data = train_data.subset(cfg.max_train_samples)
+    evals = {name: data.subset(cfg.max_eval_samples) for name, data in evals.items()}
     data_s = time.perf_counter() - tic
     setup_s = time.perf_counter() - wall
 
-    state = train(model, groups, train_data, evals, cfg.task, cfg, pad_id=tokenizer.pad_token_id, device=device,
-                  checkpoint=run_dir / CHECKPOINT_FILE, log=log_fn)
-    if cfg.output_dir:
-        model.save_pretrained(Path(cfg.output_dir).expanduser() / run_dir.name)
-    (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
-
-    metric = cfg.task.metric
-    final = state.history[-1]["metrics"]
-    best = max(state.history, key=lambda h: h["metrics"][metric])["metrics"]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {
-        "status": state.status,
-        "error": state.error,
-        "params": table,
-        "history": state.history,
-        "final": final,
-        "best": best,
-        "train_loss": state.train_loss,
-        "update_norms": state.update_norms,
-        "lr_trace": state.lr_trace,
-        "steps": state.step,
-        "samples": state.samples,
-        "timing": {
-            "wall_s": time.perf_counter() - wall,
-            "setup_s": setup_s,
-            "load_s": load_s,
-            "data_s": data_s,
-            "train_s": state.train_s,
-            "eval_s": state.eval_s,
-            "samples_per_s": state.samples / state.train_s if state.train_s else None,
-            "tokens_per_s": state.tokens / state.train_s if state.train_s else None,
-        },
-        "tokens": state.tokens,
-        "peak_rss_mb": peak if platform.system() == "Linux" else peak / 1024,
-        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-    }
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    state = train(model, groups, train_data, evals, cfg.task, cfg, pad_id=tokenizer.pad_token_id,
+                  device=device, precision=runtime.precision, checkpoint=run_dir / CHECKPOINT_FILE, log=log_fn)
+    if state.status is not Status.PAUSED:  # a paused run keeps its checkpoint to go on from
+        if cfg.output_dir:
+            model.save_pretrained(Path(cfg.output_dir).expanduser() / run_dir.name)
+        (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+    setup = {"wall_s": time.perf_counter() - wall, "setup_s": setup_s, "load_s": load_s, "data_s": data_s}
+    record.finish(state, table, setup, peak_memory_mb(device.type), str(device), threads)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,11 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from qvtune.config import LearningRates, parse_targets
+from qvtune.config import LearningRates, has_rank, parse_targets, wandb_mode
 
 
 def run_name(cfg: Any, rates: LearningRates) -> str:
-    rank = "" if cfg.method.name == "full" else f"-r{cfg.rank}"
+    rank = f"-r{cfg.rank}" if has_rank(cfg.method.name) else ""
     return (
         f"{cfg.model.name}-{cfg.task.name}-{cfg.method.name}-{parse_targets(cfg.targets)}{rank}"
         f"-lr{rates.qk:g}-lam{rates.lam:g}-s{cfg.seed}"
@@ -22,7 +22,8 @@ def run_name(cfg: Any, rates: LearningRates) -> str:
 class Tracker:
     def __init__(self, cfg: Any, key: str, rates: LearningRates, run_dir: Path):
         self.run: Optional[Any] = None
-        if cfg.wandb.mode == "disabled":
+        mode = wandb_mode(cfg)
+        if mode == "disabled":
             return
         import wandb
 
@@ -33,7 +34,7 @@ class Tracker:
             name=run_name(cfg, rates),
             id=key,
             resume="allow",
-            mode=cfg.wandb.mode,
+            mode=mode,
             dir=str(Path(cfg.wandb.dir or run_dir).expanduser()),
             config=OmegaConf.to_container(cfg, resolve=True),
             settings=wandb.Settings(silent=True, console="off"),

@@ -14,8 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from qvtune.config import until_step
 from qvtune.data import Encoded, collate, eval_batches, micro_batches, train_batches
+from qvtune.files import atomic_write
 from qvtune.methods import ParamGroup, UpdateNorms
+from qvtune.record import Status
 from qvtune.tasks import compute_metrics
 
 LOSS_WINDOW = 10  # steps averaged when comparing the loss with its start
@@ -26,11 +29,12 @@ class TrainState:
     """Everything about progress that a checkpoint restores (besides weights and optimizer)."""
 
     step: int = 0
+    total_steps: int = 0  # of the whole run, whatever `until` stops it at
     samples: int = 0
     tokens: int = 0
     train_s: float = 0.0
     eval_s: float = 0.0
-    status: str = "running"  # running -> completed | diverged
+    status: Status = Status.RUNNING  # running -> completed | diverged | paused (at `until`)
     error: Optional[str] = None
     loss_start: Optional[float] = None
     recent_losses: list[float] = field(default_factory=list)
@@ -45,22 +49,19 @@ def plan_steps(n_train: int, cfg: Any) -> tuple[int, int]:
     per_epoch = math.ceil(n_train / cfg.batch_size)
     if cfg.max_steps is not None:
         return int(cfg.max_steps), per_epoch
-    return math.ceil(cfg.epochs * per_epoch / cfg.grad_accum), per_epoch
+    # rounded first: 1.1 epochs x 100 batches is 110.00000000000001 in floating point, not 111 steps
+    return math.ceil(round(cfg.epochs * per_epoch / cfg.grad_accum, 9)), per_epoch
 
 
-def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    if device.type != "cuda" or precision == "fp32":
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+# The autocast dtype of each precision used (qvtune.identity.resolve_precision); trainable tensors stay fp32.
+AUTOCAST: dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, evals: dict[str, Encoded], task: Any, cfg: Any, pad_id: int, device: torch.device) -> dict[str, float]:
+def evaluate(model: nn.Module, evals: dict[str, Encoded], task: Any, cfg: Any, pad_id: int, device: torch.device,
+             amp: Optional[torch.dtype]) -> dict[str, float]:
     """Dev metrics with large, length-sorted batches and no autograd bookkeeping."""
     model.eval()
-    amp = autocast_dtype(cfg.precision, device)
     outputs, labels, losses = {}, {}, []
     for name, data in evals.items():
         out = np.zeros((len(data), max(task.num_labels, 1)), dtype=np.float32)
@@ -91,6 +92,7 @@ def train(
     *,
     pad_id: int,
     device: torch.device,
+    precision: str,
     checkpoint: Path,
     log: Callable[[dict[str, float], int], None],
 ) -> TrainState:
@@ -103,12 +105,14 @@ def train(
     )
     warmup = int(cfg.optim.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total_steps, cfg.optim.scheduler))
-    amp = autocast_dtype(cfg.precision, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    amp = AUTOCAST[precision]
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     norms = UpdateNorms(model)
     state = TrainState()
     if checkpoint.exists():
         state = load_checkpoint(checkpoint, model, optimizer, scheduler, scaler)
+    state.total_steps = total_steps
+    stop = until_step(cfg.until, total_steps)  # the schedule above is the whole run's either way
 
     trainable = [p for g in groups for _, p in g.params]
     model.train()
@@ -119,8 +123,8 @@ def train(
     bar = tqdm(total=total_steps, initial=state.step, disable=None, unit="step", dynamic_ncols=True, leave=False)
     try:
         if total_steps == 0 or (cfg.eval_at_start and state.step == 0 and not state.history):
-            record_eval(state, model, evals, task, cfg, pad_id, device, log, epoch=0.0)
-        while state.step < total_steps and state.status == "running":
+            record_eval(state, model, evals, task, cfg, pad_id, device, amp, log, epoch=0.0)
+        while state.step < stop and state.status == Status.RUNNING:
             tic = time.perf_counter()
             loss_sum = 0.0
             for micro in range(cfg.grad_accum):
@@ -157,9 +161,9 @@ def train(
             state.status, state.error = check_divergence(state, loss_sum, cfg.diverge_factor)
             epoch_done = (state.step * cfg.grad_accum) // per_epoch > ((state.step - 1) * cfg.grad_accum) // per_epoch
             periodic = cfg.eval_every and state.step % cfg.eval_every == 0
-            if epoch_done or periodic or state.step == total_steps or state.status != "running":
-                record_eval(state, model, evals, task, cfg, pad_id, device, log, epoch=state.step * cfg.grad_accum / per_epoch)
-            if time.monotonic() - last_save > cfg.checkpoint_minutes * 60 and state.status == "running":
+            if epoch_done or periodic or state.step in (stop, total_steps) or state.status != Status.RUNNING:
+                record_eval(state, model, evals, task, cfg, pad_id, device, amp, log, epoch=state.step * cfg.grad_accum / per_epoch)
+            if time.monotonic() - last_save > cfg.checkpoint_minutes * 60 and state.status == Status.RUNNING:
                 save_checkpoint(checkpoint, model, optimizer, scheduler, scaler, state)
                 last_save = time.monotonic()
     except (KeyboardInterrupt, SystemExit):  # preempted, cancelled, Ctrl-C: keep the progress
@@ -167,8 +171,11 @@ def train(
         raise
     finally:
         bar.close()
-    if state.status == "running":
-        state.status = "completed"
+    if state.status == Status.RUNNING and state.step < total_steps:
+        save_checkpoint(checkpoint, model, optimizer, scheduler, scaler, state)  # saved as running: it goes on
+        state.status = Status.PAUSED
+    elif state.status == Status.RUNNING:
+        state.status = Status.COMPLETED
     return state
 
 
@@ -204,23 +211,25 @@ def lr_factor(step: int, warmup: int, total: int, kind: str) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def check_divergence(state: TrainState, loss: float, factor: float) -> tuple[str, Optional[str]]:
+def check_divergence(state: TrainState, loss: float, factor: float) -> tuple[Status, Optional[str]]:
     """Non-finite loss, or the recent mean loss far above where it started, ends the run as diverged."""
     if not math.isfinite(loss):
-        return "diverged", f"loss is {loss} at step {state.step}"
+        return Status.DIVERGED, f"loss is {loss} at step {state.step}"
     state.recent_losses = (state.recent_losses + [loss])[-LOSS_WINDOW:]
     if state.loss_start is None:
         state.loss_start = loss  # the first step's loss: the model as it was handed over
     if factor and len(state.recent_losses) == LOSS_WINDOW:
         recent = float(np.mean(state.recent_losses))
         if recent > factor * state.loss_start:
-            return "diverged", f"mean loss {recent:.4g} over the last {LOSS_WINDOW} steps exceeds {factor:g} x its start {state.loss_start:.4g} (step {state.step})"
-    return "running", None
+            return Status.DIVERGED, f"mean loss {recent:.4g} over the last {LOSS_WINDOW} steps exceeds {factor:g} x its start {state.loss_start:.4g} (step {state.step})"
+    return Status.RUNNING, None
 
 
-def record_eval(state: TrainState, model: nn.Module, evals: dict[str, Encoded], task: Any, cfg: Any, pad_id: int, device: torch.device, log: Callable[[dict[str, float], int], None], epoch: float) -> None:
+def record_eval(state: TrainState, model: nn.Module, evals: dict[str, Encoded], task: Any, cfg: Any, pad_id: int,
+                device: torch.device, amp: Optional[torch.dtype], log: Callable[[dict[str, float], int], None],
+                epoch: float) -> None:
     tic = time.perf_counter()
-    metrics = evaluate(model, evals, task, cfg, pad_id, device)
+    metrics = evaluate(model, evals, task, cfg, pad_id, device, amp)
     state.eval_s += time.perf_counter() - tic
     state.history.append({"step": state.step, "epoch": round(epoch, 4), "metrics": metrics})
     log({f"eval/{k}": v for k, v in metrics.items()}, state.step)
@@ -237,9 +246,7 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: Any, scheduler: Any
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda f: torch.save(blob, f))
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any) -> TrainState:

@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from qvtune.record import RESULT_FILE, RunRecord
+
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = {"sst2": "SST-2", "rte": "RTE", "mrpc": "MRPC"}
 HF_BATCHINGS = ("padded", "dynamic", "grouped")
@@ -77,7 +79,7 @@ def qvtune(args: list[str], results: Path, cache: Path, sweep: bool = False) -> 
     cmd = [sys.executable, "-m", "qvtune.run", *(["-m"] if sweep else []), *args,
            f"results_dir={results}", f"cache_dir={cache}", "wandb.mode=disabled"]
     wall = timed(cmd, results)
-    records = [json.loads(p.read_text()) for p in results.rglob("result.json")]
+    records = [RunRecord.read(p).to_dict() for p in results.rglob(RESULT_FILE)]  # summaries: no curves needed
     return sorted(records, key=lambda r: r["finished_at"]), wall
 
 

@@ -2,9 +2,10 @@
 
     python scripts/bench_collect.py [--records 10000] [--repeat 1] [--keep DIR] [--json bench-out/collect.json]
 
-Writes the records (in the results store's own format: indent 1, sorted keys, ~15 kB each with 200
-loss points) into a temporary folder, then times the command in a fresh process, so imports count,
-W&B off. The goal: under 10 seconds for 10,000 records. Prints what it measured and writes it as JSON.
+Writes the records (qvtune.sample_records, as a run writes them: result.json, ~2 kB, and curves.json
+with 200 loss points, ~13 kB) into a temporary folder, then times the command in a fresh process, so
+imports count, W&B off. The goal: under 10 seconds for 10,000 records. Prints what it measured and
+writes it as JSON.
 """
 from __future__ import annotations
 
@@ -20,16 +21,16 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from records_factory import bench_records, write_record  # noqa: E402
+from qvtune.record import CURVES_FILE, RESULT_FILE, RunRecord
+from qvtune.sample_records import bench_records, write_record
 
 GOAL_S = 10.0
 
 
-def _write(args: tuple[str, list[dict]]) -> int:
+def _write(args: tuple[str, list[RunRecord]]) -> int:
     root, records = args
     for record in records:
-        write_record(Path(root), record, record["sweep"])
+        write_record(Path(root), record, record.sweep)
     return len(records)
 
 
@@ -71,9 +72,10 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="qvtune-bench-") as tmp:
         results = args.keep or Path(tmp) / "results"
-        existing = sum(1 for _ in results.rglob("result.json")) if results.is_dir() else 0
+        existing = sum(1 for _ in results.rglob(RESULT_FILE)) if results.is_dir() else 0
         generate_s = None if existing == args.records else generate(results, args.records)
-        size_mb = sum(f.stat().st_size for f in results.rglob("result.json")) / 1e6
+        size_mb = {name: sum(f.stat().st_size for f in results.rglob(name)) / 1e6
+                   for name in (RESULT_FILE, CURVES_FILE)}
         measured = [collect(results, Path(tmp) / f"out{i}") for i in range(args.repeat)]
         outputs = sum(1 for p in (Path(tmp) / "out0").rglob("*") if p.is_file())
 
@@ -81,7 +83,8 @@ def main() -> int:
     report = {
         "benchmark": "python -m qvtune.collect all --wandb disabled",
         "records": args.records,
-        "records_mb": round(size_mb, 1),
+        "records_mb": round(sum(size_mb.values()), 1),
+        "result_json_mb": round(size_mb[RESULT_FILE], 1),
         "generate_s": None if generate_s is None else round(generate_s, 2),
         "collect_wall_s": [round(wall, 2) for wall, _ in measured],
         "collect_cpu_s": [round(cpu, 2) for _, cpu in measured],

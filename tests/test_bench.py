@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import OFFLINE_ENV, ROOT
+from tests.helpers import OFFLINE_ENV, ROOT
 
 
 @pytest.mark.parametrize("batching", ["padded", "grouped"])

@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import json
 import math
-import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from records_factory import make_record, write_record  # noqa: E402
-
-from qvtune.collect.records import _without_curves, load, parse_filters, result_files  # noqa: E402
+from qvtune.collect.records import load, parse_filters
+from qvtune.record import CURVES_FILE, RESULT_FILE, result_files
+from qvtune.sample_records import make_record, write_record
 
 
 @pytest.fixture
@@ -34,7 +33,7 @@ def store(tmp_path: Path) -> Path:
     (root / "noconfig" / "result.json").parent.mkdir(parents=True)
     (root / "noconfig" / "result.json").write_text('{"status": "completed"}')
     bad_targets = make_record(seed=5)
-    bad_targets["config"]["targets"] = "qx"
+    bad_targets.config["targets"] = "qx"
     write_record(root, bad_targets, "bad")
     return root
 
@@ -118,19 +117,35 @@ def test_duplicates_merge_and_keep_both_sweeps(tmp_path: Path) -> None:
 
 def test_best_instead_of_final(tmp_path: Path) -> None:
     record = make_record()
-    record["best"] = {"accuracy": 0.9}
+    record.best = {"accuracy": 0.9}
     write_record(tmp_path, record)
     assert load(tmp_path).runs["value"].iloc[0] < 0.9
     assert load(tmp_path, pick="best").runs["value"].iloc[0] == 0.9
 
 
-def test_curves_are_skipped_without_changing_the_rest() -> None:
-    record = make_record(loss_points=50)
-    record["error"] = 'nan in "train_loss": [1, 2]'  # the key's name inside a string is left alone
-    blob = json.dumps(record, indent=1, sort_keys=True).encode()
-    assert json.loads(_without_curves(blob)) == {**record, "train_loss": [], "update_norms": [], "lr_trace": []}
-    odd = {"metric": "train_loss", "config": {}, "train_loss": [[1, 0.5]]}  # a string value, not the key
-    assert json.loads(_without_curves(json.dumps(odd).encode()))["metric"] == "train_loss"
+def test_tables_never_read_the_curves(store: Path) -> None:
+    """The summaries alone make the rows: with every curves.json unreadable, nothing changes."""
+    before = load(store)
+    curves = list(store.rglob(CURVES_FILE))
+    assert curves
+    for path in curves:
+        path.write_text("not json")
+    after = load(store)
+    assert after.runs.equals(before.runs) and after.problems == before.problems
+
+
+def test_schema_1_records_with_inline_curves_load_alike(tmp_path: Path) -> None:
+    """A record written before curves.json existed (schema 1: curves inside result.json) gives the same row."""
+    record = make_record(seed=0, loss_points=50)
+    write_record(tmp_path / "new", record)
+    old = {**record.to_dict(), **asdict(record.curves), "schema": 1}
+    for later in ("curves_file", "tokens", "precision", "device", "threads", "peak_gpu_mb", "traceback"):
+        del old[later]
+    path = tmp_path / "old" / record.run_key / RESULT_FILE
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(old, indent=1, sort_keys=True))
+    new_runs, old_runs = load(tmp_path / "new").runs, load(tmp_path / "old").runs
+    assert old_runs.drop(columns="path").equals(new_runs.drop(columns="path"))
 
 
 def test_missing_or_empty_folder(tmp_path: Path) -> None:

@@ -1,16 +1,13 @@
 """Table 1 and Table 2 from hand-made records, checked against expected Markdown and CSV fixtures."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from records_factory import make_record, write_record  # noqa: E402
-
-from qvtune.collect import render, tables  # noqa: E402
-from qvtune.collect.records import load  # noqa: E402
+from qvtune.collect import render, tables
+from qvtune.collect.records import load
+from qvtune.sample_records import make_record, write_record
 
 FIXTURES = Path(__file__).parent / "fixtures" / "collect"
 T1 = dict(model="roberta-base", task="mnli", rank=8, sweep="table1")

@@ -50,7 +50,7 @@ def test_micro_batches_give_the_gradient_of_the_whole_batch():
     from qvtune.methods import apply_method
     from qvtune.models import load_model
     from qvtune.train import backward
-    from tests.conftest import make_config
+    from tests.helpers import make_config
 
     cfg = make_config("model=tiny-bert", "targets=qv", "attention_dropout=0")
     tok = builtin_tokenizer()
@@ -90,7 +90,7 @@ def test_tokenizer_fingerprint_is_stable_across_processes():
     import subprocess
     import sys
 
-    code = ("from qvtune.models import load_tokenizer; from tests.conftest import make_config; "
+    code = ("from qvtune.models import load_tokenizer; from tests.helpers import make_config; "
             "from qvtune.data import tokenizer_fingerprint; print(tokenizer_fingerprint(load_tokenizer(make_config().model)))")
     prints = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout for _ in range(2)}
     assert len(prints) == 1

@@ -6,7 +6,7 @@ from torch import nn
 from qvtune.config import learning_rates, parse_targets
 from qvtune.methods import apply_method, group_table, param_groups
 from qvtune.models import ModelError, attention_modules, build_on_meta, load_model
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 # Trainable parameter counts of roberta-base with 2 labels (head 592,130 counted once).
 ROBERTA_COUNTS = {

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.conftest import OFFLINE_ENV, records, run_cli
+from tests.helpers import OFFLINE_ENV, records, run_cli
 
 RECORD_KEYS = {"schema", "run_key", "status", "error", "config", "rates", "params", "metric", "history", "final",
                "best", "train_loss", "update_norms", "lr_trace", "steps", "samples", "timing", "peak_rss_mb",

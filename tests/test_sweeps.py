@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from tests.conftest import records, run_cli
+from tests.helpers import records, run_cli
 
 CLAIMED = {"table1": 216, "table1-llama": 72, "table2": 504, "heatmap": 432, "heatmap-llama": 105, "curves": 6, "demo": 13}
 

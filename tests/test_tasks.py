@@ -4,7 +4,7 @@ import pytest
 
 from qvtune.tasks import compute_metrics, load_task, read_glue_tsv, synthetic_task
 from qvtune.vocab import WORDS
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 
 @pytest.mark.parametrize("task, train_rows, dev_rows, first_label", [("rte", 2490, 277, 1), ("mrpc", 3668, 408, 1), ("sst2", 67349, 872, 0)])

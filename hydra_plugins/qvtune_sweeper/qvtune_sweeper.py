@@ -6,25 +6,29 @@ usual) plus three things a grid of hundreds of fine-tuning runs needs:
 - every job's config is composed and validated before any job is launched, so one typo stops the
   sweep before hundreds of jobs are queued;
 - runs whose key is already completed (or diverged) in the results store are not launched again,
-  and `plan=true` lists every run with its state and a cost estimate instead of launching.
+  and `plan=true` lists every run with its state and a cost estimate instead of launching
+  (qvtune.plan: the store lookup, the plan and the estimate).
 
 Hydra imports this module outside sys.modules while scanning plugins: no `from __future__ import
 annotations` here, since dataclasses then cannot resolve their field types.
 """
 import copy
 import logging
-import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:
+    from qvtune.plan import Job
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +42,6 @@ class QvtuneSweeperConf:
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="qvtune", node=QvtuneSweeperConf, provider="qvtune")
-
-
-@dataclass
-class Job:
-    overrides: list[str]
-    key: str
-    state: str
-    config: DictConfig
 
 
 class QvtuneSweeper(BasicSweeper):
@@ -69,12 +65,13 @@ class QvtuneSweeper(BasicSweeper):
                     jobs.append(job)
         return jobs
 
-    def inspect(self, jobs: list[list[str]]) -> list[Job]:
+    def inspect(self, jobs: list[list[str]]) -> "list[Job]":
         """Compose and validate every job's config, drop repeats of a run key, look keys up in the store."""
-        from qvtune.config import run_key, validate
-        from qvtune.record import ResultsStore
+        from qvtune.config import validate
+        from qvtune.plan import Job, lookup
 
         assert self.hydra_context is not None and self.config is not None
+        gpus = launcher_gives_gpus(self.config.hydra.launcher)
         inspected, problems, keys = [], [], set()
         for i, overrides in enumerate(jobs):
             try:
@@ -86,12 +83,11 @@ class QvtuneSweeper(BasicSweeper):
             if errors:
                 problems += [f"job {i} ({' '.join(overrides)}): {e}" for e in errors]
                 continue
-            store = ResultsStore(Path(cfg.results_dir).expanduser().absolute())
-            key = run_key(cfg)
+            key, run = lookup(cfg, gpus)
             if key in keys:  # two spellings of one run (lam=1 and lr_v=lr): run it once
                 continue
             keys.add(key)
-            inspected.append(Job(list(overrides), key, store.state(key).state, cfg))
+            inspected.append(Job(list(overrides), key, run, cfg))
         if problems:
             for p in problems:
                 print(f"error: {p}", file=sys.stderr)
@@ -112,22 +108,19 @@ class QvtuneSweeper(BasicSweeper):
         if choice not in self._composed:
             self._composed[choice] = loader.load_sweep_config(self.config, list(choice))
         cfg = copy.deepcopy(self._composed[choice])
-        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+        apply_value_overrides(values, cfg)
         return cfg
 
     def sweep(self, arguments: list[str]) -> Any:
+        from qvtune.plan import launch_summary, print_plan, to_launch
+
         assert self.config is not None and self.launcher is not None
         jobs = self.inspect(self.expand(arguments))
         if self.config.plan:
             print_plan(jobs)
             return []
-        todo = [j for j in jobs if j.state in ("pending", "failed", "interrupted")]
-        counts = {s: sum(j.state == s for j in jobs) for s in ("completed", "diverged", "running", "failed", "interrupted")}
-        log.info(
-            f"sweep: {len(jobs)} runs; skipping {counts['completed']} completed, {counts['diverged']} diverged, "
-            f"{counts['running']} running elsewhere; launching {len(todo)} "
-            f"({counts['failed']} failed and {counts['interrupted']} interrupted among them)"
-        )
+        todo = to_launch(jobs)
+        log.info(launch_summary(jobs))
         if not todo:
             return []
         sweep_dir = Path(self.config.hydra.sweep.dir)
@@ -145,62 +138,28 @@ class QvtuneSweeper(BasicSweeper):
         return returns
 
 
-def print_plan(jobs: list[Job]) -> None:
-    """One line per run (state, key, overrides, estimated time) and the totals."""
-    estimates = [estimate_seconds(j.config) for j in jobs]
-    shared = set.intersection(*(set(j.overrides) for j in jobs)) if jobs else set()
-    for j, est in zip(jobs, estimates):
-        shown = f"{est / 60:7.1f} min" if est is not None else "      n/a"
-        print(f"{j.state:<11} {j.key}  {shown}  {' '.join(o for o in j.overrides if o not in shared)}")
-    counts: dict[str, int] = {}
-    for j in jobs:
-        counts[j.state] = counts.get(j.state, 0) + 1
-    todo = [e for j, e in zip(jobs, estimates) if j.state in ("pending", "failed", "interrupted")]
-    known = [e for e in todo if e is not None]
-    print(f"{len(jobs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    if known:
-        print(f"to run: {len(todo)}; estimated {sum(known) / 3600:.2f} h of compute for {len(known)} of them "
-              "(from the measured speed of finished runs of the same model, task and method)")
-    elif todo:
-        print(f"to run: {len(todo)}; no estimate yet: no finished run of the same model, task and method")
+def launcher_gives_gpus(launcher: DictConfig) -> bool:
+    """Whether the configured launcher runs jobs on a GPU: Slurm with gpus_per_node (or a gres), the
+    gpus launcher with devices, or this machine's own GPUs for Hydra's basic launcher."""
+    from hydra_plugins.qvtune_launcher.gpus_launcher import visible_gpus
+
+    target = str(launcher.get("_target_", ""))
+    if "submitit" in target and "Local" not in target:
+        gres = str((launcher.get("additional_parameters") or {}).get("gres", ""))
+        return bool(launcher.get("gpus_per_node") or launcher.get("gpus_per_task") or "gpu" in gres)
+    if "qvtune_launcher" in target and launcher.get("devices") is not None:
+        return len(launcher.devices) > 0
+    return bool(visible_gpus())
 
 
-def estimate_seconds(cfg: DictConfig) -> Optional[float]:
-    """Training samples of the run divided by the measured speed of finished runs like it."""
+def apply_value_overrides(overrides: list[Override], cfg: DictConfig) -> None:
+    """Apply value overrides (`lr=1e-4`, `+model.arch.x=1`, `~key`) to a composed config, in place.
 
-    size = cfg.task.synthetic.train_size if cfg.task.synthetic is not None else cfg.task.train_size
-    if size is None:
-        return None
-    if cfg.max_train_samples:
-        size = min(size, cfg.max_train_samples)
-    samples = cfg.max_steps * cfg.batch_size * cfg.grad_accum if cfg.max_steps is not None else size * cfg.epochs
-    speeds, fixed = _reference_speeds(str(Path(cfg.results_dir).expanduser().absolute()),
-                                      (cfg.model.name, cfg.task.name, cfg.method.name))
-    if not speeds:
-        return None
-    return samples / statistics.median(speeds) + statistics.median(fixed)
-
-
-_speed_cache: dict[str, dict[tuple[str, str, str], tuple[list[float], list[float]]]] = {}
-
-
-def _reference_speeds(root: str, kind: tuple[str, str, str]) -> tuple[list[float], list[float]]:
-    if root not in _speed_cache:
-        import json
-
-        from qvtune.record import ResultsStore
-
-        table: dict[tuple[str, str, str], tuple[list[float], list[float]]] = {}
-        for path in ResultsStore(root).result_files():
-            try:
-                r = json.loads(path.read_text())
-                c, t = r["config"], r["timing"]
-                k = (c["model"]["name"], c["task"]["name"], c["method"]["name"])
-                if r["status"] == "completed" and t.get("samples_per_s"):
-                    speeds, fixed = table.setdefault(k, ([], []))
-                    speeds.append(t["samples_per_s"])
-                    fixed.append(t["wall_s"] - t["train_s"])
-            except (ValueError, KeyError, TypeError):
-                continue
-        _speed_cache[root] = table
-    return _speed_cache[root].get(kind, ([], []))
+    Hydra composes a job as its defaults tree (chosen by the config-group overrides) with the value
+    overrides applied on top; Hydra does the second step in this private method, which has no public
+    equivalent. Calling it here, on trees composed once per choice of groups, gives the configs
+    Hydra's launchers compose for every job (tests/test_compose.py checks every sweep file), at a
+    fraction of the cost. Hydra is pinned below 1.4 in pyproject.toml; a change of this method's
+    signature or meaning breaks that test, not a sweep.
+    """
+    ConfigLoaderImpl._apply_overrides_to_config(overrides, cfg)

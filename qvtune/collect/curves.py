@@ -2,11 +2,10 @@
 
 By default each heatmap's best cell is compared with its best lambda = 1 cell, the comparison the paper
 draws; with filters, every setting that matches them is drawn (up to MAX_SETTINGS). Curves are read
-from the few records they need, not kept for every run.
+from the few records they need (their curves.json), not kept for every run.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +14,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from qvtune.collect import labels
-from qvtune.collect.figures import save_figure
 from qvtune.collect.heatmap import Heatmap
 from qvtune.collect.records import SCORED, SETTING_COLUMNS, Collection
+from qvtune.figures import save_figure
+from qvtune.record import Curves, RunRecord, Status
 
 MAX_SETTINGS = 8
 _SHOWN = {"model": "model", "task": "task", "method": "method", "targets": "targets", "rank": "r",
@@ -90,13 +90,14 @@ def _series(root: Path, runs: pd.DataFrame) -> tuple[list[np.ndarray], list[np.n
     """(loss curves, dev-metric curves) as [step, value] arrays, one per run that has them."""
     loss, dev, metric = [], [], ""
     for path, status in zip(runs["path"], runs["status"]):
-        if status not in SCORED and status != "running":
+        if status not in SCORED and status != Status.RUNNING:
             continue
         try:
-            record = json.loads((root / path).read_bytes())
-            metric = record.get("metric") or metric
-            steps_loss = np.asarray(record.get("train_loss") or np.empty((0, 2)), dtype=float)[:, :2]
-            points = [(h["step"], h["metrics"].get(metric, np.nan)) for h in record.get("history") or []]
+            record = RunRecord.read(root / path, curves=True)
+            metric = record.metric or metric
+            train_loss = (record.curves or Curves()).train_loss
+            steps_loss = np.asarray(train_loss or np.empty((0, 2)), dtype=float)[:, :2]
+            points = [(h["step"], h["metrics"].get(metric, np.nan)) for h in record.history]
         except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
             continue  # rewritten since it was loaded, or curves that do not parse: draw the others
         if len(steps_loss):

@@ -1,4 +1,4 @@
-"""Saving matplotlib figures (Agg, PNG and PDF without timestamps), in worker processes when there are cores.
+"""Drawing figures in worker processes when there are cores (qvtune.figures saves them).
 
 Drawing is the slowest part of a collection; a worker process draws while the main process builds
 the tables, so `collect all` takes about as long as the longer of the two.
@@ -7,26 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
-from pathlib import Path
 from typing import Any, Optional
-
-import matplotlib
-from matplotlib.figure import Figure
-
-matplotlib.use("Agg")
-
-
-def figure_paths(folder: Path, stem: str) -> list[Path]:
-    return [folder / f"{stem}.png", folder / f"{stem}.pdf"]
-
-
-def save_figure(fig: Figure, folder: Path, stem: str) -> list[Path]:
-    """<folder>/<stem>.png and .pdf; metadata without dates so that a rerun writes the same files."""
-    folder.mkdir(parents=True, exist_ok=True)
-    png, pdf = figure_paths(folder, stem)
-    fig.savefig(png, metadata={"Software": None})
-    fig.savefig(pdf, metadata={"CreationDate": None, "Creator": None, "Producer": None})
-    return [png, pdf]
 
 
 class Renderer:

@@ -1,8 +1,7 @@
 """How models, tasks, methods and weight types are named in the tables, and the order rows follow."""
 from __future__ import annotations
 
-import math
-from typing import Any
+from qvtune.formatting import num  # noqa: F401  (labels.num: how the tables write learning rates and ratios)
 
 MODEL_SHORT = {"roberta-base": "R", "llama3.1-8b": "L"}  # the paper's "MNLI(R)", "QQP(L)"
 MODEL_ORDER = ("roberta-base", "llama3.1-8b")
@@ -27,14 +26,3 @@ def task_label(task: str) -> str:
 def order(value: str, known: tuple[str, ...]) -> tuple[int, str]:
     """Sort key: known names in the paper's order first, then the rest alphabetically."""
     return (known.index(value), "") if value in known else (len(known), value)
-
-
-def num(x: Any) -> str:
-    """A learning rate or ratio as the paper writes it: 0.0001 -> 1e-4, 2.0 -> 2, 0.125 -> 0.125."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    x = float(x)
-    if x != 0 and abs(x) < 1e-2:
-        mantissa, exp = f"{x:.6e}".split("e")
-        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exp)}"
-    return f"{x:g}"

@@ -10,6 +10,8 @@ import math
 from importlib import resources
 from typing import Any, Optional
 
+from qvtune.config import has_rank
+
 PAPER_MODEL = "roberta-base"  # Table 2 is roberta-base only
 
 
@@ -58,7 +60,8 @@ def table1_value(model: str, task: str, method: str, targets: str, rank: Any, la
 def _table2_row(model: str, method: Optional[str], targets: Optional[str], rank: Any, lam: Any):
     if model != PAPER_MODEL:
         return None
-    key = ("before",) if method is None else (method, targets, None if method == "full" else _rank(rank), _lam(lam))
+    ranked = _rank(rank) if has_rank(method) else None  # a full fine-tune has no rank
+    key = ("before",) if method is None else (method, targets, ranked, _lam(lam))
     return _table2().get(key)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -19,16 +18,20 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from qvtune.config import KEY_FIELDS, available_cpus, parse_targets
-from qvtune.record import RESULT_FILE
+from qvtune.config import available_cpus, has_rank, parse_targets
+from qvtune.identity import keyed_fields
+from qvtune.record import InvalidRecord, RunRecord, Status, result_files
 
-STATUSES = ("completed", "diverged", "running", "failed")  # also the preference order among duplicates
-SCORED = ("completed", "diverged")  # a diverged run counts with what it scored, and is marked
+# completed, diverged, running, failed: the preference order among duplicates. A paused run (a rung
+# of a search, stopped at `until`) is not finished: its row says running.
+STATUSES = tuple(s for s in Status if s is not Status.PAUSED)
+SCORED = (Status.COMPLETED, Status.DIVERGED)  # a diverged run counts with what it scored, and is marked
 PICKS = ("final", "best")
 
-# Config keys with their own column; every other key that decides a result goes, as JSON, into `extra`.
-_EXPLICIT = {"targets", "rank", "alpha", "lr", "head_lr", "epochs", "seed"}
-_EXTRA_KEYS = tuple(k for k in KEY_FIELDS if k not in _EXPLICIT)
+# Keyed config fields with their own column; every other top-level one that decides a result (see
+# qvtune.identity) goes, as JSON, into `extra`, the precision as the run used it.
+_EXPLICIT = {"targets", "rank", "alpha", "lr", "lam", "lr_v", "head_lr", "epochs", "seed"}
+_EXTRA_KEYS = tuple(k for k in keyed_fields() if k not in _EXPLICIT)
 # Columns that together name a setting: everything a run's result depends on except its seed.
 SETTING_COLUMNS = ["model", "task", "method", "targets", "rank", "alpha", "lr", "lr_v", "head_lr", "epochs", "extra"]
 # ... and everything but the two learning rates: the runs of one (eta_QK, eta_V) grid share it.
@@ -44,10 +47,6 @@ _NUMBERS = {
 _PARALLEL_FROM = 400  # below this many files a worker pool costs more than it saves
 
 
-class Malformed(ValueError):
-    """A record that parses as JSON but lacks what the collector needs."""
-
-
 def _sig(x: Any) -> float:
     """A float rounded to 6 significant digits, so 2 * 1e-4 and 2e-4 land in the same cell."""
     if x is None:
@@ -55,9 +54,9 @@ def _sig(x: Any) -> float:
     return float(f"{float(x):.6g}")
 
 
-def _rates(record: dict[str, Any], cfg: dict[str, Any]) -> tuple[float, float, float]:
+def _rates(record: RunRecord, cfg: dict[str, Any]) -> tuple[float, float, float]:
     """(eta_QK, eta_V, lambda) from the record's rates, falling back to lr / lam / lr_v of its config."""
-    rates = record.get("rates") or {}
+    rates = record.rates
     lr = float(rates.get("qk", cfg.get("lr")))
     if rates.get("lam") is not None:
         lam = float(rates["lam"])
@@ -79,35 +78,31 @@ def _targets(value: Any) -> str:
     return _canonical(tuple(value) if isinstance(value, list) else value)
 
 
-def flatten(record: Any, path: str, pick: str = "final") -> dict[str, Any]:
+def flatten(record: RunRecord, path: str, pick: str = "final") -> dict[str, Any]:
     """One record as a row of COLUMNS; `pick` chooses the `final` or the `best` evaluation."""
-    if not isinstance(record, dict):
-        raise Malformed("not a JSON object")
     try:
-        cfg = record["config"]
-        status = record["status"]
-        if status not in STATUSES:
-            raise Malformed(f"unknown status {status!r}")
+        cfg = record.config
         method = str(cfg["method"]["name"])
-        full = method == "full"  # rank, alpha and dropout mean nothing to a full fine-tune
-        rank = None if full else int(cfg["rank"])
+        ranked = has_rank(method)
+        rank = int(cfg["rank"]) if ranked else None
         lr, lr_v, lam = _rates(record, cfg)
-        metric = record.get("metric") or cfg["task"]["metric"]
-        scores = record.get(pick) or {}
-        value = scores.get(metric)
-        extra = {k: cfg[k] for k in _EXTRA_KEYS if k in cfg and not (full and k == "dropout")}
+        metric = record.metric or cfg["task"]["metric"]
+        value = getattr(record, pick).get(metric)
+        extra = {k: cfg[k] for k in _EXTRA_KEYS if k in cfg and (ranked or k != "dropout")}
+        if record.precision is not None:
+            extra["precision"] = record.precision
         return {
             "path": path,
-            "run_key": str(record.get("run_key") or ""),
-            "status": status,
-            "error": record.get("error"),
+            "run_key": record.run_key,
+            "status": (Status.RUNNING if record.status is Status.PAUSED else record.status).value,
+            "error": record.error,
             "model": str(cfg["model"]["name"]),
             "task": str(cfg["task"]["name"]),
             "metric": str(metric),
             "method": method,
             "targets": _targets(cfg["targets"]),
             "rank": math.nan if rank is None else float(rank),
-            "alpha": math.nan if full else _sig(cfg.get("alpha") or rank),
+            "alpha": _sig(cfg.get("alpha") or rank) if ranked else math.nan,
             "lr": lr,
             "lr_v": lr_v,
             "lam": lam,
@@ -115,15 +110,13 @@ def flatten(record: Any, path: str, pick: str = "final") -> dict[str, Any]:
             "epochs": float(cfg.get("epochs", 0) or 0),
             "extra": json.dumps(extra, sort_keys=True, default=str),
             "seed": int(cfg["seed"]),
-            "sweep": cfg.get("sweep_name") or record.get("sweep") or "",
-            "trainable": float((record.get("params") or {}).get("trainable") or math.nan),
+            "sweep": cfg.get("sweep_name") or record.sweep or "",
+            "trainable": float((record.params or {}).get("trainable") or math.nan),
             "value": math.nan if value is None else float(value),
-            "steps": int(record.get("steps") or 0),
+            "steps": record.steps,
         }
-    except Malformed:
-        raise
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise Malformed(f"{type(e).__name__}: {e}") from None
+        raise InvalidRecord(f"{type(e).__name__}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,7 +133,7 @@ class Filter:
     def __str__(self) -> str:
         return f"{self.key}={','.join(self.values)}"
 
-    def matches(self, record: dict[str, Any]) -> bool:
+    def matches(self, record: RunRecord) -> bool:
         actual = _lookup(record, self.key)
         return any(_same(actual, want, self.key) for want in self.values)
 
@@ -161,11 +154,11 @@ def parse_filters(items: Sequence[str]) -> list[Filter]:
 _MISSING = object()
 
 
-def _lookup(record: dict[str, Any], key: str) -> Any:
+def _lookup(record: RunRecord, key: str) -> Any:
     """A config value by dotted key; a config group (model, task, method) stands for its name."""
-    cfg = record.get("config") or {}
+    cfg = record.config
     if key == "status":
-        return record.get("status")
+        return record.status.value
     if key in ("lr", "lr_v", "lam"):
         return dict(zip(("lr", "lr_v", "lam"), _rates(record, cfg)))[key]
     node: Any = cfg
@@ -175,7 +168,7 @@ def _lookup(record: dict[str, Any], key: str) -> Any:
         node = node[part]
     if isinstance(node, dict) and "name" in node:
         return node["name"]
-    if key == "rank" and (cfg.get("method") or {}).get("name") == "full":
+    if key == "rank" and not has_rank((cfg.get("method") or {}).get("name")):
         return None
     return node
 
@@ -220,60 +213,24 @@ class Collection:
         return self.runs[self.runs["epochs"] > 0]
 
 
-_CURVES = (b'"lr_trace"', b'"train_loss"', b'"update_norms"')
-_NUMERIC = b"0123456789.,-+eE[] \n\r\tNaInfity"
-
-
-def _without_curves(blob: bytes) -> bytes:
-    """The record's text with its long numeric arrays (lr_trace, train_loss, update_norms) emptied.
-
-    They are most of a record's bytes and the tables never need them; curves.py reads them from the
-    few records it draws. An array is emptied only when it is plainly `"key": [numbers]`; anything
-    else is left for json to parse (or to reject).
-    """
-    for key in _CURVES:
-        start = blob.find(key)
-        if start < 0:
-            continue
-        opening = blob.find(b"[", start + len(key))
-        if opening < 0 or blob[start + len(key):opening].strip() != b":":
-            continue
-        next_key = blob.find(b'"', opening)
-        closing = blob.rfind(b"]", opening, next_key if next_key >= 0 else len(blob))
-        if closing < 0 or blob[opening:closing + 1].translate(None, _NUMERIC):
-            continue
-        blob = blob[:opening] + b"[]" + blob[closing + 1:]
-    return blob
-
-
 def _read(job: tuple[str, str, tuple[Filter, ...], str]) -> tuple[str, Any]:
     """('row', values of COLUMNS) | ('problem', reason) | ('skip', None) for one file; runs in worker processes."""
     path, rel, filters, pick = job
     try:
-        with open(path, "rb") as f:
-            record = json.loads(_without_curves(f.read()))
+        record = RunRecord.read(Path(path))  # the summary only: the curves are in their own file
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         return "problem", f"unreadable ({type(e).__name__}: {e}); half-written or corrupt"
+    except InvalidRecord as e:
+        return "problem", f"not a usable run record ({e})"
     try:
-        if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
-            raise Malformed("no config object")
+        if not record.config:
+            raise InvalidRecord("no config object")
         if filters and not all(f.matches(record) for f in filters):
             return "skip", None
         row = flatten(record, rel, pick)
         return "row", tuple(row[c] for c in COLUMNS)  # a tuple pickles back from a worker faster than a dict
-    except (Malformed, AttributeError, TypeError, ValueError) as e:
+    except (InvalidRecord, AttributeError, TypeError, ValueError) as e:
         return "problem", f"not a usable run record ({e})"
-
-
-def result_files(root: Path) -> list[str]:
-    """Paths (relative, '/'-separated, sorted) of every result.json below `root`, in sweep folders too."""
-    found = []
-    prefix = len(str(root)) + 1
-    for folder, _, files in os.walk(root):
-        if RESULT_FILE in files:
-            rel = f"{folder[prefix:]}/{RESULT_FILE}" if len(folder) >= prefix else RESULT_FILE
-            found.append(rel.replace(os.sep, "/"))
-    return sorted(found)
 
 
 def setting_key(runs: pd.DataFrame, columns: Sequence[str] = SETTING_COLUMNS) -> pd.Series:

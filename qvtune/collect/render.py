@@ -14,6 +14,7 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from qvtune.collect.tables import Table
+from qvtune.record import Status
 
 SUPERSCRIPT = {1: "¹", 2: "²", 3: "³"}
 RICH_PLACE = {1: "bold", 2: "underline", 3: "underline2"}
@@ -40,7 +41,8 @@ def fmt(x: float, table: Table, signed: bool = False) -> str:
 def cell_text(cell: Any, table: Table) -> CellText:
     n, expected = int(cell.n), int(cell.n_expected)
     bits = [str(n) if n == expected else f"{n}/{expected}"]
-    bits += [f"{int(getattr(cell, s))} {s}" for s in ("diverged", "failed", "running") if getattr(cell, s)]
+    noted = (Status.DIVERGED, Status.FAILED, Status.RUNNING)  # beside the count of scored seeds
+    bits += [f"{int(getattr(cell, s))} {s}" for s in noted if getattr(cell, s)]
     has_paper = not math.isnan(cell.paper)
     return CellText(
         value=fmt(cell.mean, table) if n else "-",

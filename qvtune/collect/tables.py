@@ -13,14 +13,15 @@ import numpy as np
 import pandas as pd
 
 from qvtune.collect import labels, paper
-from qvtune.collect.records import Collection, describe, of_sweep, over_seeds, pick_settings
+from qvtune.collect.records import STATUSES, Collection, describe, of_sweep, over_seeds, pick_settings
+from qvtune.record import Status
 
 TABLE1_COLUMNS = ("q", "k", "v", "qk", "qv", "qkv")
 COMPARE_COLUMNS = ("q", "k", "v", "qv", "qkv")  # the demo summary's comparison
 TABLE2_TARGETS = ("qkv", "qv")
 CELL_COLUMNS = [
     "row", "column", "model", "task", "method", "targets", "rank", "lam", "lr", "lr_v", "epochs", "metric",
-    "mean", "std", "n", "n_expected", "completed", "diverged", "running", "failed", "seeds", "sweeps",
+    "mean", "std", "n", "n_expected", *(s.value for s in STATUSES), "seeds", "sweeps",
     "alternatives", "trainable_min", "trainable_max", "paper", "diff", "place",
 ]
 
@@ -86,7 +87,7 @@ def _notes_for(cells: pd.DataFrame, rule: list[str]) -> list[str]:
     if len(partial):
         expected = int(cells["n_expected"].max())
         notes.append(f"{len(partial)} cell(s) have fewer scored seeds than the {expected} the table holds.")
-    diverged = int(cells["diverged"].sum())
+    diverged = int(cells[Status.DIVERGED.value].sum())
     if diverged:
         notes.append(f"{diverged} diverged run(s) count with the score they reached (marked 'diverged').")
     chosen_from_many = int((cells["alternatives"] > 0).sum())

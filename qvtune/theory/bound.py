@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
 from qvtune.config import config_dir
-from qvtune.theory.report import save_figure, text_table, write_csv, write_json
+from qvtune.figures import save_figure
+from qvtune.theory.report import text_table, write_csv, write_json
 
 TUNED = {"QV": "qv", "QKV": "qkv"}
 
@@ -131,8 +132,9 @@ def _layer_counts(cfg: Config, total: int) -> list[int]:
     return sorted(set(cfg.layers or [max(total // 2, 1), max(total // 4, 1), 1]) | {total}, reverse=True)
 
 
-def _figure(cfg: Config, shapes: Shapes) -> plt.Figure:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+def _figure(cfg: Config, shapes: Shapes) -> Figure:
+    fig = Figure(figsize=(10, 3.8))
+    left, right = fig.subplots(1, 2)
     grid = np.logspace(math.log10(min(cfg.N)) - 1, math.log10(max(cfg.N)) + 1, 50)
     for label, style in (("QV", "-"), ("QKV", "--")):
         values = [bound(shapes, TUNED[label], cfg.rank, shapes.num_layers, n, cfg.q, cfg.R) for n in grid]
@@ -181,7 +183,7 @@ def run(cfg: Config, out: Path) -> str:
                            at=dict(rank=cfg.rank, layers=L, N=cfg.N[0])),
     )
     files = [write_csv(out / "bound.csv", rows), write_json(out / "bound.json", summary)]
-    files += save_figure(_figure(cfg, shapes), out, "bound")
+    files += save_figure(_figure(cfg, shapes), out, "bound", compact=True)
 
     def row_of(rank: int, layers: int) -> list:
         sel = [x for x in rows if x["rank"] == rank and x["layers"] == layers]

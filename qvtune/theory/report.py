@@ -1,21 +1,18 @@
 """Output helpers shared by the theory commands: every number lands in CSV/JSON beside a PNG+PDF
-figure, and the terminal gets a short plain-text table, so results can be checked and diffed."""
+figure (qvtune.figures.save_figure), and the terminal gets a short plain-text table, so results can
+be checked and diffed."""
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only: the lab runs headless
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402  (installed with matplotlib)
+from qvtune.formatting import num
 
 
 def loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
@@ -54,31 +51,16 @@ def write_json(path: Path, data: Any) -> Path:
     return path
 
 
-def save_figure(fig: plt.Figure, out: Path, stem: str) -> list[Path]:
-    """Save as PDF (vector, for papers) and as a 256-colour PNG (a third of the size of a full-colour
-    one, small enough to commit beside the docs), then free the figure."""
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    Image.open(buffer).convert("RGB").quantize(colors=256).save(paths[0], optimize=True)
-    fig.savefig(paths[1], bbox_inches="tight")
-    plt.close(fig)
-    return paths
-
-
-def fmt(v: Any) -> str:
-    """Compact number formatting for tables."""
+def _cell(v: Any) -> str:
+    """A table cell: a float to 4 significant digits, an infinite one (a run that blew up) as diverged."""
     if isinstance(v, float):
-        if not math.isfinite(v):
-            return "diverged" if math.isinf(v) else "nan"
-        return f"{v:.4g}"
+        return "diverged" if math.isinf(v) else num(v, digits=4)
     return str(v)
 
 
 def text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A right-aligned plain-text table."""
-    cells = [[str(h) for h in headers]] + [[fmt(v) for v in row] for row in rows]
+    cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))

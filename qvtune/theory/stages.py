@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
-from qvtune.theory.report import save_figure, text_table, write_csv, write_json
+from qvtune.figures import save_figure
+from qvtune.theory.report import text_table, write_csv, write_json
 
 
 @dataclass
@@ -101,8 +102,9 @@ def check(cfg: Config) -> None:
         raise ValueError("eta_qk, init and beta must be positive")
 
 
-def _figure(cfg: Config, hist: np.ndarray, q_steps: list[int]) -> plt.Figure:
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+def _figure(cfg: Config, hist: np.ndarray, q_steps: list[int]) -> Figure:
+    fig = Figure(figsize=(13, 3.8))
+    axes = fig.subplots(1, 3)
     steps = np.arange(hist.shape[1])
     for i, name in enumerate(("W_q", "W_k", "W_v")):
         axes[0].plot(steps, hist[0, :, i], label=f"||{name}||", ls="--" if name == "W_k" else "-")
@@ -137,7 +139,7 @@ def run(cfg: Config, out: Path) -> str:
     summary = dict(config=vars(cfg), stage_end=f"first step with ||W_q||_F >= {cfg.frac:g} x its final norm",
                    stages=stage, strictly_earlier_with_larger_lambda=monotone)
     files = [write_csv(out / "stages.csv", rows), write_json(out / "stages.json", summary)]
-    files += save_figure(_figure(cfg, hist, q_steps), out, "stages")
+    files += save_figure(_figure(cfg, hist, q_steps), out, "stages", compact=True)
     lines = [f"Case 1: stage 1 ends when ||W_q||_F first reaches {cfg.frac:g} x its final norm "
              f"(eta_QK={cfg.eta_qk:g} fixed, eta_V = lambda * eta_QK, {cfg.steps} GD steps)",
              text_table(["lambda", "W_v step", "W_q step", "||W_q|| at W_v step", "final loss"],

@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 from matplotlib.ticker import LogLocator
 
-from qvtune.theory.report import loglog_slope, save_figure, text_table, write_csv, write_json
+from qvtune.figures import save_figure
+from qvtune.theory.report import loglog_slope, text_table, write_csv, write_json
 
 INITS = {"a": "a~N(0,1/n), b=0", "b": "a=0, b~N(0,1)"}  # "a" is the paper's (LoRA) initialisation
 
@@ -200,9 +201,10 @@ def _label(setting: list[float]) -> str:
     return f"eta_a~n^{setting[0]:g}, eta_b~n^{setting[1]:g}"
 
 
-def _delta_figure(cfg: Config, mags: dict) -> plt.Figure:
+def _delta_figure(cfg: Config, mags: dict) -> Figure:
     n_set = len(cfg.settings)
-    fig, axes = plt.subplots(2, n_set, figsize=(3.1 * n_set, 5.6), sharex=True, squeeze=False)
+    fig = Figure(figsize=(3.1 * n_set, 5.6))
+    axes = fig.subplots(2, n_set, sharex=True, squeeze=False)
     for row, init in enumerate(INITS):
         for j, setting in enumerate(cfg.settings):
             ax = axes[row, j]
@@ -223,11 +225,12 @@ def _delta_figure(cfg: Config, mags: dict) -> plt.Figure:
     return fig
 
 
-def _slope_figure(cfg: Config, slopes: dict) -> plt.Figure:
+def _slope_figure(cfg: Config, slopes: dict) -> Figure:
     keys = list(slopes)
     grid = np.array([[np.nanmax(np.abs(slopes[k][j])) if np.any(np.isfinite(slopes[k][j])) else 9.0
                       for j in range(len(cfg.settings))] for k in keys])
-    fig, ax = plt.subplots(figsize=(2.2 * len(cfg.settings) + 2, 0.55 * len(keys) + 1.5))
+    fig = Figure(figsize=(2.2 * len(cfg.settings) + 2, 0.55 * len(keys) + 1.5))
+    ax = fig.subplots()
     ax.imshow(np.minimum(grid, 2.0), cmap="Reds", vmin=0, vmax=2, aspect="auto")
     for r, k in enumerate(keys):
         for j in range(len(cfg.settings)):
@@ -239,8 +242,9 @@ def _slope_figure(cfg: Config, slopes: dict) -> plt.Figure:
     return fig
 
 
-def _lambda_figure(cfg: Config, best: dict) -> plt.Figure:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+def _lambda_figure(cfg: Config, best: dict) -> Figure:
+    fig = Figure(figsize=(10, 3.8))
+    left, right = fig.subplots(1, 2)
     n = np.array(cfg.widths, float)
     for key, rows in best.items():
         fit = _lambda_slopes(cfg.widths, rows)
@@ -312,7 +316,7 @@ def run(cfg: Config, out: Path) -> str:
                    best_lambda_slopes={f"{k[0]}|{k[1]}": v for k, v in fit.items()}, best_at_grid_edge=edge)
     files = [write_csv(out / "toy_deltas.csv", deltas), write_csv(out / "toy_slopes.csv", slope_rows),
              write_csv(out / "toy_lambda.csv", lam_rows), write_json(out / "toy.json", summary)]
-    files += save_figure(_delta_figure(cfg, mags), out, "toy_deltas")
-    files += save_figure(_slope_figure(cfg, slopes), out, "toy_slopes")
-    files += save_figure(_lambda_figure(cfg, best), out, "toy_lambda")
+    files += save_figure(_delta_figure(cfg, mags), out, "toy_deltas", compact=True)
+    files += save_figure(_slope_figure(cfg, slopes), out, "toy_slopes", compact=True)
+    files += save_figure(_lambda_figure(cfg, best), out, "toy_lambda", compact=True)
     return "\n".join(_text(cfg, slopes, fit, edge) + ["files: " + ", ".join(str(f) for f in files)])

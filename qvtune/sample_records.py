@@ -1,7 +1,9 @@
-"""Synthetic run records (`result.json`, schema 1 of qvtune.record) for the collector's tests and benchmark.
+"""Made-up run records (qvtune.record.RunRecord, written as a run writes them) for the collector's
+tests, its benchmark (scripts/bench_collect.py) and trying the collector without training anything.
 
-Values follow a made-up but paper-shaped response: v beats k, qv is close to qkv, eta_V above eta_QK helps
-up to a point, plus seed noise, so every table, heatmap and verdict has something to show.
+Values follow a made-up but paper-shaped response: v beats k, qv is close to qkv, eta_V above eta_QK
+helps up to a point, plus seed noise, so every table, heatmap and verdict has something to show. It
+lives in the package, not in tests/, so that the benchmark (a script) can import it too.
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import json
 import math
 from pathlib import Path
 from typing import Any, Optional
+
+from qvtune.record import RESULT_FILE, Curves, RunRecord, Status
 
 TASK_METRIC = {
     "rte": "accuracy", "stsb": "pearson", "mrpc": "accuracy", "cola": "matthews", "mnli": "accuracy",
@@ -22,6 +26,8 @@ TASK_BASE = {
 }
 TARGET_EFFECT = {"q": -0.07, "k": -0.09, "v": -0.015, "qk": -0.05, "qv": 0.0, "kv": -0.01, "qkv": 0.002}
 HEAD_PARAMS = 768 * 768 + 768 + 2 * 768 + 2  # roberta-base classification head, 2 labels
+ERRORS = {Status.FAILED: "RuntimeError: CUDA out of memory", Status.DIVERGED: "loss is nan at step 120"}
+WEIGHT_TYPES = ("q", "k", "v", "qk", "qv", "qkv")  # Table 1's rows
 
 
 def noise(*parts: Any) -> float:
@@ -61,14 +67,17 @@ def make_record(
     seed: int = 0,
     epochs: float = 3,
     sweep: Optional[str] = None,
-    status: str = "completed",
+    status: Status = Status.COMPLETED,
     value: Optional[float] = None,
     evals: int = 4,
     loss_points: int = 20,
     extra_config: Optional[dict[str, Any]] = None,
-) -> dict[str, Any]:
-    """One record as a run writes it; `value` overrides the synthetic final headline metric."""
-    canon = "".join(t for t in "qkv" if t in (targets if isinstance(targets, str) else "".join(targets)).lower())
+) -> RunRecord:
+    """One record as a run writes it; `value` overrides the synthetic final headline metric. Finished
+    records (completed, diverged) have curves, running and failed ones none, as with a real run."""
+    status = Status(status)
+    letters = (targets if isinstance(targets, str) else "".join(targets)).lower()
+    canon = "".join(t for t in "qkv" if t in letters)
     ratio = (lr_v / lr) if lr_v is not None else (1.0 if lam is None else float(lam))
     metric = TASK_METRIC[task]
     final_value = score(task, canon, ratio, seed, lr, method) if value is None else value
@@ -105,7 +114,7 @@ def make_record(
         }
         for i in range(evals)
     ]
-    if status in ("failed", "running") and value is None:
+    if status in (Status.FAILED, Status.RUNNING) and value is None:
         history = history[: len(history) // 2]
     final = dict(history[-1]["metrics"]) if history else {}
     best = max((h["metrics"] for h in history), key=lambda m: m[metric], default={})
@@ -114,41 +123,38 @@ def make_record(
                                                 + 0.02 * math.sin(7.0 * i + seed + ratio), 5)]
         for i in range(loss_points if steps else 0)
     ]
-    return {
-        "schema": 1,
-        "run_key": hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12],
-        "status": status,
-        "error": {"failed": "RuntimeError: CUDA out of memory", "diverged": "loss is nan at step 120"}.get(status),
-        "config": config,
-        "rates": {"qk": lr, "v": ratio * lr, "head": lr, "lam": ratio},
-        "params": {
-            "total": 124_645_632, "trainable": 0 if epochs == 0 else trainable(method, canon, rank), "groups": []
-        },
-        "metric": metric,
-        "history": history,
-        "final": final if status != "failed" else {},
-        "best": best if status != "failed" else {},
-        "train_loss": loss,
-        "update_norms": [[s, 0.1, 0.05, 0.3] for s, _ in loss],
-        "lr_trace": [[s, lr, ratio * lr, lr] for s, _ in loss],
-        "steps": steps,
-        "samples": steps * 32,
-        "timing": {"wall_s": 60.0, "train_s": 50.0, "eval_s": 5.0},
-        "peak_rss_mb": 900.0,
-        "sweep": sweep,
-        "host": "node",
-        "started_at": "2025-01-01T00:00:00",
-        "finished_at": None if status == "running" else "2025-01-01T01:00:00",
-        "qvtune_version": "0.1.0",
-    }
+    curves = Curves(loss, [[s, 0.1, 0.05, 0.3] for s, _ in loss], [[s, lr, ratio * lr, lr] for s, _ in loss])
+    return RunRecord(
+        status=status,
+        run_key=hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12],
+        error=ERRORS.get(status),
+        config=config,
+        rates={"qk": lr, "v": ratio * lr, "head": lr, "lam": ratio},
+        params={"total": 124_645_632, "trainable": 0 if epochs == 0 else trainable(method, canon, rank),
+                "groups": []},
+        metric=metric,
+        history=history,
+        final=final if status != Status.FAILED else {},
+        best=best if status != Status.FAILED else {},
+        steps=steps,
+        samples=steps * 32,
+        timing={"wall_s": 60.0, "train_s": 50.0, "eval_s": 5.0},
+        peak_rss_mb=900.0,
+        sweep=sweep,
+        host="node",
+        started_at="2025-01-01T00:00:00",
+        finished_at=None if status == Status.RUNNING else "2025-01-01T01:00:00",
+        qvtune_version="0.1.0",
+        curves=curves if status in (Status.COMPLETED, Status.DIVERGED) else None,
+    )
 
 
-def write_record(root: Path, record: dict[str, Any], folder: Optional[str] = None) -> Path:
-    """Store the record as <root>/[folder/]<run_key>/result.json, the way the results store lays it out."""
-    path = Path(root) / (folder or "") / record["run_key"] / "result.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=1, sort_keys=True))
-    return path
+def write_record(root: Path, record: RunRecord, folder: Optional[str] = None) -> Path:
+    """Store the record in <root>/[folder/]<run_key>/ the way the results store lays it out; returns
+    the path of its result.json."""
+    run_dir = Path(root) / (folder or "") / record.run_key
+    record.write(run_dir)
+    return run_dir / RESULT_FILE
 
 
 HEATMAP_QK = (2e-5, 5e-5, 1e-4, 2e-4, 4e-4, 8e-4)
@@ -156,12 +162,12 @@ HEATMAP_V = (1e-4, 2e-4, 4e-4, 8e-4, 1e-3, 2e-3)
 GLUE = ("rte", "stsb", "mrpc", "cola", "mnli", "sst2", "qqp", "qnli")
 
 
-def paper_grid(seeds: tuple[int, ...] = (0, 1, 2), loss_points: int = 20) -> list[dict[str, Any]]:
+def paper_grid(seeds: tuple[int, ...] = (0, 1, 2), loss_points: int = 20) -> list[RunRecord]:
     """Records shaped like the paper's three experiments: Table 1, Table 2 and the Figure 1 heatmaps."""
     out = []
     for model, tasks, ranks in (("roberta-base", ("sst2", "qnli", "qqp", "mnli"), (4, 8, 16)),
                                 ("llama3.1-8b", ("qqp", "mnli"), (8, 16))):
-        for task, rank, targets, seed in itertools.product(tasks, ranks, ("q", "k", "v", "qk", "qv", "qkv"), seeds):
+        for task, rank, targets, seed in itertools.product(tasks, ranks, WEIGHT_TYPES, seeds):
             out.append(make_record(model=model, task=task, targets=targets, rank=rank, seed=seed,
                                    sweep="table1", loss_points=loss_points))
     for task, seed in itertools.product(GLUE, seeds):
@@ -179,9 +185,9 @@ def paper_grid(seeds: tuple[int, ...] = (0, 1, 2), loss_points: int = 20) -> lis
     return out
 
 
-def bench_records(n: int, loss_points: int = 200) -> list[dict[str, Any]]:
+def bench_records(n: int, loss_points: int = 200) -> list[RunRecord]:
     """`n` records: the paper's grid repeated over more seeds (realistic sizes: 200 loss points each)."""
-    out: list[dict[str, Any]] = []
+    out: list[RunRecord] = []
     seed = 0
     while len(out) < n:
         out += paper_grid(seeds=(seed,), loss_points=loss_points)
@@ -189,12 +195,13 @@ def bench_records(n: int, loss_points: int = 200) -> list[dict[str, Any]]:
     return out[:n]
 
 
-def demo_records(seeds: tuple[int, ...] = (0, 1)) -> list[dict[str, Any]]:
+def demo_records(seeds: tuple[int, ...] = (0, 1)) -> list[RunRecord]:
     """A demo-sized store: minilm on the synthetic task, five weight types and a 2 x 2 learning-rate grid."""
     out = [make_record(model="minilm", task="synthetic", targets=t, rank=8, seed=s, epochs=1)
            for t in ("q", "k", "v", "qv", "qkv") for s in seeds]
     out += [
-        make_record(model="minilm", task="synthetic", targets="qv", rank=8, lr=qk, lam=None, lr_v=v, seed=s, epochs=1)
+        make_record(model="minilm", task="synthetic", targets="qv", rank=8, lr=qk, lam=None, lr_v=v, seed=s,
+                    epochs=1)
         for qk in (1e-4, 4e-4) for v in (1e-4, 4e-4) for s in seeds if not (qk == v == 1e-4)
     ]
     return out

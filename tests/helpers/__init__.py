@@ -1,0 +1,55 @@
+"""Helpers the tests share: compose configs as the CLI does, run the CLI in a subprocess, read the
+records a run wrote, find the GLUE files. Fixtures live in tests/conftest.py."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.version import VersionBase
+
+from qvtune.config import config_dir, register_configs
+from qvtune.record import RESULT_FILE, Curves, RunRecord
+
+ROOT = Path(__file__).resolve().parents[2]
+GLUE_DIR = Path(os.environ.get("QVTUNE_GLUE_DIR", ROOT.parent / "shared" / "data" / "glue"))
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled",
+               "TOKENIZERS_PARALLELISM": "false"}
+
+register_configs()
+
+
+def make_config(*overrides: str) -> Any:
+    """The composed config the CLI would see for these overrides.
+
+    Hydra keeps the version base in a process-wide singleton; it is put back afterwards so that
+    Hydra's own launcher test suites, later in the same session, see their default.
+    """
+    base = VersionBase.instance().getbase()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            return compose(config_name="run", overrides=list(overrides))
+    finally:
+        VersionBase.instance().version_base = base
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 600,
+            module: str = "qvtune.run") -> subprocess.CompletedProcess:
+    """`python -m module args` in `cwd`, offline (no hub, no W&B), its output captured."""
+    env = {**os.environ, **OFFLINE_ENV}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def records(results: Path) -> list[dict[str, Any]]:
+    """Every record below `results` (sorted by path) as JSON-like dicts, read through RunRecord: the
+    summary's fields with the curves (train_loss, update_norms, lr_trace) beside them."""
+    out = []
+    for path in sorted(results.rglob(RESULT_FILE)):
+        record = RunRecord.read(path, curves=True)
+        out.append({**record.to_dict(), **asdict(record.curves or Curves())})
+    return out

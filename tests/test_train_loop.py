@@ -1,0 +1,220 @@
+"""The training loop's arithmetic without a model: the learning-rate factor, the divergence stop and the
+number of optimizer steps. Every expected number is worked out by hand in the test."""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+from typing import Optional
+
+import numpy as np
+import pytest
+
+from qvtune.train import LOSS_WINDOW, TrainState, check_divergence, lr_factor, plan_steps
+from tests.helpers import make_config
+
+# ---------------------------------------------------------------------------------------------
+# lr_factor(step, warmup, total, kind)
+
+
+@pytest.mark.parametrize(
+    ("step", "expected"),
+    [
+        (0, 1 / 5),  # warmup 4: (step + 1) / (warmup + 1)
+        (1, 2 / 5),
+        (2, 3 / 5),
+        (3, 4 / 5),
+        (4, 1.0),  # warmup over: (10 - 4) / (10 - 4)
+        (5, 5 / 6),  # linear decay over the 6 steps after warmup
+        (7, 3 / 6),
+        (9, 1 / 6),  # the last step of the run still trains
+        (10, 0.0),  # zero at `total`
+        (13, 0.0),  # and never negative after it
+    ],
+)
+def test_linear_schedule_with_warmup(step: int, expected: float) -> None:
+    assert lr_factor(step, 4, 10, "linear") == pytest.approx(expected, rel=1e-12, abs=1e-15)
+
+
+def test_linear_schedule_without_warmup_decays_from_one_to_zero() -> None:
+    # total 8: factor (8 - s) / 8
+    assert [lr_factor(s, 0, 8, "linear") for s in range(9)] == pytest.approx(
+        [1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0]
+    )
+
+
+def test_warmup_ramps_strictly_up_then_linear_strictly_down() -> None:
+    factors = [lr_factor(s, 3, 12, "linear") for s in range(13)]
+    assert factors[:3] == pytest.approx([0.25, 0.5, 0.75])
+    assert factors[3] == 1.0
+    assert all(a < b for a, b in zip(factors[:4], factors[1:4]))
+    assert all(a > b for a, b in zip(factors[3:], factors[4:]))
+    assert factors[-1] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("step", "expected"), [(0, 1 / 3), (1, 2 / 3), (2, 1.0), (9, 1.0), (10, 1.0), (100, 1.0)]
+)
+def test_constant_schedule_warms_up_then_holds(step: int, expected: float) -> None:
+    assert lr_factor(step, 2, 10, "constant") == pytest.approx(expected, rel=1e-12)
+
+
+def test_constant_schedule_without_warmup_is_one_everywhere() -> None:
+    assert [lr_factor(s, 0, 5, "constant") for s in range(8)] == [1.0] * 8
+
+
+# ---------------------------------------------------------------------------------------------
+# check_divergence(state, loss, factor)
+
+
+def feed(losses: list[float], factor: float, state: Optional[TrainState] = None) -> list[str]:
+    """The status after each loss, fed in order to one state (its step advancing as in train)."""
+    state = state if state is not None else TrainState()
+    statuses = []
+    for loss in losses:
+        state.step += 1
+        status, error = check_divergence(state, loss, factor)
+        assert (error is None) == (status == "running")
+        statuses.append(status)
+    return statuses
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_loss_diverges_at_once(bad: float) -> None:
+    state = TrainState(step=7)
+    status, error = check_divergence(state, bad, 10.0)
+    assert status == "diverged" and str(bad) in error and "step 7" in error
+    state = TrainState()
+    assert feed([1.0, 1.1, 0.9, bad], 10.0, state) == ["running"] * 3 + ["diverged"]
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_factor_zero_still_stops_on_non_finite_loss(bad: float) -> None:
+    assert check_divergence(TrainState(), bad, 0.0)[0] == "diverged"
+
+
+def test_first_loss_is_the_start_and_later_losses_do_not_move_it() -> None:
+    state = TrainState()
+    feed([2.5, 0.1, 7.0, 3.0], 10.0, state)
+    assert state.loss_start == 2.5
+    assert state.recent_losses == [2.5, 0.1, 7.0, 3.0]
+    feed([1.0] * 20, 10.0, state)
+    assert state.loss_start == 2.5 and state.recent_losses == [1.0] * LOSS_WINDOW
+
+
+def test_a_start_restored_from_a_checkpoint_is_kept() -> None:
+    state = TrainState(step=40, loss_start=0.5, recent_losses=[0.5] * LOSS_WINDOW)
+    assert feed([0.6], 10.0, state) == ["running"]
+    assert state.loss_start == 0.5
+
+
+def test_mean_of_the_window_above_factor_times_start_diverges() -> None:
+    # start 1.0, factor 10: the 10-step mean (1 + 9 x 20) / 10 = 18.1 > 10 on the 10th loss; before
+    # the window is full no mean is compared, however high the loss
+    assert LOSS_WINDOW == 10
+    assert feed([1.0] + [20.0] * 9, 10.0) == ["running"] * 9 + ["diverged"]
+
+
+def test_mean_exactly_at_the_limit_runs_and_the_window_slides() -> None:
+    # (1 + 9 x 11) / 10 = 10.0 is not above 10 x 1.0; the 11th loss pushes the start out of the
+    # window: mean 11 > 10. The start itself stays 1.0.
+    state = TrainState()
+    assert feed([1.0] + [11.0] * 9, 10.0, state) == ["running"] * 10
+    assert feed([11.0], 10.0, state) == ["diverged"]
+    assert state.loss_start == 1.0
+
+
+def test_divergence_message_names_mean_factor_start_and_step() -> None:
+    state = TrainState()
+    feed([2.0] + [50.0] * 8, 3.0, state)
+    state.step += 1
+    status, error = check_divergence(state, 50.0, 3.0)
+    # mean (2 + 9 x 50) / 10 = 45.2 > 3 x 2
+    assert status == "diverged"
+    assert "45.2" in error and "3 x" in error and "start 2" in error and "step 10" in error
+
+
+def test_a_low_first_loss_makes_moderate_losses_diverge() -> None:
+    # start 0.1, factor 10: ten losses of 1.5 average 1.5 > 1.0; the same losses from a start of 1.5 run
+    assert feed([0.1] + [1.5] * 10, 10.0)[-1] == "diverged"
+    assert feed([1.5] * 11, 10.0) == ["running"] * 11
+
+
+def test_factor_zero_means_non_finite_only() -> None:
+    assert feed([0.01] + [1e6] * 50, 0.0) == ["running"] * 51
+
+
+def test_noisy_but_bounded_loss_never_diverges() -> None:
+    # start 1: noise in [0.5, 2] and every 13th step a spike of 40, itself 40 x the start; a window
+    # holds at most one spike, so its mean stays <= (9 x 2 + 40) / 10 = 5.8 < 10
+    rng = np.random.default_rng(0)
+    losses = [40.0 if i % 13 == 0 else float(x) for i, x in enumerate(rng.uniform(0.5, 2.0, size=1000), 1)]
+    state = TrainState()
+    assert feed([1.0] + losses, 10.0, state) == ["running"] * 1001
+    assert len(state.recent_losses) == LOSS_WINDOW
+
+
+# ---------------------------------------------------------------------------------------------
+# plan_steps(n_train, cfg) -> (optimizer steps, micro-batches per epoch)
+
+
+def plan(n_train: int, batch_size: int, epochs: float, grad_accum: int = 1,
+         max_steps: Optional[int] = None) -> tuple[int, int]:
+    cfg = SimpleNamespace(batch_size=batch_size, epochs=epochs, grad_accum=grad_accum, max_steps=max_steps)
+    return plan_steps(n_train, cfg)
+
+
+def test_one_epoch_with_a_short_last_batch() -> None:
+    assert plan(1000, 32, 1) == (32, 32)  # ceil(1000 / 32) = 32 batches, the last of 8 examples
+    assert plan(1024, 32, 1) == (32, 32)
+    assert plan(1025, 32, 1) == (33, 33)
+
+
+@pytest.mark.parametrize(
+    ("grad_accum", "expected"),
+    [
+        (2, 48),  # 3 epochs x 32 batches = 96 micro-batches; 96 / 2
+        (4, 24),  # 96 / 4
+        (5, 20),  # ceil(96 / 5) = ceil(19.2)
+        (7, 14),  # ceil(96 / 7) = ceil(13.71)
+        (96, 1),
+        (100, 1),  # ceil(0.96)
+    ],
+)
+def test_grad_accum_divides_micro_batches_rounding_up(grad_accum: int, expected: int) -> None:
+    assert plan(1000, 32, 3, grad_accum) == (expected, 32)
+
+
+@pytest.mark.parametrize(
+    ("epochs", "grad_accum", "expected"),
+    [
+        (0.5, 1, 16),  # 0.5 x 32
+        (1.3, 1, 42),  # ceil(41.6)
+        (2.5, 3, 27),  # ceil(80 / 3) = ceil(26.67)
+        (0.01, 1, 1),  # ceil(0.32): a sliver of an epoch still trains one step
+        (0, 1, 0),
+    ],
+)
+def test_fractional_epochs(epochs: float, grad_accum: int, expected: int) -> None:
+    assert plan(1000, 32, epochs, grad_accum) == (expected, 32)
+
+
+def test_fractional_epochs_that_come_to_whole_steps_are_not_rounded_up() -> None:
+    assert plan(10_000, 100, 1.1) == (110, 100)  # 1.1 x 100 = 110.00000000000001 in floating point
+    assert plan(800, 32, 2.2) == (55, 25)
+
+
+@pytest.mark.parametrize(
+    ("max_steps", "epochs", "grad_accum"), [(7, 3, 1), (7, 0.1, 4), (500, 1, 1), (0, 3, 2)]
+)
+def test_max_steps_overrides_epochs_and_grad_accum(max_steps: int, epochs: float, grad_accum: int) -> None:
+    assert plan(1000, 32, epochs, grad_accum, max_steps) == (max_steps, 32)
+
+
+def test_composed_config() -> None:
+    # 320 examples / 16 = 20 batches per epoch; 2 epochs = 40 micro-batches; ceil(40 / 3) = 14 steps
+    cfg = make_config("model=tiny-bert", "task=synthetic", "batch_size=16", "grad_accum=3", "epochs=2")
+    assert plan_steps(320, cfg) == (14, 20)
+    cfg = make_config("model=tiny-bert", "task=synthetic", "batch_size=16", "epochs=2", "max_steps=5")
+    assert plan_steps(320, cfg) == (5, 20)
+    # the CLI's own default (batch 32, 3 epochs, no accumulation) on 320 examples: 3 x 10 steps
+    assert plan_steps(320, make_config("model=tiny-bert", "task=synthetic")) == (30, 10)
