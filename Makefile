@@ -7,7 +7,7 @@ PYTEST := $(PY) -m pytest
 TORCH  ?= torch==2.13.0
 GLUE   ?= ../shared/data/glue
 
-.PHONY: install demo lint test test-slow test-slurm test-all bench bench-collect theory clean
+.PHONY: install demo lint test test-slow test-slurm test-all bench bench-collect bench-recipe theory clean
 
 install: $(VENV)/.installed
 
@@ -51,6 +51,10 @@ bench: install
 
 bench-collect: install
 	$(PY) scripts/bench_collect.py
+
+## Does the paper's recipe give the same dev metric with qvtune's speed options? (README, The paper's recipe)
+bench-recipe: install
+	$(PY) scripts/bench_recipe.py --glue $(GLUE) --out bench-out/recipe
 
 theory: install
 	$(PY) -m qvtune.theory bound model=roberta-base rank=8

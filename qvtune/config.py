@@ -10,7 +10,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional, cast
 
 from omegaconf import MISSING, ListConfig
 
@@ -25,6 +25,7 @@ SCHEDULERS = ("linear", "constant")
 # paper: the paper scripts' rule, for bit-for-bit reproduction (see qvtune.methods.paper_group).
 GROUPINGS = ("by_module", "paper")
 WANDB_MODES = ("offline", "online", "disabled")
+WandbMode = Literal["offline", "online", "disabled"]  # WANDB_MODES, as a type
 
 
 @dataclass
@@ -208,7 +209,7 @@ class LearningRates:
     lam: float
 
 
-def learning_rates(cfg: Any) -> LearningRates:
+def learning_rates(cfg: RunConfig) -> LearningRates:
     """eta_QK, eta_V and the head's rate from lr, lam / lr_v and head_lr."""
     lr = float(cfg.lr)
     if cfg.lr_v is not None:
@@ -229,14 +230,16 @@ def until_step(until: Optional[float], total_steps: int) -> int:
     return math.ceil(round(until * total_steps, 9))
 
 
-def has_rank(method: str) -> bool:
-    """Whether `rank`, `alpha` and `dropout` mean anything to the method (its adapters' shape)."""
+def has_rank(method: Optional[str]) -> bool:
+    """Whether `rank`, `alpha` and `dropout` mean anything to the method (its adapters' shape); None
+    (no method, e.g. the 'Before fine-tune' row) has none."""
     return method in METHODS_WITH_RANK
 
 
-def wandb_mode(cfg: Any) -> str:
-    """`wandb.mode` when given, else the WANDB_MODE environment variable (W&B's own), else offline."""
-    return cfg.wandb.mode or os.environ.get("WANDB_MODE") or "offline"
+def wandb_mode(cfg: RunConfig) -> WandbMode:
+    """`wandb.mode` when given, else the WANDB_MODE environment variable (W&B's own), else offline.
+    `validate` rejects a value outside WANDB_MODES."""
+    return cast(WandbMode, cfg.wandb.mode or os.environ.get("WANDB_MODE") or "offline")
 
 
 def _positive(x: Optional[float]) -> bool:
@@ -248,7 +251,7 @@ def _positive(x: Optional[float]) -> bool:
 # Validation: cheap checks, no torch, no transformers, no files read but the data folder listing.
 
 
-def validate(cfg: Any) -> list[str]:
+def validate(cfg: RunConfig) -> list[str]:
     """Every problem in the config, one line each, naming the bad value and what would be accepted."""
     errors: list[str] = []
 
@@ -284,7 +287,8 @@ def validate(cfg: Any) -> list[str]:
     check(cfg.max_batch_tokens is None or cfg.max_batch_tokens >= 1,
           f"max_batch_tokens={cfg.max_batch_tokens}: expected an integer >= 1, or null to never split a batch")
     for key in ("batch_size", "grad_accum", "eval_batch_size"):
-        check(cfg[key] >= 1, f"{key}={cfg[key]}: expected an integer >= 1")
+        value = getattr(cfg, key)
+        check(value >= 1, f"{key}={value}: expected an integer >= 1")
     check(cfg.max_len >= 8, f"max_len={cfg.max_len}: expected an integer >= 8")
     check(cfg.padding in PADDINGS, f"padding={cfg.padding!r}: expected one of {', '.join(PADDINGS)}")
     check(cfg.precision in PRECISIONS, f"precision={cfg.precision!r}: expected one of {', '.join(PRECISIONS)}")
@@ -292,7 +296,8 @@ def validate(cfg: Any) -> list[str]:
     check(math.isfinite(cfg.diverge_factor) and cfg.diverge_factor >= 0,
           f"diverge_factor={cfg.diverge_factor}: expected a finite number >= 0 (0 = only NaN/inf)")
     for key in ("max_train_samples", "max_eval_samples"):
-        check(cfg[key] is None or cfg[key] >= 1, f"{key}={cfg[key]}: expected an integer >= 1 or null")
+        value = getattr(cfg, key)
+        check(value is None or value >= 1, f"{key}={value}: expected an integer >= 1 or null")
     check(
         cfg.optim.scheduler in SCHEDULERS,
         f"optim.scheduler={cfg.optim.scheduler!r}: expected one of {', '.join(SCHEDULERS)}",
@@ -315,7 +320,7 @@ def validate(cfg: Any) -> list[str]:
     return errors
 
 
-def _validate_model(model: Any) -> list[str]:
+def _validate_model(model: ModelConfig) -> list[str]:
     errors = []
     if model.source is None and not model.arch.get("model_type"):
         errors.append(f"model={model.name}: no source and no arch.model_type; give model.source=HUB_ID_OR_PATH")
@@ -332,7 +337,7 @@ def _validate_model(model: Any) -> list[str]:
     return errors
 
 
-def _validate_task(task: Any, data_dir: Optional[str]) -> list[str]:
+def _validate_task(task: TaskConfig, data_dir: Optional[str]) -> list[str]:
     errors = []
     metrics = [task.metric, *task.extra_metrics]
     bad = [m for m in metrics if m not in METRICS]

@@ -1,12 +1,14 @@
 """Token ids for a task, computed once per (tokenizer, data, max_len) and kept on disk for every run
 of a sweep, and batches that spend compute on real tokens: length-grouped, dynamically padded."""
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -33,7 +35,7 @@ class Encoded:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def subset(self, n: Optional[int]) -> "Encoded":
+    def subset(self, n: Optional[int]) -> Encoded:
         if n is None or n >= len(self):
             return self
         end = self.offsets[n]
@@ -54,7 +56,9 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def encode_cached(tokenizer: Any, read: Callable[[], Split], max_len: int, cache_dir: Path, key: str) -> Encoded:
+def encode_cached(
+    tokenizer: Any, read: Callable[[], Split], max_len: int, cache_dir: Path, key: str
+) -> Encoded:
     """Tokenize the split that `read` returns, or read it from the cache without calling `read`;
     several jobs may race here safely.
 
@@ -66,7 +70,8 @@ def encode_cached(tokenizer: Any, read: Callable[[], Split], max_len: int, cache
         with np.load(path) as z:
             return Encoded(z["ids"], z["types"] if "types" in z else None, z["offsets"], z["labels"])
     enc = encode(tokenizer, read(), max_len)
-    arrays = {"ids": enc.ids, "offsets": enc.offsets, "labels": enc.labels}
+    # Any: numpy's savez also takes a keyword allow_pickle, which mypy matches **arrays against
+    arrays: dict[str, Any] = {"ids": enc.ids, "offsets": enc.offsets, "labels": enc.labels}
     if enc.types is not None:
         arrays["types"] = enc.types
     atomic_write(path, lambda f: np.savez(f, **arrays))
@@ -78,13 +83,18 @@ def cache_key(task_name: str, tokenizer: Any, task: TaskData) -> str:
     return f"{task_name}-{tokenizer_fingerprint(tokenizer)[:16]}-{task.fingerprint[:16]}"
 
 
-def encode_task(tokenizer: Any, task: TaskData, task_name: str, max_len: int,
-                cache_dir: Path) -> tuple[Encoded, dict[str, Encoded]]:
+def encode_task(
+    tokenizer: Any, task: TaskData, task_name: str, max_len: int, cache_dir: Path
+) -> tuple[Encoded, dict[str, Encoded]]:
     """Token ids of the task's train split and of each eval split, from the cache where they are."""
     key = cache_key(task_name, tokenizer, task)
+
+    def read_eval(name: str) -> Callable[[], Split]:
+        return lambda: task.evals[name]  # read only on a cache miss
+
     train = encode_cached(tokenizer, lambda: task.train, max_len, cache_dir, f"{key}-train")
     evals = {
-        name: encode_cached(tokenizer, lambda name=name: task.evals[name], max_len, cache_dir, f"{key}-{name}")
+        name: encode_cached(tokenizer, read_eval(name), max_len, cache_dir, f"{key}-{name}")
         for name in task.eval_names
     }
     return train, evals
@@ -94,7 +104,9 @@ def encode(tokenizer: Any, split: Split, max_len: int, chunk: int = 4096) -> Enc
     """Token ids of every example, tokenized in chunks so memory stays flat on large tasks."""
     ids, types, lengths = [], [], []
     for start in range(0, len(split), chunk):
-        out = tokenizer(*[c[start : start + chunk] for c in split.columns], truncation=True, max_length=max_len)
+        out = tokenizer(
+            *[c[start : start + chunk] for c in split.columns], truncation=True, max_length=max_len
+        )
         lengths.append(np.fromiter(map(len, out["input_ids"]), dtype=np.int64))
         ids.append(np.fromiter((t for x in out["input_ids"] for t in x), dtype=np.int32))
         if "token_type_ids" in out:
@@ -106,7 +118,9 @@ def encode(tokenizer: Any, split: Split, max_len: int, chunk: int = 4096) -> Enc
     return Encoded(np.concatenate(ids), flat_types, offsets, split.labels)
 
 
-def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool) -> list[np.ndarray]:
+def train_batches(
+    lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool
+) -> list[np.ndarray]:
     """One epoch's batches of example indices, a pure function of (seed, epoch) so runs resume exactly.
 
     Length-grouped: shuffle, cut into buckets of 50 batches, sort each bucket by length, cut it into
@@ -125,7 +139,9 @@ def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, g
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def micro_batches(lengths: np.ndarray, index: np.ndarray, max_tokens: Optional[int], pad_to: Optional[int]) -> list[np.ndarray]:
+def micro_batches(
+    lengths: np.ndarray, index: np.ndarray, max_tokens: Optional[int], pad_to: Optional[int]
+) -> list[np.ndarray]:
     """A batch cut into pieces of at most `max_tokens` padded tokens, longest first, each run as its
     own forward and backward pass: the same gradient in a fraction of the activation memory."""
     width = padded_width(lengths[index], pad_to)
@@ -154,13 +170,14 @@ def collate(data: Encoded, index: np.ndarray, pad_id: int, pad_to: Optional[int]
     width = padded_width(lengths, pad_to)
     ids = np.full((len(index), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(index), width), dtype=np.int64)
-    types = None if data.types is None else np.zeros((len(index), width), dtype=np.int64)
+    data_types = data.types
+    types = None if data_types is None else np.zeros((len(index), width), dtype=np.int64)
     for row, (i, n) in enumerate(zip(index, lengths)):
         start = data.offsets[i]
         ids[row, :n] = data.ids[start : start + n]
         mask[row, :n] = 1
-        if types is not None:
-            types[row, :n] = data.types[start : start + n]
+        if types is not None and data_types is not None:
+            types[row, :n] = data_types[start : start + n]
     batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
     if types is not None:
         batch["token_type_ids"] = torch.from_numpy(types)

@@ -1,5 +1,6 @@
 """Saving figures: PNG and PDF without timestamps, so that a rerun writes the same files. Figures
 are plain `matplotlib.figure.Figure` objects drawn with Agg (headless; no pyplot state to free)."""
+
 from __future__ import annotations
 
 import io

@@ -1,5 +1,6 @@
 """Writing files that other processes read while they are being replaced: run records, the
 tokenization cache shared by a sweep's jobs, checkpoints. Nothing heavy is imported here."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,5 @@
 """How numbers are written in tables, legends and messages, by the collector and the theory lab."""
+
 from __future__ import annotations
 
 import math

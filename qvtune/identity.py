@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from qvtune.config import has_rank, learning_rates, parse_targets
+from qvtune.config import RunConfig, has_rank, learning_rates, parse_targets
 
 # Dotted schema paths (a field, or a nested config taken whole) -> in the key?
 IDENTITY: dict[str, bool] = {
@@ -103,7 +103,7 @@ def resolve_precision(requested: str, device_type: str, bf16_supported: bool, we
     return requested
 
 
-def expected_precisions(cfg: Any, gpus: bool) -> list[str]:
+def expected_precisions(cfg: RunConfig, gpus: bool) -> list[str]:
     """The precisions a run may use where it will be launched, for looking it up before it starts:
     `gpus` says whether its launcher gives it a GPU. On a GPU, `auto` is bf16 or fp16 depending on the
     card, which only the job itself sees; the job keys itself with the one it finds."""
@@ -130,12 +130,12 @@ def keyed_fields(group: str = "") -> list[str]:
             if keyed and p.startswith(prefix) and "." not in p[len(prefix):]]
 
 
-def run_identity(cfg: Any, precision: str) -> dict[str, Any]:
+def run_identity(cfg: RunConfig, precision: str) -> dict[str, Any]:
     """The settings that decide a run's result, normalised: targets canonical, lam and lr_v folded
     into eta_V, the head's rate resolved, rank/alpha/dropout dropped where the method has none."""
     if precision not in PRECISIONS_USED:
         raise ValueError(f"precision={precision!r}: expected the precision used, one of {', '.join(PRECISIONS_USED)}")
-    ident = {k: _plain(cfg[k]) for k in keyed_fields() if k not in ("lam", "lr_v")}
+    ident = {k: _plain(getattr(cfg, k)) for k in keyed_fields() if k not in ("lam", "lr_v")}
     ident["targets"] = parse_targets(ident["targets"])
     rates = learning_rates(cfg)
     ident.update(lr=_rate(rates.qk), lr_v=_rate(rates.v), head_lr=_rate(rates.head), precision=precision)
@@ -144,13 +144,13 @@ def run_identity(cfg: Any, precision: str) -> dict[str, Any]:
     else:
         ident.update(rank=None, alpha=None, dropout=None)
     for group in ("model", "task", "method"):
-        ident[group] = {k: _plain(cfg[group][k]) for k in keyed_fields(group)}
+        ident[group] = {k: _plain(getattr(getattr(cfg, group), k)) for k in keyed_fields(group)}
     if cfg.model.source is not None:
         del ident["model"]["arch"]  # loaded from the source; arch only describes it
     return ident
 
 
-def run_key(cfg: Any, precision: str) -> str:
+def run_key(cfg: RunConfig, precision: str) -> str:
     """A short stable hash of `run_identity`: the name of the run's folder in the results store."""
     blob = json.dumps(run_identity(cfg, precision), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

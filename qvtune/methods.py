@@ -1,6 +1,7 @@
 """Methods (full fine-tune, LoRA, DoRA) applied to exactly the targeted W_q/W_k/W_v modules, and the
 optimizer's parameter groups: every trainable tensor lands in exactly one of qk, v, head, decided by
 the module that owns it (not by substrings of its name)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from qvtune.config import LearningRates, parse_targets
+from qvtune.config import LearningRates, RunConfig, parse_targets
 from qvtune.models import attention_modules, head_modules, weight_type
 
 GROUPS = ("qk", "v", "head")
@@ -26,7 +27,7 @@ class ParamGroup:
         return sum(p.numel() for _, p in self.params)
 
 
-def apply_method(model: nn.Module, cfg: Any) -> nn.Module:
+def apply_method(model: nn.Module, cfg: RunConfig) -> nn.Module:
     """Freeze everything, then make trainable the targeted projections (or adapters on them) and the
     head, and keep every trainable tensor in fp32 whatever the frozen base's dtype."""
     return trainables_in_fp32(_attach(model, cfg))
@@ -41,7 +42,7 @@ def trainables_in_fp32(model: nn.Module) -> nn.Module:
     return model
 
 
-def _attach(model: nn.Module, cfg: Any) -> nn.Module:
+def _attach(model: nn.Module, cfg: RunConfig) -> nn.Module:
     targets = parse_targets(cfg.targets)
     modules = attention_modules(model)
     chosen = [name for t in targets for name in modules[t]]
@@ -55,7 +56,8 @@ def _attach(model: nn.Module, cfg: Any) -> nn.Module:
 
     peft_config = LoraConfig(
         r=int(cfg.rank),
-        lora_alpha=float(cfg.alpha if cfg.alpha is not None else cfg.rank),
+        # peft annotates lora_alpha as int, but a float alpha works (its scaling is alpha / r)
+        lora_alpha=float(cfg.alpha if cfg.alpha is not None else cfg.rank),  # type: ignore[arg-type]
         lora_dropout=float(cfg.dropout),
         target_modules=chosen,  # full dotted names: exactly these modules, nothing matched by accident
         use_dora=cfg.method.name == "dora",
@@ -94,7 +96,8 @@ def paper_group(name: str, p: nn.Parameter, owner: str) -> str:
 
 def _owners(model: nn.Module) -> dict[int, str]:
     """id(parameter) -> the group of the module that owns it (qk, v or head)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_base_model = getattr(model, "get_base_model", None)  # a PEFT model wraps the base model
+    base = get_base_model() if get_base_model is not None else model
     heads = set(head_modules(base))  # PEFT wraps them as base_model.model.<head>
     owner: dict[int, str] = {}
     for module_name, module in model.named_modules():  # parents come before their children
@@ -116,7 +119,9 @@ def group_table(model: nn.Module, groups: list[ParamGroup]) -> dict[str, Any]:
     return {
         "total": total,
         "trainable": sum(g.numel for g in groups),
-        "groups": [{"group": g.name, "lr": g.lr, "tensors": len(g.params), "params": g.numel} for g in groups],
+        "groups": [
+            {"group": g.name, "lr": g.lr, "tensors": len(g.params), "params": g.numel} for g in groups
+        ],
     }
 
 

@@ -1,13 +1,17 @@
 """Models and the q/k/v resolver: build or load a sequence classifier from a model config, and
 find the modules that hold W_q, W_k and W_v in every layer of any supported family."""
+
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from qvtune.config import ModelConfig
 
 # Each family's name for the three projections (the module's last dotted name).
 QKV_NAMES: dict[str, tuple[str, ...]] = {
@@ -52,7 +56,7 @@ def unreachable(source: str, error: OSError) -> ModelError:
     )
 
 
-def model_config(model_cfg: Any, num_labels: int, offline_ok: bool = True) -> Any:
+def model_config(model_cfg: ModelConfig, num_labels: int, offline_ok: bool = True) -> Any:
     """The transformers config: from `arch` when given (no download), else from the source."""
     from transformers import AutoConfig
 
@@ -60,10 +64,12 @@ def model_config(model_cfg: Any, num_labels: int, offline_ok: bool = True) -> An
         arch = dict(model_cfg.arch)
         config = AutoConfig.for_model(arch.pop("model_type"), **arch)
     else:
+        source = model_cfg.source
+        assert source is not None, "validate(): a model without arch.model_type has a source"
         try:
-            config = AutoConfig.from_pretrained(resolve_source(model_cfg.source))
+            config = AutoConfig.from_pretrained(resolve_source(source))
         except OSError as e:
-            raise unreachable(model_cfg.source, e) from None
+            raise unreachable(source, e) from None
     config.num_labels = num_labels
     if config.pad_token_id is None:
         config.pad_token_id = 0 if model_cfg.tokenizer == "builtin" else getattr(config, "eos_token_id", None)
@@ -72,7 +78,7 @@ def model_config(model_cfg: Any, num_labels: int, offline_ok: bool = True) -> An
     return config
 
 
-def build_on_meta(model_cfg: Any, num_labels: int) -> nn.Module:
+def build_on_meta(model_cfg: ModelConfig, num_labels: int) -> nn.Module:
     """The model's structure without weights: for checks and parameter counts, no download, no memory."""
     from transformers import AutoModelForSequenceClassification
 
@@ -87,13 +93,17 @@ def set_attention_dropout(config: Any, p: Optional[float]) -> None:
     if p is None or (not keys and p == 0):
         return
     if not keys:
-        raise ModelError(f"attention_dropout={p}: {type(config).__name__} has none of the keys "
-                         f"{', '.join(ATTENTION_DROPOUT_KEYS)}; use attention_dropout=null")
+        raise ModelError(
+            f"attention_dropout={p}: {type(config).__name__} has none of the keys "
+            f"{', '.join(ATTENTION_DROPOUT_KEYS)}; use attention_dropout=null"
+        )
     for key in keys:
         setattr(config, key, p)
 
 
-def load_model(model_cfg: Any, num_labels: int, seed: int, attention_dropout: Optional[float] = None) -> nn.Module:
+def load_model(
+    model_cfg: ModelConfig, num_labels: int, seed: int, attention_dropout: Optional[float] = None
+) -> nn.Module:
     """Pretrained weights from the source (the head freshly initialised from `seed`), or random weights."""
     from transformers import AutoModelForSequenceClassification
 
@@ -117,7 +127,7 @@ def load_model(model_cfg: Any, num_labels: int, seed: int, attention_dropout: Op
     return model
 
 
-def load_tokenizer(model_cfg: Any) -> Any:
+def load_tokenizer(model_cfg: ModelConfig) -> Any:
     """The model's tokenizer; a pad token is added where the family has none (Llama, Mistral)."""
     from transformers import AutoTokenizer
 
@@ -125,7 +135,9 @@ def load_tokenizer(model_cfg: Any) -> Any:
         from qvtune.vocab import builtin_tokenizer
 
         return builtin_tokenizer()
-    source = resolve_source(model_cfg.tokenizer or model_cfg.source)
+    named = model_cfg.tokenizer or model_cfg.source
+    assert named is not None, "a model without a source has tokenizer=builtin"
+    source = resolve_source(named)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as e:
@@ -136,7 +148,7 @@ def load_tokenizer(model_cfg: Any) -> Any:
 
 
 def weight_type(module_name: str) -> Optional[str]:
-    """"q", "k" or "v" for a projection module's dotted name, else None."""
+    """ "q", "k" or "v" for a projection module's dotted name, else None."""
     leaf = module_name.rsplit(".", 1)[-1]
     return next((t for t, names in QKV_NAMES.items() if leaf in names), None)
 
@@ -162,7 +174,8 @@ def attention_modules(model: nn.Module) -> dict[str, list[str]]:
         raise ModelError(
             f"{type(model).__name__} computes q, k and v in one fused projection ({fused[0]}); "
             "qvtune tunes W_q, W_k, W_v separately and supports families with separate projections "
-            "(BERT/RoBERTa query/key/value, Llama/Mistral/Qwen q_proj/k_proj/v_proj, DistilBERT q_lin/k_lin/v_lin)"
+            "(BERT/RoBERTa query/key/value, Llama/Mistral/Qwen q_proj/k_proj/v_proj, "
+            "DistilBERT q_lin/k_lin/v_lin)"
         )
     counts = {k: len(v) for k, v in found.items()}
     if min(counts.values()) == 0 or len(set(counts.values())) != 1:

@@ -9,10 +9,13 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from qvtune.identity import expected_precisions, run_key
 from qvtune.record import TO_RUN, ResultsStore, RunRecord, RunState, State, Status, result_files
+
+if TYPE_CHECKING:
+    from qvtune.config import RunConfig
 
 # the most advanced state first: a run that may have several keys is what its most advanced key says
 STATE_ORDER = (State.COMPLETED, State.DIVERGED, State.PAUSED, State.RUNNING, State.INTERRUPTED, State.FAILED, State.PENDING)
@@ -25,7 +28,7 @@ class Job:
     overrides: list[str]
     key: str
     run: RunState
-    config: Any
+    config: RunConfig
 
     @property
     def state(self) -> State:
@@ -37,7 +40,7 @@ class Job:
         return self.state in TO_RUN or (self.state is State.PAUSED and not self.run.reached(self.config.until))
 
 
-def lookup(cfg: Any, gpus: bool) -> tuple[str, RunState]:
+def lookup(cfg: RunConfig, gpus: bool) -> tuple[str, RunState]:
     """The run key and state of a job's run: the most advanced among the keys it may have where it
     runs (`gpus`: whether its launcher gives it a GPU; precision=auto is bf16 or fp16 there)."""
     store = ResultsStore(Path(cfg.results_dir).expanduser().absolute())
@@ -84,7 +87,7 @@ def print_plan(jobs: list[Job]) -> None:
         print(f"to run: {len(todo)}; no estimate yet: no finished run of the same model, task and method")
 
 
-def train_samples(cfg: Any) -> Optional[float]:
+def train_samples(cfg: RunConfig) -> Optional[float]:
     """The training samples of the whole run, from the task's size hint; None where it has none."""
     size = cfg.task.synthetic.train_size if cfg.task.synthetic is not None else cfg.task.train_size
     if size is None:
@@ -95,7 +98,7 @@ def train_samples(cfg: Any) -> Optional[float]:
     return float(steps * cfg.batch_size * cfg.grad_accum if steps is not None else size * cfg.epochs)
 
 
-def estimate_seconds(cfg: Any, fraction: float = 1.0) -> Optional[float]:
+def estimate_seconds(cfg: RunConfig, fraction: float = 1.0) -> Optional[float]:
     """Training samples of the run (a `fraction` of them: a rung) divided by the measured speed of
     finished runs like it, plus their time outside training."""
     samples = train_samples(cfg)
@@ -120,7 +123,8 @@ def _reference_speeds(root: str, kind: tuple[str, str, str]) -> tuple[list[float
         for rel in result_files(Path(root)):
             try:
                 r = RunRecord.read(Path(root) / rel)
-                c, t = r.config, r.timing
+                c = r.config
+                t: dict[str, Any] = r.timing  # a timing it lacks (None) raises TypeError: left out
                 k = (c["model"]["name"], c["task"]["name"], c["method"]["name"])
                 if r.status is Status.COMPLETED and t.get("samples_per_s"):
                     speeds, fixed = table.setdefault(k, ([], []))

@@ -30,7 +30,7 @@ from filelock import FileLock, Timeout
 from omegaconf import OmegaConf
 
 from qvtune import __version__
-from qvtune.config import learning_rates, until_step
+from qvtune.config import RunConfig, learning_rates, until_step
 from qvtune.files import atomic_write
 
 if TYPE_CHECKING:
@@ -103,8 +103,9 @@ class Curves:
     # [[step, |dW_q|, |dW_k|, |dW_v|], ...]: Frobenius norms of the accumulated updates (for LoRA/DoRA
     # of the adapters' product)
     update_norms: list[list[float]] = field(default_factory=list)
-    # [[step, lr_qk, lr_v, lr_head], ...]: the learning rates the optimizer applied
-    lr_trace: list[list[float]] = field(default_factory=list)
+    # [[step, lr_qk, lr_v, lr_head], ...]: the learning rates the optimizer applied (None for a
+    # group with no trainable tensor)
+    lr_trace: list[list[Optional[float]]] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Curves:
@@ -164,7 +165,7 @@ class RunRecord:
     curves: Optional[Curves] = None
 
     @classmethod
-    def start(cls, cfg: Any, key: str, precision: str) -> RunRecord:
+    def start(cls, cfg: RunConfig, key: str, precision: str) -> RunRecord:
         """The record of a run that is starting: its config, learning rates and where it runs."""
         rates = learning_rates(cfg)
         return cls(

@@ -9,13 +9,14 @@ did) and the precision it used, and renames its folder. A GPU run of an earlier 
 precision=auto did not record whether it computed in bf16 or fp16: it is left where it is, and a
 re-launch runs it again. Nothing is overwritten: a folder whose new key is taken is reported.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Optional, cast
 
 from omegaconf import OmegaConf
 
@@ -37,8 +38,8 @@ def precision_used(record: RunRecord, cfg: RunConfig) -> Optional[str]:
 
 def new_key(record: RunRecord) -> Optional[str]:
     """The record's key under today's identity, or None when its precision cannot be known."""
-    cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), record.config)
-    precision = precision_used(record, cfg)  # type: ignore[arg-type]
+    cfg = cast(RunConfig, OmegaConf.merge(OmegaConf.structured(RunConfig), record.config))
+    precision = precision_used(record, cfg)
     return None if precision is None else run_key(cfg, precision)
 
 
@@ -56,7 +57,9 @@ def rekey(root: Path, dry_run: bool = False) -> list[str]:
             lines.append(f"skipped {folder.name}: unusable record ({e})")
             continue
         if key is None:
-            lines.append(f"left {folder.name}: a GPU run with precision=auto that did not record bf16 or fp16")
+            lines.append(
+                f"left {folder.name}: a GPU run with precision=auto that did not record bf16 or fp16"
+            )
         elif key == folder.name:
             continue
         elif (root / key).exists():
@@ -77,7 +80,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="say what would move, move nothing")
     args = parser.parse_args(argv)
     if not args.results.is_dir():
-        print(f"error: no results store at {args.results}: give the results_dir of your runs", file=sys.stderr)
+        print(
+            f"error: no results store at {args.results}: give the results_dir of your runs", file=sys.stderr
+        )
         return 2
     lines = rekey(args.results, args.dry_run)
     print("\n".join(lines) if lines else "every run is under its current key")

@@ -19,14 +19,22 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union, cast
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from qvtune.config import config_dir, has_rank, learning_rates, parse_targets, register_configs, validate
+from qvtune.config import (
+    RunConfig,
+    config_dir,
+    has_rank,
+    learning_rates,
+    parse_targets,
+    register_configs,
+    validate,
+)
 from qvtune.identity import run_key
 from qvtune.record import CHECKPOINT_FILE, RESULT_FILE, ResultsStore, RunRecord, State, Status
 
@@ -38,7 +46,8 @@ register_configs()
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="run")
-def main(cfg: DictConfig) -> Optional[Union[RunRecord, dict[str, Any]]]:
+def main(composed: DictConfig) -> Optional[Union[RunRecord, dict[str, Any]]]:
+    cfg = cast(RunConfig, composed)  # the DictConfig Hydra composed from the schema, typed as it
     errors = validate(cfg)
     if errors:
         for e in errors:
@@ -70,7 +79,7 @@ def main(cfg: DictConfig) -> Optional[Union[RunRecord, dict[str, Any]]]:
     return record
 
 
-def dry_run(cfg: DictConfig) -> dict[str, Any]:
+def dry_run(cfg: RunConfig) -> dict[str, Any]:
     """The parameter groups and exact counts of this config, from the model's structure alone."""
     from qvtune.methods import apply_method, format_group_table, group_table, param_groups
     from qvtune.models import build_on_meta
@@ -84,7 +93,7 @@ def dry_run(cfg: DictConfig) -> dict[str, Any]:
     return table
 
 
-def execute(cfg: DictConfig, key: str, store: ResultsStore, runtime: Runtime, resume: bool) -> RunRecord:
+def execute(cfg: RunConfig, key: str, store: ResultsStore, runtime: Runtime, resume: bool) -> RunRecord:
     """Run one configuration and write its record; exceptions become a "failed" record."""
     run_dir = store.run_dir(key)
     record = RunRecord.start(cfg, key, runtime.precision)
@@ -135,7 +144,7 @@ def exit_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
-def fine_tune(cfg: DictConfig, record: RunRecord, run_dir: Path, runtime: Runtime, log_fn: Any) -> None:
+def fine_tune(cfg: RunConfig, record: RunRecord, run_dir: Path, runtime: Runtime, log_fn: Any) -> None:
     """Model -> method and groups -> data -> training loop; fills in the record's results."""
     wall = time.perf_counter()  # imports included: the first run of a process pays for them
     import torch
@@ -173,7 +182,8 @@ def fine_tune(cfg: DictConfig, record: RunRecord, run_dir: Path, runtime: Runtim
                   device=device, precision=runtime.precision, checkpoint=run_dir / CHECKPOINT_FILE, log=log_fn)
     if state.status is not Status.PAUSED:  # a paused run keeps its checkpoint to go on from
         if cfg.output_dir:
-            model.save_pretrained(Path(cfg.output_dir).expanduser() / run_dir.name)
+            # a transformers or PEFT model: torch types the attributes it does not know as Tensor | Module
+            cast(Any, model).save_pretrained(Path(cfg.output_dir).expanduser() / run_dir.name)
         (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
     setup = {"wall_s": time.perf_counter() - wall, "setup_s": setup_s, "load_s": load_s, "data_s": data_s}
     record.finish(state, table, setup, peak_memory_mb(device.type), str(device), threads)

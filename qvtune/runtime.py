@@ -1,5 +1,6 @@
 """Where a run computes: its device, the precision it actually uses there, its CPU threads, and the
 peak memory it reached. One helper for what the entry point and the benchmarks both need."""
+
 from __future__ import annotations
 
 import platform
@@ -7,7 +8,7 @@ import resource
 from dataclasses import dataclass
 from typing import Any
 
-from qvtune.config import available_cpus
+from qvtune.config import RunConfig, available_cpus
 from qvtune.identity import resolve_precision
 
 
@@ -21,7 +22,7 @@ class Runtime:
         return self.device.split(":", 1)[0]
 
 
-def detect(cfg: Any) -> Runtime:
+def detect(cfg: RunConfig) -> Runtime:
     """The device `cfg.device` names (auto: a GPU when one is visible) and the precision used on it."""
     import torch
 
@@ -31,7 +32,7 @@ def detect(cfg: Any) -> Runtime:
     return Runtime(device, resolve_precision(cfg.precision, kind, bf16, cfg.model.dtype))
 
 
-def set_threads(cfg: Any) -> int:
+def set_threads(cfg: RunConfig) -> int:
     """torch's CPU threads: `threads`, or the cores this process may use (its affinity mask)."""
     import torch
 

@@ -5,6 +5,7 @@ Values follow a made-up but paper-shaped response: v beats k, qv is close to qkv
 helps up to a point, plus seed noise, so every table, heatmap and verdict has something to show. It
 lives in the package, not in tests/, so that the benchmark (a script) can import it too.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,12 +18,26 @@ from typing import Any, Optional
 from qvtune.record import RESULT_FILE, Curves, RunRecord, Status
 
 TASK_METRIC = {
-    "rte": "accuracy", "stsb": "pearson", "mrpc": "accuracy", "cola": "matthews", "mnli": "accuracy",
-    "sst2": "accuracy", "qqp": "accuracy", "qnli": "accuracy", "synthetic": "accuracy",
+    "rte": "accuracy",
+    "stsb": "pearson",
+    "mrpc": "accuracy",
+    "cola": "matthews",
+    "mnli": "accuracy",
+    "sst2": "accuracy",
+    "qqp": "accuracy",
+    "qnli": "accuracy",
+    "synthetic": "accuracy",
 }
 TASK_BASE = {
-    "rte": 0.72, "stsb": 0.90, "mrpc": 0.86, "cola": 0.58, "mnli": 0.82,
-    "sst2": 0.92, "qqp": 0.84, "qnli": 0.88, "synthetic": 0.80,
+    "rte": 0.72,
+    "stsb": 0.90,
+    "mrpc": 0.86,
+    "cola": 0.58,
+    "mnli": 0.82,
+    "sst2": 0.92,
+    "qqp": 0.84,
+    "qnli": 0.88,
+    "synthetic": 0.80,
 }
 TARGET_EFFECT = {"q": -0.07, "k": -0.09, "v": -0.015, "qk": -0.05, "qv": 0.0, "kv": -0.01, "qkv": 0.002}
 HEAD_PARAMS = 768 * 768 + 768 + 2 * 768 + 2  # roberta-base classification head, 2 labels
@@ -60,7 +75,7 @@ def make_record(
     task: str = "mnli",
     method: str = "lora",
     targets: Any = "qv",
-    rank: int = 8,
+    rank: Optional[int] = 8,  # None: a full fine-tune's record
     lr: float = 1e-4,
     lam: Optional[float] = 1.0,
     lr_v: Optional[float] = None,
@@ -106,7 +121,7 @@ def make_record(
         **(extra_config or {}),
     }
     evals = evals if steps else 1  # an epochs = 0 run evaluates once
-    history = [
+    history: list[dict[str, Any]] = [
         {
             "step": steps * (i + 1) // evals,
             "epoch": epochs * (i + 1) / evals,
@@ -117,10 +132,17 @@ def make_record(
     if status in (Status.FAILED, Status.RUNNING) and value is None:
         history = history[: len(history) // 2]
     final = dict(history[-1]["metrics"]) if history else {}
-    best = max((h["metrics"] for h in history), key=lambda m: m[metric], default={})
+    best: dict[str, float] = max((h["metrics"] for h in history), key=lambda m: m[metric], default={})
     loss = [
-        [steps * (i + 1) // loss_points, round(1.1 * math.exp(-3 * ratio ** 0.3 * (i + 1) / loss_points) + 0.2
-                                                + 0.02 * math.sin(7.0 * i + seed + ratio), 5)]
+        [
+            steps * (i + 1) // loss_points,
+            round(
+                1.1 * math.exp(-3 * ratio**0.3 * (i + 1) / loss_points)
+                + 0.2
+                + 0.02 * math.sin(7.0 * i + seed + ratio),
+                5,
+            ),
+        ]
         for i in range(loss_points if steps else 0)
     ]
     curves = Curves(loss, [[s, 0.1, 0.05, 0.3] for s, _ in loss], [[s, lr, ratio * lr, lr] for s, _ in loss])
@@ -130,8 +152,11 @@ def make_record(
         error=ERRORS.get(status),
         config=config,
         rates={"qk": lr, "v": ratio * lr, "head": lr, "lam": ratio},
-        params={"total": 124_645_632, "trainable": 0 if epochs == 0 else trainable(method, canon, rank),
-                "groups": []},
+        params={
+            "total": 124_645_632,
+            "trainable": 0 if epochs == 0 else trainable(method, canon, rank),
+            "groups": [],
+        },
         metric=metric,
         history=history,
         final=final if status != Status.FAILED else {},
@@ -165,23 +190,65 @@ GLUE = ("rte", "stsb", "mrpc", "cola", "mnli", "sst2", "qqp", "qnli")
 def paper_grid(seeds: tuple[int, ...] = (0, 1, 2), loss_points: int = 20) -> list[RunRecord]:
     """Records shaped like the paper's three experiments: Table 1, Table 2 and the Figure 1 heatmaps."""
     out = []
-    for model, tasks, ranks in (("roberta-base", ("sst2", "qnli", "qqp", "mnli"), (4, 8, 16)),
-                                ("llama3.1-8b", ("qqp", "mnli"), (8, 16))):
+    for model, tasks, ranks in (
+        ("roberta-base", ("sst2", "qnli", "qqp", "mnli"), (4, 8, 16)),
+        ("llama3.1-8b", ("qqp", "mnli"), (8, 16)),
+    ):
         for task, rank, targets, seed in itertools.product(tasks, ranks, WEIGHT_TYPES, seeds):
-            out.append(make_record(model=model, task=task, targets=targets, rank=rank, seed=seed,
-                                   sweep="table1", loss_points=loss_points))
+            out.append(
+                make_record(
+                    model=model,
+                    task=task,
+                    targets=targets,
+                    rank=rank,
+                    seed=seed,
+                    sweep="table1",
+                    loss_points=loss_points,
+                )
+            )
     for task, seed in itertools.product(GLUE, seeds):
         out.append(make_record(task=task, method="full", targets="qkv", epochs=0, seed=seed, sweep="table2"))
-        for method, rank in (("full", None), ("lora", 8), ("lora", 16), ("dora", 8), ("dora", 16)):
-            out.append(make_record(task=task, method=method, targets="qkv", rank=rank, epochs=10, seed=seed,
-                                   sweep="table2", loss_points=loss_points))
+        for method, method_rank in (("full", None), ("lora", 8), ("lora", 16), ("dora", 8), ("dora", 16)):
+            out.append(
+                make_record(
+                    task=task,
+                    method=method,
+                    targets="qkv",
+                    rank=method_rank,
+                    epochs=10,
+                    seed=seed,
+                    sweep="table2",
+                    loss_points=loss_points,
+                )
+            )
             for lam in (2, 4, 8):
-                out.append(make_record(task=task, method=method, targets="qv", rank=rank, lam=lam, epochs=10,
-                                       seed=seed, sweep="table2", loss_points=loss_points))
+                out.append(
+                    make_record(
+                        task=task,
+                        method=method,
+                        targets="qv",
+                        rank=method_rank,
+                        lam=lam,
+                        epochs=10,
+                        seed=seed,
+                        sweep="table2",
+                        loss_points=loss_points,
+                    )
+                )
     for task in ("mnli", "qqp"):
         for qk, v, seed in itertools.product(HEATMAP_QK, HEATMAP_V, seeds):
-            out.append(make_record(task=task, targets="qkv", lr=qk, lam=None, lr_v=v, seed=seed,
-                                   sweep="heatmap", loss_points=loss_points))
+            out.append(
+                make_record(
+                    task=task,
+                    targets="qkv",
+                    lr=qk,
+                    lam=None,
+                    lr_v=v,
+                    seed=seed,
+                    sweep="heatmap",
+                    loss_points=loss_points,
+                )
+            )
     return out
 
 
@@ -197,11 +264,18 @@ def bench_records(n: int, loss_points: int = 200) -> list[RunRecord]:
 
 def demo_records(seeds: tuple[int, ...] = (0, 1)) -> list[RunRecord]:
     """A demo-sized store: minilm on the synthetic task, five weight types and a 2 x 2 learning-rate grid."""
-    out = [make_record(model="minilm", task="synthetic", targets=t, rank=8, seed=s, epochs=1)
-           for t in ("q", "k", "v", "qv", "qkv") for s in seeds]
+    out = [
+        make_record(model="minilm", task="synthetic", targets=t, rank=8, seed=s, epochs=1)
+        for t in ("q", "k", "v", "qv", "qkv")
+        for s in seeds
+    ]
     out += [
-        make_record(model="minilm", task="synthetic", targets="qv", rank=8, lr=qk, lam=None, lr_v=v, seed=s,
-                    epochs=1)
-        for qk in (1e-4, 4e-4) for v in (1e-4, 4e-4) for s in seeds if not (qk == v == 1e-4)
+        make_record(
+            model="minilm", task="synthetic", targets="qv", rank=8, lr=qk, lam=None, lr_v=v, seed=s, epochs=1
+        )
+        for qk in (1e-4, 4e-4)
+        for v in (1e-4, 4e-4)
+        for s in seeds
+        if not (qk == v == 1e-4)
     ]
     return out

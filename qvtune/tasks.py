@@ -1,18 +1,23 @@
 """Tasks: the GLUE tasks (from the hub, or a folder in the original GLUE TSV layout), qvtune's own
 synthetic task, and the paper's metrics computed with scikit-learn and scipy."""
+
 from __future__ import annotations
 
 import csv
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from qvtune.vocab import WORDS
+
+if TYPE_CHECKING:
+    from qvtune.config import SyntheticSpec, TaskConfig
 
 
 @dataclass
@@ -25,7 +30,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def head(self, n: Optional[int]) -> "Split":
+    def head(self, n: Optional[int]) -> Split:
         if n is None or n >= len(self):
             return self
         return Split([c[:n] for c in self.columns], self.labels[:n])
@@ -52,7 +57,7 @@ class TaskData:
         return self._splits[1]
 
 
-def load_task(task: Any, data_dir: Optional[str]) -> TaskData:
+def load_task(task: TaskConfig, data_dir: Optional[str]) -> TaskData:
     """The task's train and dev data from its generator, a GLUE TSV folder, or the hub."""
     if task.synthetic is not None:
         return synthetic_task(task.synthetic)
@@ -61,9 +66,11 @@ def load_task(task: Any, data_dir: Optional[str]) -> TaskData:
     return _load_hub_task(task)
 
 
-def _load_tsv_task(task: Any, data_dir: Path) -> TaskData:
-    folder = data_dir / task.tsv.folder
-    files = [task.tsv.train_file, *task.tsv.eval_files]
+def _load_tsv_task(task: TaskConfig, data_dir: Path) -> TaskData:
+    layout = task.tsv
+    assert layout is not None, "validate(): data_dir= needs the task's TSV layout"
+    folder = data_dir / layout.folder
+    files = [layout.train_file, *layout.eval_files]
     digest = hashlib.sha256()
     for name in files:
         digest.update((folder / name).read_bytes())
@@ -75,11 +82,12 @@ def _load_tsv_task(task: Any, data_dir: Path) -> TaskData:
     return TaskData(digest.hexdigest(), list(task.eval_splits), read)
 
 
-def read_glue_tsv(path: Path, task: Any) -> Split:
+def read_glue_tsv(path: Path, task: TaskConfig) -> Split:
     """One GLUE file: tab-separated, no quoting, an optional byte-order mark (MRPC), CoLA without a header."""
     import pandas as pd
 
     layout = task.tsv
+    assert layout is not None, f"task {task.name} has no TSV layout"
     frame = pd.read_csv(
         path,
         sep="\t",
@@ -108,7 +116,7 @@ def read_glue_tsv(path: Path, task: Any) -> Split:
     return Split([frame[c].tolist() for c in layout.text_columns], labels)
 
 
-def _load_hub_task(task: Any) -> TaskData:
+def _load_hub_task(task: TaskConfig) -> TaskData:
     import datasets
 
     try:
@@ -128,10 +136,14 @@ def _load_hub_task(task: Any) -> TaskData:
     fingerprint = hashlib.sha256(
         json.dumps([ds[s]._fingerprint for s in [task.train_split, *task.eval_splits]]).encode()
     ).hexdigest()
-    return TaskData(fingerprint, list(task.eval_splits), lambda: (split(task.train_split), {s: split(s) for s in task.eval_splits}))
+    return TaskData(
+        fingerprint,
+        list(task.eval_splits),
+        lambda: (split(task.train_split), {s: split(s) for s in task.eval_splits}),
+    )
 
 
-def synthetic_task(spec: Any) -> TaskData:
+def synthetic_task(spec: SyntheticSpec) -> TaskData:
     """Is the query word one of the words in the list? Balanced, deterministic from `data_seed`.
 
     A bag-of-words model cannot answer it: the label depends on whether a token of the second
@@ -152,11 +164,19 @@ def synthetic_task(spec: Any) -> TaskData:
         return Split([lists, queries], labels)
 
     train, dev = make(spec.train_size), make(spec.eval_size)
-    key = json.dumps({k: spec[k] for k in ("train_size", "eval_size", "list_len", "data_seed")}, sort_keys=True)
-    return TaskData(hashlib.sha256((key + "|".join(WORDS)).encode()).hexdigest(), ["validation"], lambda: (train, {"validation": dev}))
+    key = json.dumps(
+        {k: getattr(spec, k) for k in ("train_size", "eval_size", "list_len", "data_seed")}, sort_keys=True
+    )
+    return TaskData(
+        hashlib.sha256((key + "|".join(WORDS)).encode()).hexdigest(),
+        ["validation"],
+        lambda: (train, {"validation": dev}),
+    )
 
 
-def compute_metrics(task: Any, predictions: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict[str, float]:
+def compute_metrics(
+    task: TaskConfig, predictions: dict[str, np.ndarray], labels: dict[str, np.ndarray]
+) -> dict[str, float]:
     """The task's metrics per eval split; with several splits (MNLI) the plain names hold their mean."""
     names = [task.metric, *task.extra_metrics]
     per_split = {s: {m: _metric(m, predictions[s], labels[s]) for m in names} for s in predictions}

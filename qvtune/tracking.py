@@ -1,17 +1,18 @@
 """Weights & Biases logging for one run: offline by default (no account; `wandb sync` later), the
 run id is the run key so a restarted or requeued run continues its W&B run instead of starting
 another, and runs of a sweep share a group named after the sweep."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from omegaconf import OmegaConf
 
-from qvtune.config import LearningRates, has_rank, parse_targets, wandb_mode
+from qvtune.config import LearningRates, RunConfig, has_rank, parse_targets, wandb_mode
 
 
-def run_name(cfg: Any, rates: LearningRates) -> str:
+def run_name(cfg: RunConfig, rates: LearningRates) -> str:
     rank = f"-r{cfg.rank}" if has_rank(cfg.method.name) else ""
     return (
         f"{cfg.model.name}-{cfg.task.name}-{cfg.method.name}-{parse_targets(cfg.targets)}{rank}"
@@ -20,7 +21,7 @@ def run_name(cfg: Any, rates: LearningRates) -> str:
 
 
 class Tracker:
-    def __init__(self, cfg: Any, key: str, rates: LearningRates, run_dir: Path):
+    def __init__(self, cfg: RunConfig, key: str, rates: LearningRates, run_dir: Path):
         self.run: Optional[Any] = None
         mode = wandb_mode(cfg)
         if mode == "disabled":
@@ -36,7 +37,8 @@ class Tracker:
             resume="allow",
             mode=mode,
             dir=str(Path(cfg.wandb.dir or run_dir).expanduser()),
-            config=OmegaConf.to_container(cfg, resolve=True),
+            # a DictConfig converts to a dict; OmegaConf's return type covers every config node
+            config=cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True)),
             settings=wandb.Settings(silent=True, console="off"),
         )
 

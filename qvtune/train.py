@@ -8,13 +8,13 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 import numpy as np
 import torch
 from torch import nn
 
-from qvtune.config import until_step
+from qvtune.config import RunConfig, TaskConfig, until_step
 from qvtune.data import Encoded, collate, eval_batches, micro_batches, train_batches
 from qvtune.files import atomic_write
 from qvtune.methods import ParamGroup, UpdateNorms
@@ -41,10 +41,11 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
     train_loss: list[list[float]] = field(default_factory=list)
     update_norms: list[list[float]] = field(default_factory=list)
-    lr_trace: list[list[float]] = field(default_factory=list)  # [step, lr of qk, v, head] as applied
+    # [step, lr of qk, v, head] as applied (None for a group with no trainable tensor)
+    lr_trace: list[list[Optional[float]]] = field(default_factory=list)
 
 
-def plan_steps(n_train: int, cfg: Any) -> tuple[int, int]:
+def plan_steps(n_train: int, cfg: RunConfig) -> tuple[int, int]:
     """(optimizer steps in the run, micro-batches per epoch)."""
     per_epoch = math.ceil(n_train / cfg.batch_size)
     if cfg.max_steps is not None:
@@ -58,8 +59,8 @@ AUTOCAST: dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, evals: dict[str, Encoded], task: Any, cfg: Any, pad_id: int, device: torch.device,
-             amp: Optional[torch.dtype]) -> dict[str, float]:
+def evaluate(model: nn.Module, evals: dict[str, Encoded], task: TaskConfig, cfg: RunConfig, pad_id: int,
+             device: torch.device, amp: Optional[torch.dtype]) -> dict[str, float]:
     """Dev metrics with large, length-sorted batches and no autograd bookkeeping."""
     model.eval()
     outputs, labels, losses = {}, {}, []
@@ -78,7 +79,7 @@ def evaluate(model: nn.Module, evals: dict[str, Encoded], task: Any, cfg: Any, p
     return metrics
 
 
-def pad_to(cfg: Any) -> Optional[int]:
+def pad_to(cfg: RunConfig) -> Optional[int]:
     return cfg.max_len if cfg.padding == "max" else None
 
 
@@ -87,8 +88,8 @@ def train(
     groups: list[ParamGroup],
     train_data: Encoded,
     evals: dict[str, Encoded],
-    task: Any,
-    cfg: Any,
+    task: TaskConfig,
+    cfg: RunConfig,
     *,
     pad_id: int,
     device: torch.device,
@@ -99,7 +100,7 @@ def train(
     total_steps, per_epoch = plan_steps(len(train_data), cfg)
     optimizer = torch.optim.AdamW(
         [{"params": [p for _, p in g.params], "lr": g.lr, "name": g.name} for g in groups if g.params],
-        betas=tuple(cfg.optim.betas),
+        betas=cast(tuple[float, float], tuple(cfg.optim.betas)),  # the schema's list holds two
         eps=cfg.optim.eps,
         weight_decay=cfg.optim.weight_decay,
     )
@@ -225,9 +226,9 @@ def check_divergence(state: TrainState, loss: float, factor: float) -> tuple[Sta
     return Status.RUNNING, None
 
 
-def record_eval(state: TrainState, model: nn.Module, evals: dict[str, Encoded], task: Any, cfg: Any, pad_id: int,
-                device: torch.device, amp: Optional[torch.dtype], log: Callable[[dict[str, float], int], None],
-                epoch: float) -> None:
+def record_eval(state: TrainState, model: nn.Module, evals: dict[str, Encoded], task: TaskConfig,
+                cfg: RunConfig, pad_id: int, device: torch.device, amp: Optional[torch.dtype],
+                log: Callable[[dict[str, float], int], None], epoch: float) -> None:
     tic = time.perf_counter()
     metrics = evaluate(model, evals, task, cfg, pad_id, device, amp)
     state.eval_s += time.perf_counter() - tic

@@ -3,6 +3,7 @@
 Every word is a single token for BERT's uncased WordPiece vocabulary, so the synthetic task means
 the same thing to a pretrained model (minilm) and to a tiny random-init one.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -11,8 +12,9 @@ WORDS: tuple[str, ...] = tuple(
     """cat dog bird fish horse cow sheep goat pig duck lion tiger bear wolf fox deer mouse rabbit snake frog
     apple bread cheese milk rice soup cake tea coffee water salt sugar egg meat corn
     red blue green black white yellow brown pink gray gold
-    house door window table chair bed floor wall roof room garden street road bridge river lake sea hill mountain
-    forest car bus train ship boat plane bike truck book pen paper letter card map clock phone radio camera
+    house door window table chair bed floor wall roof room garden street road bridge river lake sea hill
+    mountain forest car bus train ship boat plane bike truck book pen paper letter card map clock phone radio
+    camera
     sun moon star rain snow wind cloud fire ice stone king queen child doctor teacher farmer soldier artist
     driver nurse""".split()
 )

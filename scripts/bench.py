@@ -20,6 +20,7 @@ which with frozen base weights computes input gradients only (the LoRA matrices 
 
     python scripts/bench.py --glue ../shared/data/glue [--tasks sst2,rte] [--samples 1000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from qvtune.record import RESULT_FILE, RunRecord
 
@@ -76,18 +78,42 @@ def timed(cmd: list[str], cwd: Path) -> float:
 def qvtune(args: list[str], results: Path, cache: Path, sweep: bool = False) -> tuple[list[dict], float]:
     """The records of `python -m qvtune.run [-m] args` (oldest first) and the process's wall time."""
     results.mkdir(parents=True)
-    cmd = [sys.executable, "-m", "qvtune.run", *(["-m"] if sweep else []), *args,
-           f"results_dir={results}", f"cache_dir={cache}", "wandb.mode=disabled"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "qvtune.run",
+        *(["-m"] if sweep else []),
+        *args,
+        f"results_dir={results}",
+        f"cache_dir={cache}",
+        "wandb.mode=disabled",
+    ]
     wall = timed(cmd, results)
     records = [RunRecord.read(p).to_dict() for p in results.rglob(RESULT_FILE)]  # summaries: no curves needed
     return sorted(records, key=lambda r: r["finished_at"]), wall
 
 
 def hf(task: str, batching: str, glue: Path, opts: Any, out: Path) -> tuple[dict, float]:
-    cmd = [sys.executable, str(ROOT / "scripts" / "hf_recipe.py"), "--glue", str(glue), "--task", task,
-           "--batching", batching, "--samples", str(opts.samples), "--lr", str(opts.lr), "--lam", str(opts.lam),
-           "--seed", str(opts.seed),
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "hf_recipe.py"),
+        "--glue",
+        str(glue),
+        "--task",
+        task,
+        "--batching",
+        batching,
+        "--samples",
+        str(opts.samples),
+        "--lr",
+        str(opts.lr),
+        "--lam",
+        str(opts.lam),
+        "--seed",
+        str(opts.seed),
+        "--out",
+        str(out),
+    ]
     wall = timed(cmd, out.parent)
     return json.loads(out.read_text()), wall
 
@@ -97,8 +123,19 @@ def fastest(run: Callable[[int], tuple[Any, float]], repeats: int) -> tuple[Any,
     return min((run(i) for i in range(repeats)), key=lambda result: result[1])
 
 
-def row(wall: float, train_s: float, eval_s: float, samples_per_s: float, tokens_per_s: float, mean_len: float,
-        metric: float, rss: float, peak: float, arch: dict, **extra: Any) -> dict:
+def row(
+    wall: float,
+    train_s: float,
+    eval_s: float,
+    samples_per_s: float,
+    tokens_per_s: float,
+    mean_len: float,
+    metric: float,
+    rss: float,
+    peak: float,
+    arch: dict,
+    **extra: Any,
+) -> dict:
     fps = tokens_per_s * flops_per_token(arch, mean_len)
     return {
         "samples_per_s": round(samples_per_s, 2),
@@ -118,33 +155,74 @@ def row(wall: float, train_s: float, eval_s: float, samples_per_s: float, tokens
 
 def from_record(rec: dict, wall: float, peak: float, arch: dict) -> dict:
     t = rec["timing"]
-    return row(wall, t["train_s"], t["eval_s"], t["samples_per_s"], t["tokens_per_s"], rec["tokens"] / rec["samples"],
-               rec["final"][rec["metric"]], rec["peak_rss_mb"], peak, arch,
-               load_s=round(t["load_s"], 2), data_s=round(t["data_s"], 2))
+    return row(
+        wall,
+        t["train_s"],
+        t["eval_s"],
+        t["samples_per_s"],
+        t["tokens_per_s"],
+        rec["tokens"] / rec["samples"],
+        rec["final"][rec["metric"]],
+        rec["peak_rss_mb"],
+        peak,
+        arch,
+        load_s=round(t["load_s"], 2),
+        data_s=round(t["data_s"], 2),
+    )
 
 
 def from_hf(rec: dict, wall: float, peak: float, arch: dict) -> dict:
-    return row(wall, rec["train_s"], rec["eval_s"], rec["samples_per_s"], rec["tokens_per_s"],
-               rec["tokens"] / rec["samples"], rec["dev_metric"], rec["peak_rss_mb"], peak, arch,
-               load_s=round(rec["load_s"], 2), data_s=round(rec["data_s"], 2))
+    return row(
+        wall,
+        rec["train_s"],
+        rec["eval_s"],
+        rec["samples_per_s"],
+        rec["tokens_per_s"],
+        rec["tokens"] / rec["samples"],
+        rec["dev_metric"],
+        rec["peak_rss_mb"],
+        peak,
+        arch,
+        load_s=round(rec["load_s"], 2),
+        data_s=round(rec["data_s"], 2),
+    )
 
 
 def bench_task(task: str, glue: Path, opts: Any, work: Path, peak: float, arch: dict) -> dict:
-    base = ["model=minilm", f"task={task}", f"data_dir={glue}", "method=lora", "targets=qv", "rank=8",
-            f"lr={opts.lr}", f"lam={opts.lam}", "epochs=1", "batch_size=32", f"max_train_samples={opts.samples}"]
+    base = [
+        "model=minilm",
+        f"task={task}",
+        f"data_dir={glue}",
+        "method=lora",
+        "targets=qv",
+        "rank=8",
+        f"lr={opts.lr}",
+        f"lam={opts.lam}",
+        "epochs=1",
+        "batch_size=32",
+        f"max_train_samples={opts.samples}",
+    ]
     cache = work / f"cache-{task}"
     say = lambda what: print(f"  {task}: {what}", flush=True)  # noqa: E731
     say("qvtune defaults, cold tokenization cache")
     (cold,), cold_wall = qvtune(base + [f"seed={opts.seed}"], work / f"{task}-cold", cache)
     say(f"qvtune defaults, warm cache, {opts.repeats}x")
-    (warm,), warm_wall = fastest(lambda i: qvtune(base + [f"seed={opts.seed}"], work / f"{task}-warm{i}", cache), opts.repeats)
+    (warm,), warm_wall = fastest(
+        lambda i: qvtune(base + [f"seed={opts.seed}"], work / f"{task}-warm{i}", cache), opts.repeats
+    )
     say("qvtune defaults, a sweep of two seeds in one process")
     seeds = f"{opts.seed + 1},{opts.seed + 2}"
-    swept, sweep_wall = qvtune(base + [f"seed={seeds}"], work / f"{task}-sweep",
-                               cache, sweep=True)
+    swept, sweep_wall = qvtune(base + [f"seed={seeds}"], work / f"{task}-sweep", cache, sweep=True)
     say(f"the paper's recipe in qvtune, {opts.repeats}x")
-    paper_args = base + [f"seed={opts.seed}", "padding=max", "group_by_length=false", "attention_dropout=null"]
-    (paper,), paper_wall = fastest(lambda i: qvtune(paper_args, work / f"{task}-paper{i}", cache), opts.repeats)
+    paper_args = base + [
+        f"seed={opts.seed}",
+        "padding=max",
+        "group_by_length=false",
+        "attention_dropout=null",
+    ]
+    (paper,), paper_wall = fastest(
+        lambda i: qvtune(paper_args, work / f"{task}-paper{i}", cache), opts.repeats
+    )
     out: dict = {
         "qvtune_defaults": from_record(warm, warm_wall, peak, arch),
         "qvtune_paper_recipe": from_record(paper, paper_wall, peak, arch),
@@ -168,12 +246,19 @@ def bench_task(task: str, glue: Path, opts: Any, work: Path, peak: float, arch: 
     out["dev_metric_seed_std"] = round(statistics.stdev(metrics), 4)
     for batching in HF_BATCHINGS:
         say(f"the paper's recipe on HF Trainer + PEFT, {batching}, {opts.repeats}x")
-        rec, wall = fastest(lambda i: hf(task, batching, glue, opts, work / f"{task}-hf-{batching}-{i}.json"), opts.repeats)
+        rec, wall = fastest(
+            lambda i, batching=batching: hf(
+                task, batching, glue, opts, work / f"{task}-hf-{batching}-{i}.json"
+            ),
+            opts.repeats,
+        )
         out[f"hf_{batching}"] = from_hf(rec, wall, peak, arch)
     d, hf_best = out["qvtune_defaults"], out["hf_grouped"]
     out["throughput_x_hf_padded"] = round(d["samples_per_s"] / out["hf_padded"]["samples_per_s"], 2)
     out["throughput_x_hf_grouped"] = round(d["samples_per_s"] / hf_best["samples_per_s"], 2)
-    out["throughput_x_qvtune_paper_recipe"] = round(d["samples_per_s"] / out["qvtune_paper_recipe"]["samples_per_s"], 2)
+    out["throughput_x_qvtune_paper_recipe"] = round(
+        d["samples_per_s"] / out["qvtune_paper_recipe"]["samples_per_s"], 2
+    )
     out["wall_x_hf_grouped"] = round(hf_best["wall_s"] / d["wall_s"], 2)
     out["wall_in_sweep_x_hf_grouped"] = round(hf_best["wall_s"] / out["in_sweep_run"]["wall_s"], 2)
     return out
@@ -181,36 +266,61 @@ def bench_task(task: str, glue: Path, opts: Any, work: Path, peak: float, arch: 
 
 def print_task(task: str, r: dict, samples: int) -> None:
     print(f"\n{task}: {samples} training samples, MiniLM LoRA QV r=8, batch 32, 1 epoch")
-    print(f"  {'':30}{'samples/s':>10}{'tokens/s':>9}{'metric':>8}{'wall s':>8}{'fixed':>7}{'train':>7}{'eval':>6}"
-          f"{'GFLOP/s':>8}{'util':>6}{'RSS MB':>7}")
-    names = {"qvtune_defaults": "qvtune defaults", "qvtune_paper_recipe": "qvtune, paper's recipe",
-             "hf_padded": "HF Trainer, padded (paper)", "hf_dynamic": "HF Trainer, dynamic",
-             "hf_grouped": "HF Trainer, length-grouped"}
+    print(
+        f"  {'':30}{'samples/s':>10}{'tokens/s':>9}{'metric':>8}{'wall s':>8}"
+        f"{'fixed':>7}{'train':>7}{'eval':>6}{'GFLOP/s':>8}{'util':>6}{'RSS MB':>7}"
+    )
+    names = {
+        "qvtune_defaults": "qvtune defaults",
+        "qvtune_paper_recipe": "qvtune, paper's recipe",
+        "hf_padded": "HF Trainer, padded (paper)",
+        "hf_dynamic": "HF Trainer, dynamic",
+        "hf_grouped": "HF Trainer, length-grouped",
+    }
     for key, name in names.items():
         x = r[key]
-        print(f"  {name:30}{x['samples_per_s']:>10}{x['real_tokens_per_s']:>9}{x['dev_metric']:>8}{x['wall_s']:>8}"
-              f"{x['fixed_s']:>7}{x['train_s']:>7}{x['eval_s']:>6}{x['train_gflops']:>8}{x['flop_utilisation']:>6.0%}"
-              f"{x['peak_rss_mb']:>7}")
+        print(
+            f"  {name:30}{x['samples_per_s']:>10}{x['real_tokens_per_s']:>9}"
+            f"{x['dev_metric']:>8}{x['wall_s']:>8}{x['fixed_s']:>7}{x['train_s']:>7}{x['eval_s']:>6}{x['train_gflops']:>8}{x['flop_utilisation']:>6.0%}"
+            f"{x['peak_rss_mb']:>7}"
+        )
     s = r["in_sweep_run"]
-    print(f"  throughput: x{r['throughput_x_hf_padded']} the HF padded recipe, x{r['throughput_x_hf_grouped']} HF "
-          f"length-grouped, x{r['throughput_x_qvtune_paper_recipe']} the paper's recipe in qvtune")
-    print(f"  whole run: x{r['wall_x_hf_grouped']} shorter than HF length-grouped as a lone process, "
-          f"x{r['wall_in_sweep_x_hf_grouped']} inside a sweep ({s['wall_s']} s, of which fixed {s['fixed_s']} s)")
-    print(f"  fixed cost of a run inside a sweep: {s['fixed_s']} s (model {s['setup_s']} s before training, "
-          f"{s['outside_runs_s']} s of the sweep process's own time per run)")
-    print(f"  fixed cost of a lone run: {r['fixed_cost_cold_cache_s']} s with a cold tokenization cache, "
-          f"{r['qvtune_defaults']['fixed_s']} s warm (data ready in {r['data_ready_cold_cache_s']} s cold, "
-          f"{r['data_ready_warm_cache_s']} s warm)")
-    print(f"  dev metric of qvtune's defaults over seeds: {r['dev_metric_seeds']} (std {r['dev_metric_seed_std']})")
+    print(
+        f"  throughput: x{r['throughput_x_hf_padded']} the HF padded recipe, "
+        f"x{r['throughput_x_hf_grouped']} HF length-grouped, "
+        f"x{r['throughput_x_qvtune_paper_recipe']} the paper's recipe in qvtune"
+    )
+    print(
+        f"  whole run: x{r['wall_x_hf_grouped']} shorter than HF length-grouped as a lone process, "
+        f"x{r['wall_in_sweep_x_hf_grouped']} inside a sweep "
+        f"({s['wall_s']} s, of which fixed {s['fixed_s']} s)"
+    )
+    print(
+        f"  fixed cost of a run inside a sweep: {s['fixed_s']} s (model {s['setup_s']} s before training, "
+        f"{s['outside_runs_s']} s of the sweep process's own time per run)"
+    )
+    print(
+        f"  fixed cost of a lone run: {r['fixed_cost_cold_cache_s']} s with a cold tokenization cache, "
+        f"{r['qvtune_defaults']['fixed_s']} s warm (data ready in {r['data_ready_cold_cache_s']} s cold, "
+        f"{r['data_ready_warm_cache_s']} s warm)"
+    )
+    print(
+        f"  dev metric of qvtune's defaults over seeds: {r['dev_metric_seeds']} "
+        f"(std {r['dev_metric_seed_std']})"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--glue", required=True, help="folder in the GLUE TSV layout (RTE/, SST-2/, ...)")
     parser.add_argument("--tasks", default="sst2,rte")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--lr", type=float, default=1e-3, help="eta_QK")
-    parser.add_argument("--lam", type=float, default=8.0, help="eta_V / eta_QK: at 1000 samples SST-2 learns with 8, not 1")
+    parser.add_argument(
+        "--lam", type=float, default=8.0, help="eta_V / eta_QK: at 1000 samples SST-2 learns with 8, not 1"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=2, help="runs per recipe; the fastest is reported")
     parser.add_argument("--out", default="bench-out")
@@ -221,7 +331,9 @@ def main() -> None:
         if task not in TASKS:
             raise SystemExit(f"--tasks {task}: expected some of {', '.join(TASKS)}")
         if not (glue / TASKS[task] / "train.tsv").exists():
-            raise SystemExit(f"--glue {glue}: no {TASKS[task]}/train.tsv; expected a folder in the GLUE TSV layout")
+            raise SystemExit(
+                f"--glue {glue}: no {TASKS[task]}/train.tsv; expected a folder in the GLUE TSV layout"
+            )
 
     from omegaconf import OmegaConf
 
@@ -230,8 +342,14 @@ def main() -> None:
     arch = OmegaConf.to_container(OmegaConf.load(config_dir() / "model" / "minilm.yaml").arch)
     threads = available_cpus()
     peak_before = matmul_peak(threads)
-    report: dict[str, Any] = {"threads": threads, "samples": opts.samples, "lr": opts.lr, "lam": opts.lam,
-                              "repeats": opts.repeats, "tasks": {}}
+    report: dict[str, Any] = {
+        "threads": threads,
+        "samples": opts.samples,
+        "lr": opts.lr,
+        "lam": opts.lam,
+        "repeats": opts.repeats,
+        "tasks": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         runs = {task: bench_task(task, glue, opts, Path(tmp), peak_before, arch) for task in tasks}
     peak_after = matmul_peak(threads)
@@ -242,9 +360,14 @@ def main() -> None:
                 x["flop_utilisation"] = round(x["train_gflops"] * 1e9 / peak, 3)
         report["tasks"][task] = r
         print_task(task, r, opts.samples)
-    report["matmul_peak_gflops"] = {"before": round(peak_before / 1e9, 1), "after": round(peak_after / 1e9, 1)}
-    print(f"\nfp32 matmul peak on {threads} threads: {peak_before / 1e9:.1f} GFLOP/s before the runs, "
-          f"{peak_after / 1e9:.1f} after; utilisation is against the higher")
+    report["matmul_peak_gflops"] = {
+        "before": round(peak_before / 1e9, 1),
+        "after": round(peak_after / 1e9, 1),
+    }
+    print(
+        f"\nfp32 matmul peak on {threads} threads: {peak_before / 1e9:.1f} GFLOP/s before the runs, "
+        f"{peak_after / 1e9:.1f} after; utilisation is against the higher"
+    )
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(report, indent=1, sort_keys=True))

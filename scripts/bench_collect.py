@@ -1,12 +1,14 @@
 """Benchmark of the collector: `python -m qvtune.collect all` on 10,000 synthetic records.
 
-    python scripts/bench_collect.py [--records 10000] [--repeat 1] [--keep DIR] [--json bench-out/collect.json]
+    python scripts/bench_collect.py [--records 10000] [--repeat 1] [--keep DIR]
+                                    [--json bench-out/collect.json]
 
 Writes the records (qvtune.sample_records, as a run writes them: result.json, ~2 kB, and curves.json
 with 200 loss points, ~13 kB) into a temporary folder, then times the command in a fresh process, so
 imports count, W&B off. The goal: under 10 seconds for 10,000 records. Prints what it measured and
 writes it as JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +54,18 @@ def collect(results: Path, out: Path) -> tuple[float, float]:
     CPU counts the process and its workers; on a shared machine it says how much of the wall time
     was the collector's own work.
     """
-    command = [sys.executable, "-m", "qvtune.collect", "all", "--results", str(results), "--out", str(out),
-               "--wandb", "disabled"]
+    command = [
+        sys.executable,
+        "-m",
+        "qvtune.collect",
+        "all",
+        "--results",
+        str(results),
+        "--out",
+        str(out),
+        "--wandb",
+        "disabled",
+    ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "COLUMNS": "200"})
@@ -65,8 +77,12 @@ def collect(results: Path, out: Path) -> tuple[float, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=10_000)
-    parser.add_argument("--repeat", type=int, default=1, help="time the collection this many times; keep the best")
-    parser.add_argument("--keep", type=Path, default=None, help="write the records here (reused when already there)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="time the collection this many times; keep the best"
+    )
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="write the records here (reused when already there)"
+    )
     parser.add_argument("--json", type=Path, default=Path("bench-out/collect.json"))
     args = parser.parse_args()
 
@@ -74,8 +90,10 @@ def main() -> int:
         results = args.keep or Path(tmp) / "results"
         existing = sum(1 for _ in results.rglob(RESULT_FILE)) if results.is_dir() else 0
         generate_s = None if existing == args.records else generate(results, args.records)
-        size_mb = {name: sum(f.stat().st_size for f in results.rglob(name)) / 1e6
-                   for name in (RESULT_FILE, CURVES_FILE)}
+        size_mb = {
+            name: sum(f.stat().st_size for f in results.rglob(name)) / 1e6
+            for name in (RESULT_FILE, CURVES_FILE)
+        }
         measured = [collect(results, Path(tmp) / f"out{i}") for i in range(args.repeat)]
         outputs = sum(1 for p in (Path(tmp) / "out0").rglob("*") if p.is_file())
 
@@ -99,7 +117,9 @@ def main() -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
-    print(f"collect all on {args.records} records: best {best:.2f} s (goal < {GOAL_S:.0f} s); wrote {args.json}")
+    print(
+        f"collect all on {args.records} records: best {best:.2f} s (goal < {GOAL_S:.0f} s); wrote {args.json}"
+    )
     return 0 if best < GOAL_S else 1
 
 

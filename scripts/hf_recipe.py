@@ -1,4 +1,6 @@
-"""The paper's recipe rebuilt on HF Trainer + PEFT: the baseline that scripts/bench.py measures qvtune against.
+"""The paper's recipe rebuilt on HF Trainer + PEFT.
+
+The baseline that scripts/bench.py measures qvtune against.
 
 One fine-tuning run as the paper's scripts do it: tokenize the data set in this run (datasets.map),
 LoRA from PEFT on the targeted modules, `transformers.Trainer` for training and evaluation. Three
@@ -13,6 +15,7 @@ peak RSS) to --out; the bench adds the process's wall time from outside.
 
     python scripts/hf_recipe.py --glue ../shared/data/glue --task rte --batching grouped --out hf.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +37,9 @@ BATCHINGS = ("padded", "dynamic", "grouped")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--glue", required=True, help="folder in the GLUE TSV layout")
     parser.add_argument("--task", default="rte", help="a task config name: rte, sst2, mrpc, ...")
     parser.add_argument("--batching", choices=BATCHINGS, default="grouped")
@@ -72,8 +77,13 @@ def main() -> None:
     set_seed(opts.seed)
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=task_cfg.num_labels)
-    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=opts.rank, lora_alpha=opts.rank, lora_dropout=0.0,
-                      target_modules=opts.targets.split(","))
+    lora = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=opts.rank,
+        lora_alpha=opts.rank,
+        lora_dropout=0.0,
+        target_modules=opts.targets.split(","),
+    )
     model = get_peft_model(model, lora)
     load_s = time.perf_counter() - tic
 
@@ -124,11 +134,24 @@ def main() -> None:
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     on_value = [p for n, p in trainable if ".value." in n]
     rest = [p for n, p in trainable if ".value." not in n]
-    optimizer = torch.optim.AdamW([{"params": rest, "lr": opts.lr}, {"params": on_value, "lr": opts.lr * opts.lam}],
-                                  betas=(0.9, 0.99), eps=1e-8, weight_decay=0.0)
-    collator = None if opts.batching == "padded" else DataCollatorWithPadding(tokenizer, pad_to_multiple_of=None)
-    trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                      data_collator=collator, compute_metrics=metrics, optimizers=(optimizer, None))
+    optimizer = torch.optim.AdamW(
+        [{"params": rest, "lr": opts.lr}, {"params": on_value, "lr": opts.lr * opts.lam}],
+        betas=(0.9, 0.99),
+        eps=1e-8,
+        weight_decay=0.0,
+    )
+    collator = (
+        None if opts.batching == "padded" else DataCollatorWithPadding(tokenizer, pad_to_multiple_of=None)
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=collator,
+        compute_metrics=metrics,
+        optimizers=(optimizer, None),
+    )
     tic = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - tic

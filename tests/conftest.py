@@ -1,4 +1,5 @@
 """Shared fixtures (the helpers themselves are in tests/helpers)."""
+
 from __future__ import annotations
 
 from pathlib import Path

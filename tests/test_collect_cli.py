@@ -1,4 +1,5 @@
 """python -m qvtune.collect end to end: outputs, determinism, demo summary, W&B, and no heavy imports."""
+
 from __future__ import annotations
 
 import csv
@@ -19,8 +20,21 @@ from qvtune.sample_records import demo_records, make_record, write_record
 
 # qvtune's modules a collection may import: none of them imports torch or the training code
 LIGHT = ("collect", "config", "identity", "record", "files", "figures", "formatting")
-COLLECT_MODULES = ("__main__", "commands", "curves", "figures", "heatmap", "labels", "paper", "records", "render",
-                   "report", "tables", "verdicts", "wandb_log")
+COLLECT_MODULES = (
+    "__main__",
+    "commands",
+    "curves",
+    "figures",
+    "heatmap",
+    "labels",
+    "paper",
+    "records",
+    "render",
+    "report",
+    "tables",
+    "verdicts",
+    "wandb_log",
+)
 
 
 @pytest.fixture
@@ -29,10 +43,18 @@ def demo(tmp_path: Path) -> Path:
     root = tmp_path / "results"
     for record in demo_records(seeds=(0, 1, 2)):
         write_record(root, record, "demo")
-    write_record(root, make_record(model="minilm", task="synthetic", targets="k", rank=8, seed=3, epochs=1,
-                                   status="failed"), "demo")
-    write_record(root, make_record(model="minilm", task="synthetic", targets="q", rank=8, seed=3, epochs=1,
-                                   status="running"), "demo")
+    write_record(
+        root,
+        make_record(model="minilm", task="synthetic", targets="k", rank=8, seed=3, epochs=1, status="failed"),
+        "demo",
+    )
+    write_record(
+        root,
+        make_record(
+            model="minilm", task="synthetic", targets="q", rank=8, seed=3, epochs=1, status="running"
+        ),
+        "demo",
+    )
     (root / "demo" / "broken").mkdir(parents=True)
     (root / "demo" / "broken" / "result.json").write_text('{"schema": 1, "status": "compl')
     return root
@@ -45,7 +67,9 @@ def no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
     from qvtune.collect import curves, heatmap
 
     for module in (curves, heatmap):
-        monkeypatch.setattr(module, "save_figure", lambda fig, folder, stem: figures.figure_paths(folder, stem))
+        monkeypatch.setattr(
+            module, "save_figure", lambda fig, folder, stem: figures.figure_paths(folder, stem)
+        )
 
 
 def collect(*args: str) -> int:
@@ -58,9 +82,17 @@ def test_all_writes_everything(demo: Path, tmp_path: Path, capsys: pytest.Captur
     files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     for name in ("table1", "table2", "compare"):
         assert {f"{name}.md", f"{name}.tex", f"{name}.csv"} <= files
-    assert {"verdicts.md", "verdicts.csv", "heatmaps.csv", "curves.csv", "runs.csv", "report.md",
-            "heatmaps/heatmap_minilm_synthetic_lora_qv_r8.png", "heatmaps/heatmap_minilm_synthetic_lora_qv_r8.pdf",
-            "curves/curves_minilm_synthetic_lora_qv_r8.png"} <= files
+    assert {
+        "verdicts.md",
+        "verdicts.csv",
+        "heatmaps.csv",
+        "curves.csv",
+        "runs.csv",
+        "report.md",
+        "heatmaps/heatmap_minilm_synthetic_lora_qv_r8.png",
+        "heatmaps/heatmap_minilm_synthetic_lora_qv_r8.pdf",
+        "curves/curves_minilm_synthetic_lora_qv_r8.png",
+    } <= files
     report = (out / "report.md").read_text()
     assert "`demo/broken/result.json`: unreadable" in report  # reported by path, and collection went on
     assert "1 failed" in report and "1 running" in report
@@ -73,10 +105,19 @@ def test_formats_and_filters(demo: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert collect("table1", "targets=q,k", "--format", "md", "--results", str(demo), "--out", str(out)) == 0
     assert sorted(p.name for p in out.iterdir()) == ["table1.md"]
-    row = next(line for line in (out / "table1.md").read_text().splitlines() if line.startswith("| Synthetic"))
+    row = next(
+        line for line in (out / "table1.md").read_text().splitlines() if line.startswith("| Synthetic")
+    )
     cells = [c.strip() for c in row.strip("|").split("|")]  # the paper's six columns, only q and k filled
-    assert cells == ["Synthetic(minilm) r = 8", "**0.713**¹ ± 0.001 (3/4, 1 running)", "0.693² ± 0.001 (3/4, 1 failed)",
-                     "", "", "", ""]
+    assert cells == [
+        "Synthetic(minilm) r = 8",
+        "**0.713**¹ ± 0.001 (3/4, 1 running)",
+        "0.693² ± 0.001 (3/4, 1 failed)",
+        "",
+        "",
+        "",
+        "",
+    ]
 
 
 def test_same_records_same_bytes(demo: Path, tmp_path: Path, no_figures: None) -> None:
@@ -87,7 +128,11 @@ def test_same_records_same_bytes(demo: Path, tmp_path: Path, no_figures: None) -
         assert collect("all", "--results", str(results), "--out", str(out)) == 0
 
     def texts(out: Path) -> dict[str, bytes]:
-        return {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.suffix in (".md", ".csv")}
+        return {
+            p.relative_to(out).as_posix(): p.read_bytes()
+            for p in out.rglob("*")
+            if p.suffix in (".md", ".csv")
+        }
 
     first = texts(tmp_path / "a")
     assert len(first) == 12
@@ -100,11 +145,12 @@ def test_summary_for_the_demo(demo: Path, tmp_path: Path, no_figures: None) -> N
     printed = buffer.getvalue()
     assert "Weight types compared" in printed and "Synthetic(minilm) LoRA r = 8" in printed
     assert "tuning v beats tuning k: supported" in printed
-    assert report.images == {
-        "heatmap_minilm_synthetic_lora_qv_r8": tmp_path / "out" / "heatmaps" / "heatmap_minilm_synthetic_lora_qv_r8.png"
-    }
+    heatmap_png = tmp_path / "out" / "heatmaps" / "heatmap_minilm_synthetic_lora_qv_r8.png"
+    assert report.images == {"heatmap_minilm_synthetic_lora_qv_r8": heatmap_png}
     compare = report.tables[0]
-    assert compare.columns == ["q", "k", "v", "qv", "qkv"] and compare.rows == ["Synthetic(minilm) LoRA r = 8"]
+    assert compare.columns == ["q", "k", "v", "qv", "qkv"] and compare.rows == [
+        "Synthetic(minilm) LoRA r = 8"
+    ]
     assert (tmp_path / "out" / "summary.md").read_text().startswith("# qvtune: summary")
 
 
@@ -116,7 +162,8 @@ def test_curves_for_chosen_settings(
     settings = {line.split('"')[1] for line in (out / "curves.csv").read_text().splitlines()[1:]}
     assert settings == {"η_QK=1e-4, η_V=1e-4, λ=1", "η_QK=1e-4, η_V=4e-4, λ=4"}
     monkeypatch.setattr("qvtune.collect.curves.MAX_SETTINGS", 3)
-    assert collect("curves", "model=minilm", "--results", str(demo), "--out", str(out)) == 2  # too many to draw
+    # too many to draw
+    assert collect("curves", "model=minilm", "--results", str(demo), "--out", str(out)) == 2
 
 
 def test_pool_and_margin_options(tmp_path: Path, no_figures: None) -> None:
@@ -158,7 +205,9 @@ def test_missing_and_empty_results(tmp_path: Path, capsys: pytest.CaptureFixture
         collect("all", "mnli")  # a filter needs key=value
 
 
-def test_wandb_summary_run(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_figures: None) -> None:
+def test_wandb_summary_run(
+    demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_figures: None
+) -> None:
     """Logged lazily, with files under --out; a stand-in module records the calls."""
     calls: dict = {"log": {}, "summary": {}}
 
@@ -175,14 +224,19 @@ def test_wandb_summary_run(demo: Path, tmp_path: Path, monkeypatch: pytest.Monke
         calls["init"] = kwargs
         return Run()
 
-    fake = types.SimpleNamespace(init=init, Table=lambda dataframe: ("table", len(dataframe)),
-                                 Image=lambda path: ("image", path))
+    fake = types.SimpleNamespace(
+        init=init, Table=lambda dataframe: ("table", len(dataframe)), Image=lambda path: ("image", path)
+    )
     monkeypatch.setitem(sys.modules, "wandb", fake)
     out = tmp_path / "out"
     assert main(["summary", "--results", str(demo), "--out", str(out)]) == 0  # offline by default
     assert calls["init"]["mode"] == "offline" and calls["init"]["dir"] == str(out)
-    assert {"tables/compare", "tables/verdicts", "tables/heatmaps", "figures/heatmap_minilm_synthetic_lora_qv_r8"} \
-        <= set(calls["log"])
+    assert {
+        "tables/compare",
+        "tables/verdicts",
+        "tables/heatmaps",
+        "figures/heatmap_minilm_synthetic_lora_qv_r8",
+    } <= set(calls["log"])
     assert calls["summary"]["verdict/v>k"].startswith("tuning v beats tuning k")
     assert calls["finished"]
 
@@ -193,7 +247,8 @@ def test_no_torch_or_training_code(demo: Path) -> None:
         "import sys\n"
         + "".join(f"import qvtune.collect.{m}\n" for m in COLLECT_MODULES)
         + f"qvtune.collect.tables.table1(qvtune.collect.records.load({str(demo)!r}))\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'peft', 'wandb')\n"
+        "heavy = sorted(m for m in sys.modules\n"
+        "               if m.split('.')[0] in ('torch', 'transformers', 'peft', 'wandb')\n"
         f"               or (m.startswith('qvtune.') and m.split('.')[1] not in {LIGHT!r}))\n"
         "assert not heavy, heavy\n"
     )

@@ -1,4 +1,5 @@
 """Heatmaps and convergence curves: the grid, its best cells, and what the rendered image shows."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,9 +18,15 @@ V = (1e-4, 4e-4, 8e-4)
 # accuracy per (eta_QK, eta_V) (seed s adds 0.001 s): the best cell (1e-4, 4e-4) is off the diagonal, whose
 # cells are (1e-4, 1e-4) and (4e-4, 4e-4); (4e-4, 8e-4) diverges.
 GRID = {
-    (1e-4, 1e-4): 0.80, (1e-4, 4e-4): 0.83, (1e-4, 8e-4): 0.82,
-    (2e-4, 1e-4): 0.79, (2e-4, 4e-4): 0.81, (2e-4, 8e-4): 0.78,
-    (4e-4, 1e-4): 0.60, (4e-4, 4e-4): 0.81, (4e-4, 8e-4): 0.33,
+    (1e-4, 1e-4): 0.80,
+    (1e-4, 4e-4): 0.83,
+    (1e-4, 8e-4): 0.82,
+    (2e-4, 1e-4): 0.79,
+    (2e-4, 4e-4): 0.81,
+    (2e-4, 8e-4): 0.78,
+    (4e-4, 1e-4): 0.60,
+    (4e-4, 4e-4): 0.81,
+    (4e-4, 8e-4): 0.33,
 }
 
 
@@ -29,8 +36,16 @@ def grid_store(root: Path, seeds: tuple[int, ...] = (0, 1, 2), sweep: str = "hea
             if (qk, v) == (2e-4, 8e-4) and seed == 2:
                 continue  # a missing seed
             status = "diverged" if value < 0.5 else "completed"
-            record = make_record(targets="qkv", lr=qk, lam=None, lr_v=v, seed=seed, value=value + 0.001 * seed,
-                                 status=status, sweep=sweep)
+            record = make_record(
+                targets="qkv",
+                lr=qk,
+                lam=None,
+                lr_v=v,
+                seed=seed,
+                value=value + 0.001 * seed,
+                status=status,
+                sweep=sweep,
+            )
             write_record(root, record, sweep)
     return root
 
@@ -57,8 +72,9 @@ def test_grid_best_and_diagonal(grid: heatmap.Heatmap) -> None:
     # diagonal cells: (1e-4, 1e-4) = 0.801 and (4e-4, 4e-4) = 0.811
     assert (grid.best_diagonal.lr, grid.best_diagonal.lr_v) == (4e-4, 4e-4)
     assert grid.gap == pytest.approx(0.02)
-    assert grid.caption == ("best (η_QK, η_V) = (1e-4, 4e-4), λ = 4: 0.831; "
-                            "best with λ = 1: η = 4e-4: 0.811; gap +0.020")
+    assert grid.caption == (
+        "best (η_QK, η_V) = (1e-4, 4e-4), λ = 4: 0.831; best with λ = 1: η = 4e-4: 0.811; gap +0.020"
+    )
     assert grid.name == "heatmap_heatmap_roberta-base_mnli_lora_qkv_r8"  # the sweep's name, then the settings
     assert grid.title == "roberta-base · MNLI · LoRA (QKV) r = 8 · sweep heatmap"
     cells = grid.cells.set_index(["lr", "lr_v"])
@@ -119,8 +135,10 @@ def test_twins_belong_to_each_sweep_and_names_stay_unique(tmp_path: Path) -> Non
     coll = load(root)
     assert coll.duplicates == 1
     found = heatmap.find(coll)
-    assert [h.name for h in found] == ["heatmap_heatmap-b_roberta-base_mnli_lora_qkv_r8",
-                                       "heatmap_heatmap_roberta-base_mnli_lora_qkv_r8"]
+    assert [h.name for h in found] == [
+        "heatmap_heatmap-b_roberta-base_mnli_lora_qkv_r8",
+        "heatmap_heatmap_roberta-base_mnli_lora_qkv_r8",
+    ]
     assert [h.cells.set_index(["lr", "lr_v"]).loc[(1e-4, 1e-4), "n"] for h in found] == [3, 3]
     assert set(heatmap.grid_frame(found)["sweeps"]) == {"heatmap", "heatmap-b"}
     (pooled,) = heatmap.find(coll, pool=True)

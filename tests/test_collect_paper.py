@@ -1,4 +1,5 @@
 """The paper's Table 1 and Table 2 as shipped in qvtune/collect/paper.json, against hand-picked cells."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,8 @@
-"""Loading records: every result.json below the folder, bad files reported and skipped, filters, duplicates."""
+"""Loading records.
+
+Every result.json below the folder, bad files reported and skipped, filters, duplicates.
+"""
+
 from __future__ import annotations
 
 import json
@@ -42,7 +46,10 @@ def test_reads_every_record_and_reports_bad_files(store: Path) -> None:
     coll = load(store)
     assert len(coll.runs) == 8
     assert sorted(coll.runs["status"].value_counts().items()) == [
-        ("completed", 5), ("diverged", 1), ("failed", 1), ("running", 1)
+        ("completed", 5),
+        ("diverged", 1),
+        ("failed", 1),
+        ("running", 1),
     ]
     problems = dict(coll.problems)
     assert len(problems) == 4
@@ -135,7 +142,10 @@ def test_tables_never_read_the_curves(store: Path) -> None:
 
 
 def test_schema_1_records_with_inline_curves_load_alike(tmp_path: Path) -> None:
-    """A record written before curves.json existed (schema 1: curves inside result.json) gives the same row."""
+    """A record written before curves.json existed gives the same row.
+
+    Schema 1 had the curves inside result.json.
+    """
     record = make_record(seed=0, loss_points=50)
     write_record(tmp_path / "new", record)
     old = {**record.to_dict(), **asdict(record.curves), "schema": 1}

@@ -1,4 +1,5 @@
 """Table 1 and Table 2 from hand-made records, checked against expected Markdown and CSV fixtures."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,11 +34,16 @@ def table1_store(root: Path) -> Path:
     for targets, seeds in T1_VALUES.items():
         for seed, value in seeds.items():
             value, status = value if isinstance(value, tuple) else (value, "completed")
-            write_record(root, make_record(**T1, targets=targets, seed=seed, value=value, status=status), "table1")
+            write_record(
+                root, make_record(**T1, targets=targets, seed=seed, value=value, status=status), "table1"
+            )
     write_record(root, make_record(**{**T1, "rank": 4}, targets="qv", seed=0, value=0.820), "table1")
-    # left out by the Table 1 rule: lambda != 1, and lambda = 1 runs of another sweep when a table1 sweep exists
+    # left out by the Table 1 rule: lambda != 1, and lambda = 1 runs of another sweep when a table1
+    # sweep exists
     write_record(root, make_record(**T1, targets="qv", lam=4, seed=0, value=0.9), "table1")
-    write_record(root, make_record(**{**T1, "sweep": "heatmap"}, targets="v", lr=2e-4, seed=0, value=0.95), "heatmap")
+    write_record(
+        root, make_record(**{**T1, "sweep": "heatmap"}, targets="v", lr=2e-4, seed=0, value=0.95), "heatmap"
+    )
     return root
 
 
@@ -55,7 +61,10 @@ def table2_store(root: Path) -> Path:
 
 
 def check_fixture(name: str, text: str) -> None:
-    """Compare with tests/fixtures/collect/<name> (UPDATE_FIXTURES=1 rewrites it after a deliberate change)."""
+    """Compare with tests/fixtures/collect/<name>.
+
+    UPDATE_FIXTURES=1 rewrites it after a deliberate change.
+    """
     import os
 
     path = FIXTURES / name
@@ -101,15 +110,22 @@ def test_table1_markdown_cells(tmp_path: Path) -> None:
 def test_table1_latex(tmp_path: Path) -> None:
     tex = render.to_latex(tables.table1(load(table1_store(tmp_path))))
     assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
-    assert "\\textbf{0.827}" in tex and "\\underline{0.822}" in tex and "\\underline{\\underline{0.810}}" in tex
+    assert (
+        "\\textbf{0.827}" in tex and "\\underline{0.822}" in tex and "\\underline{\\underline{0.810}}" in tex
+    )
     assert "$\\mathbf{W}_q$, $\\mathbf{W}_k$, $\\mathbf{W}_v$" in tex
     assert tex.count("\\\\\n") == 3  # header and two rows
 
 
 def test_table2_layout(tmp_path: Path) -> None:
     t = tables.table2(load(table2_store(tmp_path)))
-    assert t.rows == ["Before Fine-tune", "Full Fine-tune (QKV)", "LoRA (QKV) r = 8",
-                      "Full Fine-tune (QV) λ = 8", "LoRA (QV) r = 16, λ = 8"]
+    assert t.rows == [
+        "Before Fine-tune",
+        "Full Fine-tune (QKV)",
+        "LoRA (QKV) r = 8",
+        "Full Fine-tune (QV) λ = 8",
+        "LoRA (QV) r = 16, λ = 8",
+    ]
     assert t.columns == ["rte", "mrpc"]
     cells = t.cells.set_index(["row", "column"])
     assert cells.loc[("LoRA (QV) r = 16, λ = 8", "mrpc"), "paper"] == pytest.approx(0.8995)
@@ -126,7 +142,9 @@ def test_table2_layout(tmp_path: Path) -> None:
 
 def test_table2_uses_only_its_sweep(tmp_path: Path) -> None:
     table2_store(tmp_path)
-    write_record(tmp_path, make_record(task="rte", targets="qkv", epochs=3, value=0.99, sweep="table1"), "table1")
+    write_record(
+        tmp_path, make_record(task="rte", targets="qkv", epochs=3, value=0.99, sweep="table1"), "table1"
+    )
     t = tables.table2(load(tmp_path))
     assert t.cells["mean"].max() < 0.99
     assert any("Only runs of the table2 sweep" in note for note in t.notes)

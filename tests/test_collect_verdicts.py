@@ -1,4 +1,5 @@
 """The three claims: the tests' error rates on simulated data, and the verdicts on collected runs."""
+
 from __future__ import annotations
 
 import itertools
@@ -30,8 +31,15 @@ def claims(root: Path, **kw) -> list[verdicts.Verdict]:
 
 
 def test_v_beats_k_and_qv_close_to_qkv(tmp_path: Path) -> None:
-    write(tmp_path, {"v": [0.81, 0.80, 0.82], "k": [0.73, 0.74, 0.73], "qv": [0.820, 0.818, 0.825],
-                     "qkv": [0.821, 0.820, 0.824]})
+    write(
+        tmp_path,
+        {
+            "v": [0.81, 0.80, 0.82],
+            "k": [0.73, 0.74, 0.73],
+            "qv": [0.820, 0.818, 0.825],
+            "qkv": [0.821, 0.820, 0.824],
+        },
+    )
     by_claim = {v.claim: v for v in claims(tmp_path)}
     v_k = by_claim["v>k"]
     assert v_k.status == verdicts.SUPPORTED and v_k.pairs == 3
@@ -48,11 +56,20 @@ def test_v_beats_k_and_qv_close_to_qkv(tmp_path: Path) -> None:
 
 
 def test_not_supported(tmp_path: Path) -> None:
-    write(tmp_path, {"v": [0.70, 0.71, 0.70], "k": [0.75, 0.74, 0.76], "qv": [0.70, 0.71, 0.70],
-                     "qkv": [0.80, 0.81, 0.80]})
+    write(
+        tmp_path,
+        {
+            "v": [0.70, 0.71, 0.70],
+            "k": [0.75, 0.74, 0.76],
+            "qv": [0.70, 0.71, 0.70],
+            "qkv": [0.80, 0.81, 0.80],
+        },
+    )
     by_claim = {v.claim: v for v in claims(tmp_path)}
-    assert {c: v.status for c, v in by_claim.items()} == {"v>k": verdicts.NOT_SUPPORTED,
-                                                          "qv~qkv": verdicts.NOT_SUPPORTED}
+    assert {c: v.status for c, v in by_claim.items()} == {
+        "v>k": verdicts.NOT_SUPPORTED,
+        "qv~qkv": verdicts.NOT_SUPPORTED,
+    }
     assert "qv worse" in by_claim["qv~qkv"].detail
 
 
@@ -63,8 +80,9 @@ def test_noise_no_longer_makes_qv_match(tmp_path: Path) -> None:
     assert qv.status == verdicts.NOT_SUPPORTED and "too noisy to tell" in qv.detail
     (wide,) = claims(tmp_path, margin=0.1)  # a margin wider than the interval
     assert wide.status == verdicts.SUPPORTED and "margin ±0.1" in wide.detail
-    assert verdicts.overall([wide])[1] == ("qv matches qkv (or is better) within ±0.1: supported "
-                                           "(holds in 1 of 1 tested context(s))")
+    assert verdicts.overall([wide])[1] == (
+        "qv matches qkv (or is better) within ±0.1: supported (holds in 1 of 1 tested context(s))"
+    )
     assert "inside ±0.1 (equivalence" in verdicts.to_markdown([wide], margin=0.1)
 
 
@@ -150,9 +168,11 @@ def settings(rng: np.random.Generator, means: np.ndarray, noise: float = NOISE) 
 
 def paired(effect: float, noise: float = NOISE) -> Callable[[np.random.Generator], np.ndarray]:
     """Per-seed differences of two settings whose true difference is `effect`."""
+
     def draw(rng: np.random.Generator) -> np.ndarray:
         a, b = settings(rng, np.array([0.8 + effect, 0.8]), noise)
         return a - b
+
     return draw
 
 
@@ -170,6 +190,7 @@ def best_lambda(means: np.ndarray) -> Callable[[np.random.Generator], bool]:
     def test(rng: np.random.Generator) -> bool:
         folds = verdicts.cross_validate(settings(rng, means), verdicts.is_one(GRID_LAM))
         return verdicts.lambda_supported(folds, GRID_LAM)
+
     return test
 
 
@@ -183,6 +204,7 @@ def old_best_lambda(means: np.ndarray) -> Callable[[np.random.Generator], bool]:
         best, on_diagonal = int(np.argmax(mean)), int(diagonal[np.argmax(mean[diagonal])])
         d = values[best] - values[on_diagonal]
         return bool(GRID_LAM[best] > 1.0 + 1e-6 and d.mean() - 2 * d.std(ddof=1) / math.sqrt(SEEDS) > 0)
+
     return test
 
 
@@ -230,9 +252,13 @@ def test_more_noise_makes_qv_match_less_often() -> None:
 
 def test_cross_validation_never_tests_on_a_choosing_seed() -> None:
     """Cell A is high on seed 0 only: the fold holding out seed 0 must not choose it."""
-    values = np.array([[0.0, 0.5, 0.5],  # lambda = 1
-                       [1.0, 1.0, 1.0],  # B
-                       [10.0, 0.0, 0.0]])  # A
+    values = np.array(
+        [
+            [0.0, 0.5, 0.5],  # lambda = 1
+            [1.0, 1.0, 1.0],  # B
+            [10.0, 0.0, 0.0],
+        ]
+    )  # A
     folds = verdicts.cross_validate(values, np.array([True, False, False]))
     assert folds.best == 2 and folds.best_diagonal == 0
     assert folds.fold_best.tolist() == [1, 2, 2] and folds.fold_diagonal.tolist() == [0, 0, 0]

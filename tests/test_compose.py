@@ -1,6 +1,7 @@
 """The sweeper's fast compose (defaults trees cached per choice of config groups, value overrides applied
 on top through Hydra's private method) gives, for every sweep file, the job configs Hydra's launchers
 compose themselves (ConfigLoader.load_sweep_config, once per job)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -24,7 +25,10 @@ SWEEPS = sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml"))
 
 @pytest.fixture(scope="module")
 def hydra_app() -> Iterator[Any]:
-    """Hydra initialised on qvtune's config folder, as `python -m qvtune.run` has it (version base restored)."""
+    """Hydra initialised on qvtune's config folder, as `python -m qvtune.run` has it.
+
+    The version base is restored afterwards.
+    """
     base = VersionBase.instance().getbase()
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
@@ -46,7 +50,9 @@ def sample(jobs: list[list[str]], loader: Any) -> list[list[str]]:
     for job in jobs:
         parsed = parser.parse_overrides(job)
         groups = tuple(o.input_line for o in parsed if loader.repository.group_exists(o.key_or_group))
-        values = frozenset(o.key_or_group for o in parsed if not loader.repository.group_exists(o.key_or_group))
+        values = frozenset(
+            o.key_or_group for o in parsed if not loader.repository.group_exists(o.key_or_group)
+        )
         picked.setdefault((groups, values), job)
     return list(picked.values())
 
@@ -57,11 +63,13 @@ def test_every_sweep_file_is_checked() -> None:
 
 @pytest.mark.parametrize("sweep", SWEEPS)
 def test_fast_compose_matches_hydra(hydra_app: Any, sweep: str) -> None:
-    master = hydra_app.hydra.compose_config("run", [f"+sweep={sweep}"], run_mode=RunMode.MULTIRUN,
-                                            with_log_configuration=False)
+    master = hydra_app.hydra.compose_config(
+        "run", [f"+sweep={sweep}"], run_mode=RunMode.MULTIRUN, with_log_configuration=False
+    )
     loader = hydra_app.config_loader()
     sweeper = Plugins.instance().instantiate_sweeper(
-        config=master, hydra_context=HydraContext(config_loader=loader, callbacks=Callbacks(master)),
+        config=master,
+        hydra_context=HydraContext(config_loader=loader, callbacks=Callbacks(master)),
         task_function=lambda cfg: None,
     )
     jobs = sweeper.expand(OmegaConf.to_container(master.hydra.overrides.task, resolve=False))

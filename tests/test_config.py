@@ -1,4 +1,5 @@
 """Config checks: targets, learning rates, run keys, and one clear line per bad input before loading."""
+
 import time
 
 import pytest
@@ -7,9 +8,18 @@ from qvtune.config import learning_rates, parse_targets, validate
 from tests.helpers import make_config, run_cli
 
 
-@pytest.mark.parametrize("given, canonical", [
-    ("qv", "qv"), ("vq", "qv"), ("QV", "qv"), (["q", "v"], "qv"), (["v", "k", "q"], "qkv"), ("k", "k"), ("q_v", "qv"),
-])
+@pytest.mark.parametrize(
+    "given, canonical",
+    [
+        ("qv", "qv"),
+        ("vq", "qv"),
+        ("QV", "qv"),
+        (["q", "v"], "qv"),
+        (["v", "k", "q"], "qkv"),
+        ("k", "k"),
+        ("q_v", "qv"),
+    ],
+)
 def test_targets_are_canonical(given, canonical):
     assert parse_targets(given) == canonical
 
@@ -30,24 +40,36 @@ def test_lam_and_lr_v():
     assert errors == ["lam=2.0 and lr_v=0.0004 disagree: lr_v / lr = 4; give one of them"]
 
 
-@pytest.mark.parametrize("override, message", [
-    ("targets=qx", "targets='qx': expected a non-empty subset of q, k, v"),
-    ("rank=0", "rank=0: expected an integer >= 1"),
-    ("lr=-1", "lr=-1.0: expected a finite positive learning rate (eta_QK)"),
-    ("lam=0", "lam=0.0: expected a finite positive ratio eta_V / eta_QK"),
-    ("lr_v=-2e-4", "lr_v=-0.0002: expected a finite positive learning rate (eta_V)"),
-    ("lam=inf", "lam=inf: expected a finite positive ratio eta_V / eta_QK"),
-    ("lr=inf", "lr=inf: expected a finite positive learning rate (eta_QK)"),
-    ("lr_v=inf", "lr_v=inf: expected a finite positive learning rate (eta_V)"),
-    ("lam=nan", "lam=nan: expected a finite positive ratio eta_V / eta_QK"),
-    ("head_lr=-inf", "head_lr=-inf: expected a finite positive learning rate"),
-    ("epochs=inf", "epochs=inf: expected a finite number >= 0"),
-    ("optim.max_grad_norm=0", "optim.max_grad_norm=0.0: expected a finite positive norm, or null to never clip"),
-    ("optim.grouping=substring", "optim.grouping='substring': expected one of by_module, paper"),
-    ("padding=none", "padding='none': expected one of dynamic, max"),
-    ("attention_dropout=1.5", "attention_dropout=1.5: expected a number in [0, 1), or null for the model's own"),
-    ("max_batch_tokens=0", "max_batch_tokens=0: expected an integer >= 1, or null to never split a batch"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("targets=qx", "targets='qx': expected a non-empty subset of q, k, v"),
+        ("rank=0", "rank=0: expected an integer >= 1"),
+        ("lr=-1", "lr=-1.0: expected a finite positive learning rate (eta_QK)"),
+        ("lam=0", "lam=0.0: expected a finite positive ratio eta_V / eta_QK"),
+        ("lr_v=-2e-4", "lr_v=-0.0002: expected a finite positive learning rate (eta_V)"),
+        ("lam=inf", "lam=inf: expected a finite positive ratio eta_V / eta_QK"),
+        ("lr=inf", "lr=inf: expected a finite positive learning rate (eta_QK)"),
+        ("lr_v=inf", "lr_v=inf: expected a finite positive learning rate (eta_V)"),
+        ("lam=nan", "lam=nan: expected a finite positive ratio eta_V / eta_QK"),
+        ("head_lr=-inf", "head_lr=-inf: expected a finite positive learning rate"),
+        ("epochs=inf", "epochs=inf: expected a finite number >= 0"),
+        (
+            "optim.max_grad_norm=0",
+            "optim.max_grad_norm=0.0: expected a finite positive norm, or null to never clip",
+        ),
+        ("optim.grouping=substring", "optim.grouping='substring': expected one of by_module, paper"),
+        ("padding=none", "padding='none': expected one of dynamic, max"),
+        (
+            "attention_dropout=1.5",
+            "attention_dropout=1.5: expected a number in [0, 1), or null for the model's own",
+        ),
+        (
+            "max_batch_tokens=0",
+            "max_batch_tokens=0: expected an integer >= 1, or null to never split a batch",
+        ),
+    ],
+)
 def test_validate_names_bad_value(override, message):
     errors = validate(make_config(override))
     assert len(errors) == 1 and errors[0].startswith(message)
@@ -67,7 +89,8 @@ def test_cli_reports_every_problem_fast_without_loading(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2
     assert lines == [
-        "error: targets='qz': expected a non-empty subset of q, k, v without repeats, such as qv, qkv or [q,v]",
+        "error: targets='qz': expected a non-empty subset of q, k, v without repeats, "
+        "such as qv, qkv or [q,v]",
         "error: rank=0: expected an integer >= 1",
         "error: lam=-1.0: expected a finite positive ratio eta_V / eta_QK",
     ]
@@ -75,7 +98,10 @@ def test_cli_reports_every_problem_fast_without_loading(tmp_path):
     assert elapsed < 30  # generous for a loaded machine; validation itself imports no torch
 
 
-@pytest.mark.parametrize("override, shown", [("task=mnl", "task/mnl"), ("model=robert", "model/robert"), ("method=lorax", "method/lorax")])
+@pytest.mark.parametrize(
+    "override, shown",
+    [("task=mnl", "task/mnl"), ("model=robert", "model/robert"), ("method=lorax", "method/lorax")],
+)
 def test_unknown_group_options_list_the_choices(tmp_path, override, shown):
     proc = run_cli(override, cwd=tmp_path, timeout=60)
     assert proc.returncode != 0
@@ -86,7 +112,14 @@ def test_validation_imports_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys; from qvtune.config import validate; from tests.helpers import make_config; "
-            "validate(make_config('task=rte')); assert 'torch' not in sys.modules, 'torch imported'")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(__import__('pathlib').Path(__file__).parents[1]))
+    code = (
+        "import sys; from qvtune.config import validate; from tests.helpers import make_config; "
+        "validate(make_config('task=rte')); assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=str(__import__("pathlib").Path(__file__).parents[1]),
+    )
     assert proc.returncode == 0, proc.stderr

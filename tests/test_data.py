@@ -1,6 +1,7 @@
 """Batching and the tokenization cache: every example once per epoch, similar lengths per batch,
 micro-batches that bound memory without changing the gradient, a cache that is reused by later
 runs and changes its key when the tokenizer or the data change."""
+
 import numpy as np
 import pytest
 import torch
@@ -17,7 +18,9 @@ def test_length_grouped_batches_cover_every_example_once_and_group_lengths():
     flat = np.concatenate(batches)
     assert sorted(flat.tolist()) == list(range(3000))
     spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
-    random_spread = np.mean([lengths[b].max() - lengths[b].min() for b in train_batches(lengths, 32, 1, 0, False)])
+    random_spread = np.mean(
+        [lengths[b].max() - lengths[b].min() for b in train_batches(lengths, 32, 1, 0, False)]
+    )
     assert spread < random_spread / 5
     assert [b.tolist() for b in batches] == [b.tolist() for b in train_batches(lengths, 32, 1, 0, True)]
     assert [b.tolist() for b in batches] != [b.tolist() for b in train_batches(lengths, 32, 1, 1, True)]
@@ -38,7 +41,9 @@ def test_micro_batches_bound_padded_tokens_and_cover_the_batch():
     lengths = np.array([10, 120, 33, 64, 7, 128, 90, 15])
     index = np.arange(8)
     assert [p.tolist() for p in micro_batches(lengths, index, None, None)] == [index.tolist()]
-    assert [p.tolist() for p in micro_batches(lengths, index, 4096, None)] == [index.tolist()]  # fits: one piece
+    assert [p.tolist() for p in micro_batches(lengths, index, 4096, None)] == [
+        index.tolist()
+    ]  # fits: one piece
     pieces = micro_batches(lengths, index, 256, None)  # width 128: two rows per piece
     assert sorted(np.concatenate(pieces).tolist()) == index.tolist()
     assert all(len(p) * 128 <= 256 for p in pieces) and len(pieces) == 4
@@ -55,13 +60,18 @@ def test_micro_batches_give_the_gradient_of_the_whole_batch():
     cfg = make_config("model=tiny-bert", "targets=qv", "attention_dropout=0")
     tok = builtin_tokenizer()
     rng = np.random.default_rng(0)
-    words = [" ".join(rng.choice(["cat", "dog", "sun", "moon", "red"], size=n)) for n in rng.integers(1, 30, size=12)]
+    words = [
+        " ".join(rng.choice(["cat", "dog", "sun", "moon", "red"], size=n))
+        for n in rng.integers(1, 30, size=12)
+    ]
     data = encode(tok, Split([words], rng.integers(0, 2, size=12)), max_len=64)
     grads = []
     for max_tokens in (None, 40):
         model = apply_method(load_model(cfg.model, 2, seed=0), cfg)
         model.eval()  # no dropout: the two gradients must agree to rounding
-        loss, _ = backward(model, data, np.arange(12), tok.pad_token_id, None, max_tokens, torch.device("cpu"))
+        loss, _ = backward(
+            model, data, np.arange(12), tok.pad_token_id, None, max_tokens, torch.device("cpu")
+        )
         grads.append((loss, [p.grad.clone() for p in model.parameters() if p.requires_grad]))
     (whole_loss, whole), (split_loss, split) = grads
     assert split_loss == pytest.approx(whole_loss, rel=1e-5)
@@ -90,7 +100,74 @@ def test_tokenizer_fingerprint_is_stable_across_processes():
     import subprocess
     import sys
 
-    code = ("from qvtune.models import load_tokenizer; from tests.helpers import make_config; "
-            "from qvtune.data import tokenizer_fingerprint; print(tokenizer_fingerprint(load_tokenizer(make_config().model)))")
-    prints = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout for _ in range(2)}
+    code = (
+        "from qvtune.models import load_tokenizer; from tests.helpers import make_config; "
+        "from qvtune.data import tokenizer_fingerprint; "
+        "print(tokenizer_fingerprint(load_tokenizer(make_config().model)))"
+    )
+    prints = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        for _ in range(2)
+    }
     assert len(prints) == 1
+
+
+@pytest.mark.parametrize("model", ["tiny-bert", "tiny-llama"])
+def test_dynamic_padding_trains_exactly_as_padding_to_max_len_without_dropout(tmp_path, model):
+    """With every dropout off, padding to 128 and padding to the batch's longest input give the same
+    loss at every step and the same dev metric: pad positions are masked out of attention, so
+    `padding` only changes speed. With dropout on, the two draw different dropout masks (their
+    shapes differ): the same experiment, other random draws (README, The paper's recipe)."""
+    from qvtune.config import learning_rates
+    from qvtune.methods import apply_method, param_groups
+    from qvtune.models import load_model, load_tokenizer
+    from qvtune.tasks import synthetic_task
+    from qvtune.train import train
+    from tests.helpers import make_config
+
+    def run(padding: str):
+        cfg = make_config(
+            f"model={model}",
+            "method=lora",
+            "targets=qv",
+            "lr=3e-3",
+            "lam=4",
+            "dropout=0",
+            "attention_dropout=0",
+            f"padding={padding}",
+            "group_by_length=false",
+            "max_len=32",
+            "epochs=1",
+            "batch_size=16",
+            "task.synthetic.train_size=96",
+            "task.synthetic.eval_size=32",
+        )
+        net = load_model(cfg.model, 2, seed=0, attention_dropout=0.0)
+        for module in net.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0  # the hidden-state dropout too
+        net = apply_method(net, cfg)
+        tok = load_tokenizer(cfg.model)
+        task = synthetic_task(cfg.task.synthetic)
+        data = encode(tok, task.train, cfg.max_len)
+        evals = {"validation": encode(tok, task.evals["validation"], cfg.max_len)}
+        return train(
+            net,
+            param_groups(net, learning_rates(cfg)),
+            data,
+            evals,
+            cfg.task,
+            cfg,
+            pad_id=tok.pad_token_id,
+            device=torch.device("cpu"),
+            precision="fp32",
+            checkpoint=tmp_path / f"{padding}.pt",
+            log=lambda values, step: None,
+        )
+
+    dynamic, padded = run("dynamic"), run("max")
+    assert len(dynamic.train_loss) == len(padded.train_loss) == 6
+    for (step, a), (_, b) in zip(dynamic.train_loss, padded.train_loss):
+        assert a == pytest.approx(b, rel=1e-5), step
+    assert dynamic.history[-1]["metrics"] == pytest.approx(padded.history[-1]["metrics"], rel=1e-5)
+    assert dynamic.tokens == padded.tokens  # real tokens: the pads are not counted in either

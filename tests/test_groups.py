@@ -1,4 +1,5 @@
 """Parameter groups and counts: every trainable tensor in exactly one of qk / v / head, by its module."""
+
 import pytest
 import torch
 from torch import nn
@@ -10,17 +11,24 @@ from tests.helpers import make_config
 
 # Trainable parameter counts of roberta-base with 2 labels (head 592,130 counted once).
 ROBERTA_COUNTS = {
-    ("full", "qkv", 8): 21_853_442, ("full", "qv", 8): 14_766_338,
-    ("lora", "qkv", 8): 1_034_498, ("lora", "qkv", 16): 1_476_866,
-    ("lora", "qv", 8): 887_042, ("lora", "qv", 16): 1_181_954,
-    ("dora", "qkv", 8): 1_062_146, ("dora", "qkv", 16): 1_504_514,
-    ("dora", "qv", 8): 905_474, ("dora", "qv", 16): 1_200_386,
+    ("full", "qkv", 8): 21_853_442,
+    ("full", "qv", 8): 14_766_338,
+    ("lora", "qkv", 8): 1_034_498,
+    ("lora", "qkv", 16): 1_476_866,
+    ("lora", "qv", 8): 887_042,
+    ("lora", "qv", 16): 1_181_954,
+    ("dora", "qkv", 8): 1_062_146,
+    ("dora", "qkv", 16): 1_504_514,
+    ("dora", "qv", 8): 905_474,
+    ("dora", "qv", 16): 1_200_386,
 }
 
 
 @pytest.mark.parametrize("method, targets, rank", sorted(ROBERTA_COUNTS))
 def test_roberta_base_counts(method, targets, rank):
-    cfg = make_config("model=roberta-base", "task=rte", f"method={method}", f"targets={targets}", f"rank={rank}")
+    cfg = make_config(
+        "model=roberta-base", "task=rte", f"method={method}", f"targets={targets}", f"rank={rank}"
+    )
     model = apply_method(build_on_meta(cfg.model, cfg.task.num_labels), cfg)
     table = group_table(model, param_groups(model, learning_rates(cfg)))
     assert table["trainable"] == ROBERTA_COUNTS[(method, targets, rank)]
@@ -49,7 +57,9 @@ def owning_type(name: str) -> str:
 @pytest.mark.parametrize("method", ["full", "lora", "dora"])
 @pytest.mark.parametrize("targets", ["k", "v", "qv", "qkv"])
 def test_every_trainable_tensor_in_exactly_one_group(model, method, targets):
-    cfg = make_config(f"model={model}", f"method={method}", f"targets={targets}", "lr=1e-4", "lam=4", "head_lr=3e-4")
+    cfg = make_config(
+        f"model={model}", f"method={method}", f"targets={targets}", "lr=1e-4", "lam=4", "head_lr=3e-4"
+    )
     net = apply_method(load_model(cfg.model, 2, seed=0), cfg)
     groups = param_groups(net, learning_rates(cfg))
     trainable = {n for n, p in net.named_parameters() if p.requires_grad}
@@ -66,7 +76,9 @@ def test_every_trainable_tensor_in_exactly_one_group(model, method, targets):
     per_matrix = {"full": 2, "lora": 2, "dora": 3}[method]  # weight+bias / A+B / A+B+magnitude
     if model == "tiny-llama" and method == "full":
         per_matrix = 1  # Llama projections have no bias
-    assert len(grouped) - sum(1 for n in grouped if owning_type(n) == "head") == per_matrix * layers * len(chosen)
+    assert len(grouped) - sum(1 for n in grouped if owning_type(n) == "head") == per_matrix * layers * len(
+        chosen
+    )
 
 
 def test_gqa_shapes_are_resolved():
@@ -81,7 +93,9 @@ def test_gqa_shapes_are_resolved():
 def test_fused_qkv_is_a_clear_error():
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
-    model = GPT2ForSequenceClassification(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=64, num_labels=2))
+    model = GPT2ForSequenceClassification(
+        GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=64, num_labels=2)
+    )
     with pytest.raises(ModelError, match="fused projection .*c_attn"):
         attention_modules(model)
 
@@ -101,9 +115,14 @@ def test_full_finetune_leaves_other_weights_frozen():
     cfg = make_config("model=tiny-bert", "method=full", "targets=v")
     net = apply_method(load_model(cfg.model, 2, seed=0), cfg)
     names = {n for n, p in net.named_parameters() if p.requires_grad}
-    assert names == {"bert.encoder.layer.0.attention.self.value.weight", "bert.encoder.layer.0.attention.self.value.bias",
-                     "bert.encoder.layer.1.attention.self.value.weight", "bert.encoder.layer.1.attention.self.value.bias",
-                     "classifier.weight", "classifier.bias"}
+    assert names == {
+        "bert.encoder.layer.0.attention.self.value.weight",
+        "bert.encoder.layer.0.attention.self.value.bias",
+        "bert.encoder.layer.1.attention.self.value.weight",
+        "bert.encoder.layer.1.attention.self.value.bias",
+        "classifier.weight",
+        "classifier.bias",
+    }
 
 
 def test_update_norms_track_lora_product():
@@ -118,13 +137,19 @@ def test_update_norms_track_lora_product():
         for name, module in net.named_modules():
             if name.endswith(".value"):
                 module.lora_B["default"].weight.fill_(0.1)
-                delta = module.scaling["default"] * module.lora_B["default"].weight @ module.lora_A["default"].weight
+                delta = (
+                    module.scaling["default"]
+                    * module.lora_B["default"].weight
+                    @ module.lora_A["default"].weight
+                )
                 expected += float(delta.pow(2).sum())
     got = norms()
     assert got["q"] == 0.0 and got["k"] == 0.0 and got["v"] == pytest.approx(expected**0.5, rel=1e-5)
 
 
-@pytest.mark.parametrize("model, key", [("tiny-bert", "attention_probs_dropout_prob"), ("tiny-llama", "attention_dropout")])
+@pytest.mark.parametrize(
+    "model, key", [("tiny-bert", "attention_probs_dropout_prob"), ("tiny-llama", "attention_dropout")]
+)
 def test_attention_dropout_is_set_in_each_family(model, key):
     cfg = make_config(f"model={model}")
     own = getattr(load_model(cfg.model, 2, seed=0).config, key)

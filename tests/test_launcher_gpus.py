@@ -1,5 +1,6 @@
 """The `gpus` launcher (hydra_plugins/qvtune_launcher): slots, queueing, failures, stopping, and
 Hydra's own launcher test suites. GPUs are faked with `devices=[...]`: a job only sees the id."""
+
 import json
 import os
 import signal
@@ -22,12 +23,23 @@ SEARCHPATH = f"hydra.searchpath=[file://{REPO / 'conf'}]"  # where hydra/launche
 CORES = sorted(os.sched_getaffinity(0))
 
 
-def sweep(tmp_path: Path, *overrides: str, env: dict[str, str] | None = None,
-          timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def sweep(
+    tmp_path: Path, *overrides: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """Run the test app as a sweep with hydra/launcher=gpus; records go to tmp_path/rec."""
-    cmd = [sys.executable, str(APP), "-m", f"out={tmp_path / 'rec'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-           SEARCHPATH, "hydra/launcher=gpus", *overrides]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    cmd = [
+        sys.executable,
+        str(APP),
+        "-m",
+        f"out={tmp_path / 'rec'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        SEARCHPATH,
+        "hydra/launcher=gpus",
+        *overrides,
+    ]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
 
 
 def records(tmp_path: Path) -> list[dict[str, Any]]:
@@ -35,7 +47,12 @@ def records(tmp_path: Path) -> list[dict[str, Any]]:
 
 
 def overlapping(recs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    return [(a, b) for i, a in enumerate(recs) for b in recs[i + 1:] if a["start"] < b["end"] and b["start"] < a["end"]]
+    return [
+        (a, b)
+        for i, a in enumerate(recs)
+        for b in recs[i + 1 :]
+        if a["start"] < b["end"] and b["start"] < a["end"]
+    ]
 
 
 def test_discovery() -> None:
@@ -44,11 +61,19 @@ def test_discovery() -> None:
 
 def test_plan_slots() -> None:
     assert plan_slots([], None, [0, 1, 2, 3]) == [Slot(None, (0, 1, 2, 3))]
-    assert plan_slots([], 3, [0, 1, 2, 3, 4, 5, 6]) == [Slot(None, (0, 1)), Slot(None, (2, 3)), Slot(None, (4, 5, 6))]
+    assert plan_slots([], 3, [0, 1, 2, 3, 4, 5, 6]) == [
+        Slot(None, (0, 1)),
+        Slot(None, (2, 3)),
+        Slot(None, (4, 5, 6)),
+    ]
     assert plan_slots([], 3, [0, 1]) == [Slot(None, (0,)), Slot(None, (1,)), Slot(None, (0,))]
     assert plan_slots(["4", "6"], None, [0, 1, 2, 3]) == [Slot("4", (0, 1)), Slot("6", (2, 3))]
     assert [s.device for s in plan_slots(["4", "6"], 5, list(range(8)))] == ["4", "6", "4", "6", "4"]
-    assert Slot("4", (2, 3)).env() == {"CUDA_VISIBLE_DEVICES": "4", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    assert Slot("4", (2, 3)).env() == {
+        "CUDA_VISIBLE_DEVICES": "4",
+        "OMP_NUM_THREADS": "2",
+        "MKL_NUM_THREADS": "2",
+    }
     assert Slot(None, (0,)).env()["CUDA_VISIBLE_DEVICES"] == ""
     with pytest.raises(ValueError):
         plan_slots([], 0, [0, 1])
@@ -84,7 +109,9 @@ def test_fake_gpus_one_device_per_concurrent_job_and_a_queue(tmp_path: Path) -> 
 @pytest.mark.timeout(120)
 def test_cpu_slots_split_the_cores_and_set_torch_threads(tmp_path: Path) -> None:
     """Without GPUs a slot is a core group: its affinity, OMP_NUM_THREADS and torch's thread count."""
-    r = sweep(tmp_path, "hydra.launcher.devices=[]", f"hydra.launcher.slots={len(CORES)}", "+i=1,2", "torch=true")
+    r = sweep(
+        tmp_path, "hydra.launcher.devices=[]", f"hydra.launcher.slots={len(CORES)}", "+i=1,2", "torch=true"
+    )
     assert r.returncode == 0, r.stderr
     recs = records(tmp_path)
     assert len(recs) == 2
@@ -122,11 +149,26 @@ def test_stopping_the_launcher_stops_its_jobs(tmp_path: Path, how: str) -> None:
     """Ctrl-C (SIGINT to the terminal's process group) and SIGTERM interrupt the jobs, which can clean
     up; a SIGKILLed launcher takes its jobs along. Either way no job outlives the launcher."""
     rec = tmp_path / "rec"
-    cmd = [sys.executable, str(APP), "-m", f"out={rec}", f"hydra.sweep.dir={tmp_path / 'sweep'}", SEARCHPATH,
-           "hydra/launcher=gpus", "hydra.launcher.slots=2", "+i=1,2,3", "sleep=60"]
+    cmd = [
+        sys.executable,
+        str(APP),
+        "-m",
+        f"out={rec}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        SEARCHPATH,
+        "hydra/launcher=gpus",
+        "hydra.launcher.slots=2",
+        "+i=1,2,3",
+        "sleep=60",
+    ]
     # as from a terminal: SIGINT handled even when the tests run in the background (`&` ignores it)
-    launcher = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    launcher = subprocess.Popen(
+        cmd,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     started = [rec / "job0.started", rec / "job1.started"]
     deadline = time.monotonic() + 60
     while not all(p.exists() and p.read_text() for p in started):
@@ -166,7 +208,18 @@ class TestGpusLauncher(LauncherTestSuite):
 
 @pytest.mark.parametrize(
     "task_launcher_cfg, extra_flags",
-    [({}, ["-m", "hydra/hydra_logging=disabled", "hydra/job_logging=disabled", SEARCHPATH, "hydra/launcher=gpus"])],
+    [
+        (
+            {},
+            [
+                "-m",
+                "hydra/hydra_logging=disabled",
+                "hydra/job_logging=disabled",
+                SEARCHPATH,
+                "hydra/launcher=gpus",
+            ],
+        )
+    ],
 )
 class TestGpusLauncherIntegration(IntegrationTestSuite):
     """Hydra's integration test suite: the launcher from a real app's command line."""
@@ -177,11 +230,31 @@ class TestGpusLauncherIntegration(IntegrationTestSuite):
 def test_qvtune_sweep_on_two_slots_then_a_relaunch_runs_nothing(tmp_path: Path) -> None:
     """The demo-like sweep of qvtune itself on 2 slots: every run completes on its own share of the
     cores; launched again, the sweep finds every run finished and starts no job."""
-    cmd = [sys.executable, "-m", "qvtune.run", "-m", "model=tiny-bert", "task=synthetic", "targets=q,v,qv", "epochs=1",
-           "max_train_samples=128", "max_eval_samples=64", "wandb.mode=disabled", f"results_dir={tmp_path / 'results'}",
-           f"cache_dir={tmp_path / 'cache'}", "hydra/launcher=gpus", "hydra.launcher.devices=[]", "hydra.launcher.slots=2"]
-    r = subprocess.run(cmd + [f"hydra.sweep.dir={tmp_path / 'sweep1'}"], cwd=tmp_path, capture_output=True, text=True,
-                       timeout=240)
+    cmd = [
+        sys.executable,
+        "-m",
+        "qvtune.run",
+        "-m",
+        "model=tiny-bert",
+        "task=synthetic",
+        "targets=q,v,qv",
+        "epochs=1",
+        "max_train_samples=128",
+        "max_eval_samples=64",
+        "wandb.mode=disabled",
+        f"results_dir={tmp_path / 'results'}",
+        f"cache_dir={tmp_path / 'cache'}",
+        "hydra/launcher=gpus",
+        "hydra.launcher.devices=[]",
+        "hydra.launcher.slots=2",
+    ]
+    r = subprocess.run(
+        cmd + [f"hydra.sweep.dir={tmp_path / 'sweep1'}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     recs = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "results").glob("*/result.json")}
     assert sorted(x["config"]["targets"] for x in recs.values()) == ["q", "qv", "v"]
@@ -189,8 +262,13 @@ def test_qvtune_sweep_on_two_slots_then_a_relaunch_runs_nothing(tmp_path: Path) 
     shares = {len(s.cores) for s in plan_slots([], 2, CORES)}
     assert all(x["threads"] in shares for x in recs.values())
 
-    r = subprocess.run(cmd + [f"hydra.sweep.dir={tmp_path / 'sweep2'}"], cwd=tmp_path, capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        cmd + [f"hydra.sweep.dir={tmp_path / 'sweep2'}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Launching" not in r.stdout + r.stderr  # the launcher was not even called
     again = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "results").glob("*/result.json")}

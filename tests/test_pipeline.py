@@ -1,5 +1,6 @@
 """From a real run to a table cell: a tiny sweep over the weight types writes records, the collector
 reads them into the comparison table, and `python -m qvtune.collect summary` writes it as Markdown."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,9 +15,17 @@ TARGETS = ["q", "k", "v", "qv", "qkv"]
 # tiny-bert's default init (std 0.02) gives features that hardly depend on the input, so every run would
 # predict one class and score alike; at std 0.3 the five runs score differently and a cell put in the
 # wrong column shows.
-ARGS = ["model=tiny-bert", "+model.arch.initializer_range=0.3", "task=synthetic",
-        f"targets={','.join(TARGETS)}", "lr=1e-2", "epochs=1", "task.synthetic.train_size=320",
-        "task.synthetic.eval_size=128", "wandb.mode=disabled"]
+ARGS = [
+    "model=tiny-bert",
+    "+model.arch.initializer_range=0.3",
+    "task=synthetic",
+    f"targets={','.join(TARGETS)}",
+    "lr=1e-2",
+    "epochs=1",
+    "task.synthetic.train_size=320",
+    "task.synthetic.eval_size=128",
+    "wandb.mode=disabled",
+]
 
 
 def markdown_row(text: str, row: str) -> dict[str, str]:
@@ -24,7 +33,7 @@ def markdown_row(text: str, row: str) -> dict[str, str]:
     lines = text.splitlines()
     header_at = next(i for i, line in enumerate(lines) if line.startswith("| ") and line.count("|") > 2)
     header = [h.strip() for h in lines[header_at].strip("|").split("|")]
-    [line] = [line for line in lines[header_at + 2:] if line.startswith(f"| {row} |")]
+    [line] = [line for line in lines[header_at + 2 :] if line.startswith(f"| {row} |")]
     return dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
 
 
@@ -55,8 +64,18 @@ def test_real_runs_reach_the_comparison_table_and_its_markdown(tmp_path: Path) -
         assert cell["n"] == 1 and cell["n_expected"] == 1 and cell["completed"] == 1, t
         assert cell["failed"] == cell["running"] == cell["diverged"] == 0, t
 
-    summary = run_cli("summary", "--results", str(results), "--out", str(out), "--wandb", "disabled",
-                      cwd=tmp_path, timeout=300, module="qvtune.collect")
+    summary = run_cli(
+        "summary",
+        "--results",
+        str(results),
+        "--out",
+        str(out),
+        "--wandb",
+        "disabled",
+        cwd=tmp_path,
+        timeout=300,
+        module="qvtune.collect",
+    )
     assert summary.returncode == 0, summary.stderr[-3000:] + summary.stdout[-3000:]
     compare_md = out / "compare.md"
     assert compare_md.exists(), sorted(p.name for p in out.iterdir())

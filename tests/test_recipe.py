@@ -13,7 +13,8 @@ from tests.helpers import make_config
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 PAPER = {"table1": "paper", "table2": "paper", "heatmap": "paper", "curves": "paper",
-         "table1-llama": "paper-llama", "heatmap-llama": "paper-llama", "demo": "fast"}
+         "table1-llama": "paper-llama", "heatmap-llama": "paper-llama", "demo": "fast",
+         "search": "fast"}
 
 
 def test_every_sweep_file_names_its_recipe():
@@ -26,6 +27,7 @@ def test_paper_recipe_sets_the_scripts_values():
     cfg = make_config("+sweep=table2")
     assert (cfg.dropout, cfg.attention_dropout, cfg.precision, cfg.model.dtype) == (0.1, None, "fp16", "float32")
     assert (cfg.padding, cfg.group_by_length, cfg.batch_size, cfg.max_len) == ("max", False, 32, 128)
+    assert cfg.max_batch_tokens is None
     assert (list(cfg.optim.betas), cfg.optim.max_grad_norm, cfg.optim.scheduler) == ([0.9, 0.99], 1.0, "linear")
     assert (cfg.optim.grouping, cfg.optim.weight_decay, cfg.optim.warmup_ratio) == ("by_module", 0.0, 0.0)
     llama = make_config("+sweep=heatmap-llama")

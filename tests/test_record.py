@@ -1,5 +1,6 @@
 """The run record and the results store: a record's life (start, finish, fail), its layout (result.json
 and curves.json), schema 1 records, validation, the run lock across processes, atomic writes."""
+
 from __future__ import annotations
 
 import json
@@ -31,11 +32,25 @@ from tests.helpers import ROOT, make_config
 
 def trained_state(**kw: object) -> SimpleNamespace:
     """What qvtune.train.train returns, as far as a record reads it."""
-    history = [{"step": 5, "epoch": 0.5, "metrics": {"accuracy": 0.7}},
-               {"step": 10, "epoch": 1.0, "metrics": {"accuracy": 0.6}}]
-    return SimpleNamespace(status=Status.COMPLETED, error=None, history=history, step=10, samples=320, tokens=4000,
-                           train_s=2.0, eval_s=0.5, train_loss=[[s, 1.0 / s] for s in range(1, 11)],
-                           update_norms=[[10, 0.1, 0.0, 0.2]], lr_trace=[[1, 1e-3, 4e-3, 1e-3]], **kw)
+    history = [
+        {"step": 5, "epoch": 0.5, "metrics": {"accuracy": 0.7}},
+        {"step": 10, "epoch": 1.0, "metrics": {"accuracy": 0.6}},
+    ]
+    return SimpleNamespace(
+        status=Status.COMPLETED,
+        error=None,
+        history=history,
+        step=10,
+        total_steps=10,
+        samples=320,
+        tokens=4000,
+        train_s=2.0,
+        eval_s=0.5,
+        train_loss=[[s, 1.0 / s] for s in range(1, 11)],
+        update_norms=[[10, 0.1, 0.0, 0.2]],
+        lr_trace=[[1, 1e-3, 4e-3, 1e-3]],
+        **kw,
+    )
 
 
 def test_a_record_from_start_to_finish(tmp_path: Path) -> None:
@@ -46,9 +61,14 @@ def test_a_record_from_start_to_finish(tmp_path: Path) -> None:
     assert store.state("abc123abc123").state == State.INTERRUPTED  # says running, nobody holds the lock
     assert not (tmp_path / "abc123abc123" / CURVES_FILE).exists()
 
-    record.finish(trained_state(), {"total": 10, "trainable": 4, "groups": []},
-                  {"wall_s": 5.0, "setup_s": 2.0, "load_s": 1.0, "data_s": 0.5},
-                  {"peak_rss_mb": 900.0, "peak_gpu_mb": None}, "cpu", 2)
+    record.finish(
+        trained_state(),
+        {"total": 10, "trainable": 4, "groups": []},
+        {"wall_s": 5.0, "setup_s": 2.0, "load_s": 1.0, "data_s": 0.5},
+        {"peak_rss_mb": 900.0, "peak_gpu_mb": None},
+        "cpu",
+        2,
+    )
     store.write(record)
     summary = json.loads((tmp_path / "abc123abc123" / RESULT_FILE).read_text())
     assert summary["schema"] == SCHEMA_VERSION == 2 and summary["status"] == "completed"
@@ -76,8 +96,13 @@ def test_a_failure_is_recorded_with_its_traceback() -> None:
 
 def schema_1(record: RunRecord) -> dict:
     """The record as qvtune wrote it before curves.json: curves inline, no precision, tokens, device."""
-    old = {**record.to_dict(), "schema": 1, "train_loss": record.curves.train_loss,
-           "update_norms": record.curves.update_norms, "lr_trace": record.curves.lr_trace}
+    old = {
+        **record.to_dict(),
+        "schema": 1,
+        "train_loss": record.curves.train_loss,
+        "update_norms": record.curves.update_norms,
+        "lr_trace": record.curves.lr_trace,
+    }
     for later in ("curves_file", "precision", "tokens", "device", "threads", "peak_gpu_mb", "traceback"):
         del old[later]
     return old
@@ -102,8 +127,15 @@ def test_schema_1_records_load_everywhere(tmp_path: Path) -> None:
     loss, dev, metric = curves._series(results, coll.runs)
     assert [len(c) for c in loss] == [30, 30] and len(dev) == 2 and metric == "accuracy"
 
-    cfg = make_config("model=roberta-base", "task=mnli", "method=lora", "max_steps=100", "batch_size=32",
-                      "grad_accum=1", f"results_dir={results}")
+    cfg = make_config(
+        "model=roberta-base",
+        "task=mnli",
+        "method=lora",
+        "max_steps=100",
+        "batch_size=32",
+        "grad_accum=1",
+        f"results_dir={results}",
+    )
     assert plan.estimate_seconds(cfg) == pytest.approx(100 * 32 / 100.0 + 20.0)
 
 
@@ -173,7 +205,8 @@ def test_collector_and_store_work_without_fcntl(tmp_path: Path) -> None:
         "coll = load(root)\n"
         "store = ResultsStore(root)\n"
         "key = coll.runs['run_key'][0]\n"
-        "print(len(coll.runs), store.state(key).state, 'fcntl' in sys.modules and sys.modules['fcntl'] is None)\n"
+        "print(len(coll.runs), store.state(key).state,\n"
+        "      'fcntl' in sys.modules and sys.modules['fcntl'] is None)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,4 +1,5 @@
 """`python -m qvtune.rekey`: a store written under earlier run keys is moved to today's keys."""
+
 import json
 import shutil
 
@@ -6,8 +7,15 @@ from qvtune.identity import run_key
 from qvtune.rekey import rekey
 from tests.helpers import make_config, records, run_cli
 
-ARGS = ["model=tiny-bert", "task=synthetic", "targets=qv", "epochs=1", "task.synthetic.train_size=64",
-        "task.synthetic.eval_size=32", "wandb.mode=disabled"]
+ARGS = [
+    "model=tiny-bert",
+    "task=synthetic",
+    "targets=qv",
+    "epochs=1",
+    "task.synthetic.train_size=64",
+    "task.synthetic.eval_size=32",
+    "wandb.mode=disabled",
+]
 
 
 def as_earlier_version(folder, old_key, **changes):
@@ -38,9 +46,10 @@ def test_rekey_moves_earlier_runs_to_todays_keys(tmp_path):
     record["device"] = "cuda"
     (gpu / "result.json").write_text(json.dumps(record))
 
-    assert rekey(results, dry_run=True) == [f"would move 0123456789ab -> {key}",
-                                           "left gpu-run: a GPU run with precision=auto that did not record bf16 "
-                                           "or fp16"]
+    assert rekey(results, dry_run=True) == [
+        f"would move 0123456789ab -> {key}",
+        "left gpu-run: a GPU run with precision=auto that did not record bf16 or fp16",
+    ]
     assert (results / "0123456789ab").exists()
     lines = rekey(results)
     assert lines[0] == f"moved 0123456789ab -> {key}" and not (results / "0123456789ab").exists()

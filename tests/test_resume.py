@@ -5,6 +5,7 @@ The model trains with dropout (BERT's hidden dropout 0.1, stated in the override
 not rest on a default, and LoRA dropout 0.1), so the resumed steps match only if the checkpoint restores
 the random number generator along with the weights, the optimizer and the schedule.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,10 +28,23 @@ EVAL_EVERY = 20
 KILL_AFTER = 22  # kill once a periodic evaluation (step 20) is in the checkpoint
 REL = 1e-6
 
-ARGS = ["model=tiny-bert", "+model.arch.hidden_dropout_prob=0.1", "dropout=0.1", "task=synthetic",
-        "targets=qv", "lr=3e-3", "lam=2", f"epochs={EPOCHS}", f"batch_size={BATCH}",
-        f"task.synthetic.train_size={TRAIN_SIZE}", "task.synthetic.eval_size=64", f"eval_every={EVAL_EVERY}",
-        "checkpoint_minutes=0", "threads=1", "wandb.mode=disabled"]
+ARGS = [
+    "model=tiny-bert",
+    "+model.arch.hidden_dropout_prob=0.1",
+    "dropout=0.1",
+    "task=synthetic",
+    "targets=qv",
+    "lr=3e-3",
+    "lam=2",
+    f"epochs={EPOCHS}",
+    f"batch_size={BATCH}",
+    f"task.synthetic.train_size={TRAIN_SIZE}",
+    "task.synthetic.eval_size=64",
+    f"eval_every={EVAL_EVERY}",
+    "checkpoint_minutes=0",
+    "threads=1",
+    "wandb.mode=disabled",
+]
 
 
 def store_args(root: Path) -> list[str]:
@@ -41,8 +55,9 @@ def start(args: list[str], cwd: Path) -> subprocess.Popen:
     """The run in the background, its output in cwd/out.txt and err.txt (a pipe could fill and block it)."""
     env = {**os.environ, **OFFLINE_ENV}
     with open(cwd / "out.txt", "w") as out, open(cwd / "err.txt", "w") as err:
-        return subprocess.Popen([sys.executable, "-m", "qvtune.run", *args], cwd=cwd, env=env,
-                                stdout=out, stderr=err)
+        return subprocess.Popen(
+            [sys.executable, "-m", "qvtune.run", *args], cwd=cwd, env=env, stdout=out, stderr=err
+        )
 
 
 def tail(path: Path) -> str:
@@ -133,8 +148,9 @@ def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_record(tmp_path: Path
     assert_pairs_close(got["lr_trace"], want["lr_trace"], "learning rates")
     assert_pairs_close(got["update_norms"], want["update_norms"], "update norms")
     # the evaluations before the kill come from the checkpoint, the later ones from the resumed run
-    expected_steps = sorted({*range(EVAL_EVERY, TOTAL + 1, EVAL_EVERY),
-                             *range(PER_EPOCH, TOTAL + 1, PER_EPOCH)})
+    expected_steps = sorted(
+        {*range(EVAL_EVERY, TOTAL + 1, EVAL_EVERY), *range(PER_EPOCH, TOTAL + 1, PER_EPOCH)}
+    )
     assert [h["step"] for h in got["history"]] == [h["step"] for h in want["history"]] == expected_steps
     assert any(h["step"] < step for h in got["history"]) and any(h["step"] > step for h in got["history"])
     for g, w in zip(got["history"], want["history"]):

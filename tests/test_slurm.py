@@ -267,3 +267,27 @@ def test_run_past_its_time_limit_is_requeued_and_resumes(tmp_path: Path, name: s
     assert r.returncode == 0, r.stderr[-3000:]
     assert records(results)[rec["run_key"]]["finished_at"] == rec["finished_at"]
     assert not (tmp_path / "sweep2" / ".submitit").exists(), "re-ran a finished run"
+
+
+@pytest.mark.timeout(600)
+def test_halving_search_on_slurm_picks_from_its_records(tmp_path: Path, name: str) -> None:
+    """A 2 x 2 grid, 2 seeds, rungs at 1/2 and 1: 8 Slurm jobs, then the best 2 cells' 4 again."""
+    grid = ["targets=qv", "epochs=2", "max_train_samples=128", "max_eval_samples=64", "batch_size=16",
+            "lr=1e-2,3e-2", "lr_v=3e-2,1e-1", "seed=0,1", "hydra.sweeper.search=halving",
+            "hydra.sweeper.halving.eta=2", "hydra.sweeper.halving.min_fraction=0.5"]
+    r = run(qvtune(tmp_path, "slurm", *grid, *slurm(name, tmp_path / "sweep")), tmp_path, timeout=540)
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = list(records(tmp_path / "slurm").values())
+    assert len(recs) == 8
+    # ceil(4 / 2) cells go on to the full budget
+    assert sorted(rec["status"] for rec in recs) == ["completed"] * 4 + ["paused"] * 4
+    assert all(rec["steps"] == 8 for rec in recs if rec["status"] == "paused")  # half of 16 steps
+    (found,) = (tmp_path / "slurm" / "searches").glob("*.json")
+    (group,) = json.loads(found.read_text())["groups"]
+    done: dict[tuple[float, float], list[float]] = {}
+    for rec in recs:
+        if rec["status"] == "completed":
+            done.setdefault((rec["rates"]["qk"], rec["rates"]["v"]), []).append(rec["final"]["accuracy"])
+    means = {cell: sum(v) / len(v) for cell, v in done.items()}
+    assert group["pick"]["score"] == pytest.approx(max(means.values()))
+    assert means[(group["pick"]["lr"], group["pick"]["lr_v"])] == pytest.approx(max(means.values()))

@@ -5,7 +5,8 @@ import pytest
 
 from tests.helpers import records, run_cli
 
-CLAIMED = {"table1": 216, "table1-llama": 72, "table2": 504, "heatmap": 432, "heatmap-llama": 105, "curves": 6, "demo": 13}
+CLAIMED = {"table1": 216, "table1-llama": 72, "table2": 504, "heatmap": 432, "heatmap-llama": 105, "curves": 6, "demo": 13,
+           "search": 48}
 
 
 @pytest.mark.parametrize("sweep", sorted(CLAIMED))

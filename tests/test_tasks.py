@@ -1,4 +1,5 @@
 """Task data: the GLUE TSV reader on the real files, the synthetic task, and the paper's metrics."""
+
 import numpy as np
 import pytest
 
@@ -7,7 +8,10 @@ from qvtune.vocab import WORDS
 from tests.helpers import make_config
 
 
-@pytest.mark.parametrize("task, train_rows, dev_rows, first_label", [("rte", 2490, 277, 1), ("mrpc", 3668, 408, 1), ("sst2", 67349, 872, 0)])
+@pytest.mark.parametrize(
+    "task, train_rows, dev_rows, first_label",
+    [("rte", 2490, 277, 1), ("mrpc", 3668, 408, 1), ("sst2", 67349, 872, 0)],
+)
 def test_glue_tsv_reader_on_real_files(glue_dir, task, train_rows, dev_rows, first_label):
     cfg = make_config(f"task={task}", f"data_dir={glue_dir}")
     data = load_task(cfg.task, cfg.data_dir)
@@ -26,18 +30,25 @@ def test_mrpc_byte_order_mark_and_columns(glue_dir):
 
 def test_headerless_cola_and_regression_stsb(tmp_path):
     (tmp_path / "CoLA").mkdir()
-    (tmp_path / "CoLA" / "train.tsv").write_text("gj04\t1\t\tOur friends won't buy this analysis.\nclc95\t0\t*\tHe left of the room.\n")
+    (tmp_path / "CoLA" / "train.tsv").write_text(
+        "gj04\t1\t\tOur friends won't buy this analysis.\nclc95\t0\t*\tHe left of the room.\n"
+    )
     cola = read_glue_tsv(tmp_path / "CoLA" / "train.tsv", make_config("task=cola").task)
     assert cola.labels.tolist() == [1, 0] and cola.columns[0][1] == "He left of the room."
-    (tmp_path / "stsb.tsv").write_text("index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
-                                        "0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA plane is taking off.\tAn air plane is taking off.\t5.000\n")
+    (tmp_path / "stsb.tsv").write_text(
+        "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+        "0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\t"
+        "A plane is taking off.\tAn air plane is taking off.\t5.000\n"
+    )
     stsb = read_glue_tsv(tmp_path / "stsb.tsv", make_config("task=stsb").task)
     assert stsb.labels.dtype == np.float32 and stsb.labels[0] == 5.0
 
 
 def test_string_labels_outside_the_task_fail_clearly(tmp_path):
     (tmp_path / "x.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tmaybe\n")
-    with pytest.raises(ValueError, match=r"labels \['maybe'\] are not among \['entailment', 'not_entailment'\]"):
+    with pytest.raises(
+        ValueError, match=r"labels \['maybe'\] are not among \['entailment', 'not_entailment'\]"
+    ):
         read_glue_tsv(tmp_path / "x.tsv", make_config("task=rte").task)
 
 
@@ -66,10 +77,16 @@ def test_metrics_match_their_definitions():
     assert cola["accuracy"] == 0.75 and cola["matthews"] == pytest.approx(0.5773502691896258)
     mnli_task = make_config("task=mnli").task
     three = np.eye(3)[[0, 1, 2, 0]]
-    mnli = compute_metrics(mnli_task, {"validation_matched": three, "validation_mismatched": three[::-1]},
-                           {"validation_matched": np.array([0, 1, 2, 0]), "validation_mismatched": np.array([0, 1, 2, 0])})
+    mnli = compute_metrics(
+        mnli_task,
+        {"validation_matched": three, "validation_mismatched": three[::-1]},
+        {"validation_matched": np.array([0, 1, 2, 0]), "validation_mismatched": np.array([0, 1, 2, 0])},
+    )
     assert mnli["validation_matched/accuracy"] == 1.0 and mnli["validation_mismatched/accuracy"] == 0.5
     assert mnli["accuracy"] == 0.75  # the paper's MNLI figure: the mean of matched and mismatched
-    stsb = compute_metrics(make_config("task=stsb").task, {"validation": np.array([[1.0], [2.0], [4.0]])},
-                           {"validation": np.array([1.0, 2.0, 3.0])})
+    stsb = compute_metrics(
+        make_config("task=stsb").task,
+        {"validation": np.array([[1.0], [2.0], [4.0]])},
+        {"validation": np.array([1.0, 2.0, 3.0])},
+    )
     assert stsb["pearson"] == pytest.approx(0.9819805060619657) and stsb["spearman"] == pytest.approx(1.0)

@@ -2,6 +2,7 @@
 per-matrix bound to Theorem 1's factors 4 and 6, the grouped-query ratio worked out by hand, the
 width-scaling slopes of Theorem 2's toy model, and the ordering of attention's learning stages.
 Small settings through the same public functions keep the file well under a minute on 2 CPU cores."""
+
 from __future__ import annotations
 
 import json
@@ -65,15 +66,18 @@ def test_bound_command_writes_numbers(tmp_path, capsys) -> None:
     assert "0.8498" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("argv", "expected"), [
-    (["bound", "modle=roberta-base"], "unknown key 'modle'"),
-    (["bound", "model=gpt-9"], "available: llama3.1-8b, minilm"),
-    (["bound", "rank=abc"], "rank='abc'"),
-    (["toy", "widths=[64,abc]"], "widths[1]='abc'"),
-    (["stages", "frac=1.5"], "frac=1.5"),
-    (["stages", "lams"], "expected key=value"),
-    (["nope"], "unknown command 'nope'"),
-])
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["bound", "modle=roberta-base"], "unknown key 'modle'"),
+        (["bound", "model=gpt-9"], "available: llama3.1-8b, minilm"),
+        (["bound", "rank=abc"], "rank='abc'"),
+        (["toy", "widths=[64,abc]"], "widths[1]='abc'"),
+        (["stages", "frac=1.5"], "frac=1.5"),
+        (["stages", "lams"], "expected key=value"),
+        (["nope"], "unknown command 'nope'"),
+    ],
+)
 def test_bad_command_lines_fail_with_one_line(argv, expected, capsys) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -130,8 +134,14 @@ def test_paper_delta3_misses_a_factor_U() -> None:
         a, b = a - eta_a * x * U * b, b - eta_b * (x @ a) * U
 
 
-SMALL = toy.Config(widths=[64, 256, 1024, 4096], settings=[[-1, 0], [0, 0], [-1, -1], [-0.5, -0.5]],
-                   seeds=128, samples=4, rank=2, search_pairs=512)
+SMALL = toy.Config(
+    widths=[64, 256, 1024, 4096],
+    settings=[[-1, 0], [0, 0], [-1, -1], [-0.5, -0.5]],
+    seeds=128,
+    samples=4,
+    rank=2,
+    search_pairs=512,
+)
 
 
 @pytest.mark.parametrize("init", ["a", "b"])

@@ -1,5 +1,6 @@
 """The training loop's arithmetic without a model: the learning-rate factor, the divergence stop and the
 number of optimizer steps. Every expected number is worked out by hand in the test."""
+
 from __future__ import annotations
 
 import math
@@ -157,8 +158,9 @@ def test_noisy_but_bounded_loss_never_diverges() -> None:
 # plan_steps(n_train, cfg) -> (optimizer steps, micro-batches per epoch)
 
 
-def plan(n_train: int, batch_size: int, epochs: float, grad_accum: int = 1,
-         max_steps: Optional[int] = None) -> tuple[int, int]:
+def plan(
+    n_train: int, batch_size: int, epochs: float, grad_accum: int = 1, max_steps: Optional[int] = None
+) -> tuple[int, int]:
     cfg = SimpleNamespace(batch_size=batch_size, epochs=epochs, grad_accum=grad_accum, max_steps=max_steps)
     return plan_steps(n_train, cfg)
 

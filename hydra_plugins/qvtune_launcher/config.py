@@ -3,8 +3,9 @@
 conf/hydra/launcher/gpus.yaml extends it, so that every launcher choice of the project is a yaml
 file in one folder. This module is imported during Hydra's plugin discovery: keep it light.
 """
+
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -14,7 +15,7 @@ class GpusLauncherConf:
     _target_: str = "hydra_plugins.qvtune_launcher.gpus_launcher.GpusLauncher"
     # GPU ids, one per job at a time (CUDA_VISIBLE_DEVICES=<id>). None: the visible GPUs
     # (CUDA_VISIBLE_DEVICES, else nvidia-smi, else torch). An empty list: CPU-core slots.
-    devices: Optional[List[str]] = None
+    devices: Optional[list[str]] = None
     # Jobs at once. None: one per device, or 1 on a CPU-only machine. More slots than devices
     # cycles the devices (several small runs per GPU); on CPU the cores are split into this many groups.
     slots: Optional[int] = None

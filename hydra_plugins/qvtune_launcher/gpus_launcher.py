@@ -8,6 +8,7 @@ once on every GPU: neither fits a queue of fine-tuning runs on a multi-GPU box.
 Each job runs in its own spawned process, so the environment is set before anything imports torch
 or initialises CUDA, and a job that crashes (exception, segfault, OOM kill) fails alone.
 """
+
 import contextlib
 import ctypes
 import itertools
@@ -22,10 +23,11 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional
 
 import cloudpickle
 from hydra.core.singleton import Singleton
@@ -49,7 +51,11 @@ class Slot(NamedTuple):
     def env(self) -> dict[str, str]:
         threads = str(len(self.cores))
         # An empty CUDA_VISIBLE_DEVICES hides every GPU: a CPU slot stays on the CPU.
-        return {"CUDA_VISIBLE_DEVICES": self.device or "", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        return {
+            "CUDA_VISIBLE_DEVICES": self.device or "",
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+        }
 
     def __str__(self) -> str:
         cores = f"cpus {self.cores[0]}-{self.cores[-1]}" if len(self.cores) > 1 else f"cpu {self.cores[0]}"
@@ -60,11 +66,17 @@ def visible_gpus() -> list[str]:
     """GPU ids this process may use; asked only at launch, since torch takes seconds to import."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:  # CUDA ignores every id from the first negative one on
-        return list(itertools.takewhile(lambda d: not d.startswith("-"), filter(None, map(str.strip, env.split(",")))))
+        return list(
+            itertools.takewhile(lambda d: not d.startswith("-"), filter(None, map(str.strip, env.split(","))))
+        )
     if shutil.which("nvidia-smi"):
         with contextlib.suppress(OSError, subprocess.SubprocessError):
-            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=True).stdout
-            return [str(i) for i, _ in enumerate(l for l in out.splitlines() if l.startswith("GPU "))]
+            out = subprocess.run(
+                ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=True
+            ).stdout
+            return [
+                str(i) for i, _ in enumerate(line for line in out.splitlines() if line.startswith("GPU "))
+            ]
     if not (os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/kfd")):
         return []  # no NVIDIA or AMD driver loaded: not worth importing torch to hear "0"
     try:
@@ -80,13 +92,14 @@ def plan_slots(devices: Sequence[str], slots: Optional[int], cores: Sequence[int
     if n < 1 or not cores:
         raise ValueError(f"need at least one slot and one core, got slots={n}, cores={list(cores)}")
     k = min(n, len(cores))
-    groups = [tuple(cores[i * len(cores) // k:(i + 1) * len(cores) // k]) for i in range(k)]
+    groups = [tuple(cores[i * len(cores) // k : (i + 1) * len(cores) // k]) for i in range(k)]
     return [Slot(devices[i % len(devices)] if devices else None, groups[i % k]) for i in range(n)]
 
 
 class GpusLauncher(Launcher):
-    def __init__(self, devices: Optional[Sequence[Any]] = None, slots: Optional[int] = None,
-                 stop_grace_s: float = 30.0) -> None:
+    def __init__(
+        self, devices: Optional[Sequence[Any]] = None, slots: Optional[int] = None, stop_grace_s: float = 30.0
+    ) -> None:
         self.devices = None if devices is None else [str(d) for d in devices]
         self.slots = slots
         self.stop_grace_s = stop_grace_s
@@ -112,7 +125,10 @@ class GpusLauncher(Launcher):
         return _Pool(slots, shared, self.compose, self.stop_grace_s).run(jobs)
 
     def compose(self, idx: int, overrides: list[str]) -> DictConfig:
-        """The job's config, composed by the launcher when the job starts: errors surface here, not in a worker."""
+        """The job's config, composed by the launcher when the job starts.
+
+        Errors surface here, not in a worker.
+        """
         assert self.config is not None and self.hydra_context is not None
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         with open_dict(cfg):
@@ -133,8 +149,13 @@ class _Running:
 class _Pool:
     """Starts each job in a spawned process on a free slot and collects the JobReturns in job order."""
 
-    def __init__(self, slots: list[Slot], shared: bytes, compose: Callable[[int, list[str]], DictConfig],
-                 grace_s: float) -> None:
+    def __init__(
+        self,
+        slots: list[Slot],
+        shared: bytes,
+        compose: Callable[[int, list[str]], DictConfig],
+        grace_s: float,
+    ) -> None:
         self.slots = slots
         self.shared = shared
         self.compose = compose
@@ -168,7 +189,8 @@ class _Pool:
         log.info(f"\t#{idx} on {self.slots[slot]} : {' '.join(filter_overrides(overrides))}")
         receive, send = self.ctx.Pipe(duplex=False)
         process = self.ctx.Process(
-            target=_job_main, name=f"hydra-job-{idx}",
+            target=_job_main,
+            name=f"hydra-job-{idx}",
             args=(self.shared, cloudpickle.dumps(cfg), self.slots[slot], os.getpid(), send),
         )
         with _environ(self.slots[slot].env()):  # the child's environment from its first instruction
@@ -208,14 +230,19 @@ class _Pool:
 
 
 def _failed(job: _Running, reason: str) -> JobReturn:
-    return JobReturn(overrides=job.overrides, status=JobStatus.FAILED,
-                     _return_value=RuntimeError(f"job #{job.idx} failed: {reason}"))
+    return JobReturn(
+        overrides=job.overrides,
+        status=JobStatus.FAILED,
+        _return_value=RuntimeError(f"job #{job.idx} failed: {reason}"),
+    )
 
 
 def _job_main(shared: bytes, cfg: bytes, slot: Slot, parent: int, conn: Connection) -> None:
     """The job's process: its own process group, its cores, then the Hydra job; sends back the JobReturn."""
     os.setpgid(0, 0)  # a terminal's Ctrl-C reaches only the launcher, which then stops each job once
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if the launcher started with it ignored (nohup, &)
+    signal.signal(
+        signal.SIGINT, signal.default_int_handler
+    )  # even if the launcher started with it ignored (nohup, &)
     if sys.platform == "linux":  # no orphan if the launcher is killed outright
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
         if os.getppid() != parent:
@@ -227,14 +254,21 @@ def _job_main(shared: bytes, cfg: bytes, slot: Slot, parent: int, conn: Connecti
     setup_globals()
     Singleton.set_state(state)
     config = cloudpickle.loads(cfg)
-    ret = run_job(hydra_context=hydra_context, task_function=task_function, config=config,
-                  job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+    ret = run_job(
+        hydra_context=hydra_context,
+        task_function=task_function,
+        config=config,
+        job_dir_key="hydra.sweep.dir",
+        job_subdir_key="hydra.sweep.subdir",
+    )
     if ret.status == JobStatus.FAILED:  # the launcher only sees the exception, not where it came from
         traceback.print_exception(ret._return_value, file=sys.stderr)
     try:
         data = cloudpickle.dumps(ret)
     except Exception:  # noqa: BLE001  e.g. an exception or return value that does not pickle
-        ret.return_value = RuntimeError(f"unpicklable result of job {config.hydra.job.num}: {ret._return_value!r}")
+        ret.return_value = RuntimeError(
+            f"unpicklable result of job {config.hydra.job.num}: {ret._return_value!r}"
+        )
         ret.status = JobStatus.FAILED
         data = cloudpickle.dumps(ret)
     conn.send_bytes(data)

@@ -7,17 +7,23 @@ usual) plus three things a grid of hundreds of fine-tuning runs needs:
   sweep before hundreds of jobs are queued;
 - runs whose key is already completed (or diverged) in the results store are not launched again,
   and `plan=true` lists every run with its state and a cost estimate instead of launching
-  (qvtune.plan: the store lookup, the plan and the estimate).
+  (qvtune.plan: the store lookup, the plan and the estimate);
+- `hydra.sweeper.search=halving`: successive halving over the grid's learning rates, one batch of
+  jobs per rung through the configured launcher (qvtune.search: the arithmetic).
 
 Hydra imports this module outside sys.modules while scanning plugins: no `from __future__ import
 annotations` here, since dataclasses then cannot resolve their field types.
 """
 import copy
+import json
 import logging
+import math
 import sys
-from dataclasses import dataclass
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, cast
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -28,9 +34,16 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 if TYPE_CHECKING:
+    from qvtune.config import RunConfig
     from qvtune.plan import Job
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class HalvingConf:
+    eta: float = 3.0  # the reduction factor: a rung keeps the best ceil(n / eta) cells
+    min_fraction: float = 1 / 9  # the first rung's fraction of the full budget; rungs grow by eta
 
 
 @dataclass
@@ -39,6 +52,8 @@ class QvtuneSweeperConf:
     max_batch_size: Optional[int] = None
     params: Optional[Dict[str, str]] = None
     grids: Optional[List[Dict[str, Any]]] = None
+    search: Optional[str] = None  # null: run the whole grid; halving: successive halving over it
+    halving: HalvingConf = field(default_factory=HalvingConf)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="qvtune", node=QvtuneSweeperConf, provider="qvtune")
@@ -46,9 +61,12 @@ ConfigStore.instance().store(group="hydra/sweeper", name="qvtune", node=QvtuneSw
 
 class QvtuneSweeper(BasicSweeper):
     def __init__(self, max_batch_size: Optional[int], params: Optional[dict[str, str]] = None,
-                 grids: Optional[list[dict[str, str]]] = None) -> None:
+                 grids: Optional[list[dict[str, str]]] = None, search: Optional[str] = None,
+                 halving: Optional[Mapping[str, Any]] = None) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.grids = [dict(g) for g in grids or []]
+        self.search = search
+        self.halving = HalvingConf(**(halving or {}))
         self._composed: dict[tuple[str, ...], DictConfig] = {}
 
     def expand(self, arguments: list[str]) -> list[list[str]]:
@@ -75,7 +93,7 @@ class QvtuneSweeper(BasicSweeper):
         inspected, problems, keys = [], [], set()
         for i, overrides in enumerate(jobs):
             try:
-                cfg = self.compose(overrides)
+                cfg = cast("RunConfig", self.compose(overrides))  # a DictConfig of the schema, typed as it
             except HydraException as e:
                 problems.append(f"job {i} ({' '.join(overrides)}): {e}")
                 continue
@@ -100,11 +118,13 @@ class QvtuneSweeper(BasicSweeper):
         distinct choice of config groups and then applies the value overrides; so does this, with
         the composed trees cached, since composing takes a good fraction of a second per job."""
         assert self.hydra_context is not None and self.config is not None
-        loader = self.hydra_context.config_loader
+        # HydraContext types its loader as the ConfigLoader interface; Hydra's is ConfigLoaderImpl
+        loader = cast(ConfigLoaderImpl, self.hydra_context.config_loader)
         parsed = OverridesParser.create().parse_overrides(list(overrides))
         groups = [o for o in parsed if loader.repository.group_exists(o.key_or_group)]
         values = [o for o in parsed if o not in groups]
-        choice = tuple(o.input_line for o in groups)
+        # input_line is Optional in Hydra's types, but the parser sets it on every override it parses
+        choice = tuple(cast(str, o.input_line) for o in groups)
         if choice not in self._composed:
             self._composed[choice] = loader.load_sweep_config(self.config, list(choice))
         cfg = copy.deepcopy(self._composed[choice])
@@ -115,7 +135,12 @@ class QvtuneSweeper(BasicSweeper):
         from qvtune.plan import launch_summary, print_plan, to_launch
 
         assert self.config is not None and self.launcher is not None
+        check_search(self.search, self.halving)
         jobs = self.inspect(self.expand(arguments))
+        if self.search is not None:
+            if any(override_key(o) == "until" for j in jobs for o in j.overrides):
+                fail(["until: set by the search for each rung; leave it out of a search's overrides"])
+            return self.halving_search(jobs)
         if self.config.plan:
             print_plan(jobs)
             return []
@@ -123,19 +148,201 @@ class QvtuneSweeper(BasicSweeper):
         log.info(launch_summary(jobs))
         if not todo:
             return []
+        return self.launch_all([j.overrides for j in todo], 0)
+
+    def launch_all(self, overrides: list[list[str]], index: int) -> list[Any]:
+        """Launch jobs through the configured launcher in batches of max_batch_size; job numbers
+        start at `index`."""
+        assert self.config is not None and self.launcher is not None
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        overrides = [j.overrides for j in todo]
         self.overrides = list(self.split_overrides_to_chunks(overrides, self.max_batch_size))
+        self.batch_index = 0  # BasicSweeper's cursor into self.overrides: a search launches again
         returns = []
-        index = 0
         while not self.is_done():
             batch = self.get_job_batch()
-            results = self.launcher.launch(batch, initial_job_idx=index)
+            returns.append(self.launcher.launch(batch, initial_job_idx=index))
             index += len(batch)
-            returns.append(results)
         return returns
+
+    def halving_search(self, jobs: "list[Job]") -> list[Any]:
+        """Successive halving: each rung one batch of every surviving (cell, seed) run with `until`
+        set to the rung's fraction; the store says which rungs a re-launch has done already."""
+        from qvtune import search
+        from qvtune.plan import lookup, print_plan
+
+        assert self.config is not None
+        tic = time.monotonic()
+        cells: dict[search.Cell, list[Job]] = {}
+        for j in jobs:
+            cells.setdefault(search.cell_of(j.overrides), []).append(j)
+        groups: dict[search.Cell, list[search.Cell]] = {}
+        for cell in cells:
+            groups.setdefault(search.group_of(cell), []).append(cell)
+        fractions = search.rungs(self.halving.eta, self.halving.min_fraction)
+        if self.config.plan:
+            print_plan(jobs)
+            print_search_cost(cells, groups, fractions, self.halving.eta)
+            return []
+        gpus = launcher_gives_gpus(self.config.hydra.launcher)
+        alive = {g: list(cs) for g, cs in groups.items()}
+        rungs: dict[search.Cell, list[dict[str, Any]]] = {g: [] for g in groups}
+        returns, index = [], 0
+        for k, fraction in enumerate(fractions):
+            last = k == len(fractions) - 1
+            until = None if last else fraction
+            batch = [j for g in alive for c in alive[g] for j in cells[c]]
+            todo = [j for j in batch if not lookup(j.config, gpus)[1].reached(until)]
+            log.info(f"search rung {k + 1}/{len(fractions)} ({fraction:.3g} of the budget): "
+                     f"{len(batch)} runs, {len(batch) - len(todo)} done already, launching {len(todo)}")
+            if todo:
+                until_override = "until=null" if until is None else f"until={until!r}"
+                returns += self.launch_all([[*j.overrides, until_override] for j in todo], index)
+                index += len(todo)
+            for g, survivors in alive.items():
+                scores = {c: search.seed_mean([search.rung_score(lookup(j.config, gpus)[1].record, fraction,
+                                                                 j.config.task.metric) for j in cells[c]])
+                          for c in survivors}
+                promoted = survivors if last else search.promote(survivors, scores, self.halving.eta)
+                rungs[g].append({"fraction": fraction, "scores": scores, "promoted": promoted})
+                alive[g] = promoted
+        wall_s = time.monotonic() - tic
+        answer = search_answer(str(self.search), self.halving, fractions, cells, rungs, gpus, wall_s)
+        write_answer(answer, cells)
+        return returns
+
+
+def override_key(override: str) -> str:
+    from qvtune.search import override_key as key
+
+    return key(override)
+
+
+def fail(problems: list[str]) -> None:
+    """Stop the sweep before anything is launched, one line per problem."""
+    for p in problems:
+        print(f"error: {p}", file=sys.stderr)
+    print(f"error: {len(problems)} problem(s) in the sweep; nothing was launched", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_search(name: Optional[str], halving: HalvingConf) -> None:
+    from qvtune.search import SEARCHES, validate
+
+    problems = [] if name is None or name in SEARCHES else [
+        f"hydra.sweeper.search={name}: expected one of {', '.join(SEARCHES)}, or null for the whole grid"]
+    problems += validate(halving.eta, halving.min_fraction) if name is not None else []
+    if problems:
+        fail(problems)
+
+
+def _rates(job: "Job") -> dict[str, float]:
+    from qvtune.config import learning_rates
+
+    r = learning_rates(job.config)
+    return {"lr": r.qk, "lr_v": r.v, "lam": r.lam}
+
+
+def print_search_cost(cells: dict[Any, "list[Job]"], groups: dict[Any, list[Any]], fractions: list[float],
+                      eta: float) -> None:
+    """The search's worst case (every rung's runs at their budgets) against the grid's."""
+    from qvtune import search
+    from qvtune.plan import estimate_seconds, train_samples
+
+    total: dict[str, float] = {"samples": 0.0, "grid": 0.0, "seconds": 0.0}
+    timed = True
+    names = search.labels(list(groups))
+    for g, group_cells in groups.items():
+        costs = search.worst_case(len(group_cells), eta, fractions)
+        jobs = cells[group_cells[0]]
+        samples = train_samples(jobs[0].config) or 0.0
+        before = 0.0
+        for c in costs:
+            est = estimate_seconds(jobs[0].config, c.fraction - before)
+            timed = timed and est is not None
+            total["seconds"] += (est or 0.0) * c.cells * len(jobs)
+            before = c.fraction
+        frac = search.cost_fraction(costs, len(group_cells))
+        total["samples"] += frac * samples * len(group_cells) * len(jobs)
+        total["grid"] += samples * len(group_cells) * len(jobs)
+        rungs = ", ".join(f"{c.cells} cells x {len(jobs)} seeds to {c.fraction:.3g}" for c in costs)
+        print(f"search {names[g]}: {rungs}")
+    share = total["samples"] / total["grid"] if total["grid"] else math.nan
+    time_part = f"; estimated {total['seconds'] / 3600:.2f} h of compute" if timed else ""
+    print(f"search worst case: {total['samples']:.0f} training samples, {share:.1%} of the grid's "
+          f"{total['grid']:.0f}{time_part}")
+
+
+def search_answer(name: str, halving: HalvingConf, fractions: list[float], cells: dict[Any, "list[Job]"],
+                  rungs: dict[Any, list[dict[str, Any]]], gpus: bool, wall_s: float) -> dict[str, Any]:
+    """The search's result as JSON: per group its pick and every rung's cells and scores, the
+    training samples spent against the full grid's, and this launch's wall time."""
+    from qvtune import search
+    from qvtune.plan import lookup, train_samples
+
+    spent, grid = 0.0, 0.0
+    for jobs in cells.values():
+        for j in jobs:
+            record = lookup(j.config, gpus)[1].record
+            spent += record.samples if record is not None else 0
+            grid += search.full_samples(record) or train_samples(j.config) or 0.0
+    out_groups = []
+    names = search.labels(list(rungs))
+    for g, history in rungs.items():
+        final = history[-1]["scores"]
+        best = search.ranked(list(final), final)
+        pick = None
+        if best:
+            pick = {"cell": list(best[0]), **_rates(cells[best[0]][0]), "score": final[best[0]]}
+        out_groups.append({
+            "group": names[g],
+            "pick": pick,
+            "rungs": [{"fraction": h["fraction"],
+                       "cells": [{"cell": list(c), **_rates(cells[c][0]), "score": s,
+                                  "promoted": c in h["promoted"]}
+                                 for c, s in h["scores"].items()]} for h in history],
+        })
+    first = next(iter(cells.values()))[0].config
+    seeds = sorted({o.split("=", 1)[1] for jobs in cells.values() for j in jobs for o in j.overrides
+                    if override_key(o) == "seed"})
+    grid_id = search.grid_name(list(cells), seeds)
+    return {"search": name, "name": f"{first.sweep_name}-{grid_id}" if first.sweep_name else grid_id,
+            "metric": first.task.metric, "eta": halving.eta, "min_fraction": halving.min_fraction,
+            "rungs": fractions, "seeds": seeds, "groups": out_groups, "samples": spent, "grid_samples": grid,
+            "samples_share": spent / grid if grid else None, "wall_s": wall_s}
+
+
+def _score(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def write_answer(answer: dict[str, Any], cells: dict[Any, "list[Job]"]) -> None:
+    """Print the search's answer and write it to results_dir/searches/<name>.json."""
+    from qvtune.files import atomic_write
+
+    first = next(iter(cells.values()))[0].config
+    path = Path(first.results_dir).expanduser().absolute() / "searches" / f"{answer['name']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(answer, indent=1, sort_keys=True)
+    atomic_write(path, lambda f: f.write(text.encode()))
+    metric = answer["metric"]
+    for g in answer["groups"]:
+        print(f"search {g['group']}:")
+        for k, r in enumerate(g["rungs"]):
+            shown = "  ".join(f"{c['lr']:g}/{c['lr_v']:g}: {_score(c['score'])}{'*' if c['promoted'] else ''}"
+                              for c in r["cells"])
+            print(f"  rung {k + 1} ({r['fraction']:.3g}): {shown}")
+        p = g["pick"]
+        if p is None:
+            print("  no pick: no cell has a score at the full budget")
+        else:
+            print(f"  pick: eta_QK={p['lr']:g} eta_V={p['lr_v']:g} lambda={p['lam']:g}: "
+                  f"{metric} {p['score']:.4f} (seed-mean)")
+    share = answer["samples_share"]
+    print(f"search spent {answer['samples']:.0f} training samples"
+          + (f", {share:.1%} of the grid's {answer['grid_samples']:.0f}" if share is not None else "")
+          + f", in {answer['wall_s']:.0f} s -> {path}")
 
 
 def launcher_gives_gpus(launcher: DictConfig) -> bool:

@@ -5,6 +5,7 @@
 Nothing here imports torch, transformers, peft or qvtune's training code: collecting works on any
 machine that can read the results folder.
 """
+
 from qvtune.collect.commands import summary
 
 __all__ = ["summary"]

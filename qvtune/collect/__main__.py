@@ -4,6 +4,7 @@ Reads every result.json below --results (recursively; the record's own config de
 belongs), writes Markdown / LaTeX / CSV tables and PNG / PDF figures under --out, prints the tables,
 and logs them to W&B as a summary run (offline by default).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,23 +30,47 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Filters use the run config's key names: task=mnli model.name=roberta-base method.name=lora "
         "rank=8 targets=qv lam=4 lr=1e-4 status=completed; commas give alternatives (task=mnli,qqp).",
     )
-    parser.add_argument("command", choices=COMMANDS, help="what to produce; `all` is everything the runs support")
+    parser.add_argument(
+        "command", choices=COMMANDS, help="what to produce; `all` is everything the runs support"
+    )
     parser.add_argument("filters", nargs="*", metavar="key=value", help="keep only runs whose config matches")
     parser.add_argument("--results", default="results", help="the results folder to read (default: results/)")
-    parser.add_argument("--out", default="collected", help="where to write tables and figures (default: collected/)")
-    parser.add_argument("--format", default="md,latex,csv", help="table formats: any of md,latex,csv (default: all)")
-    parser.add_argument("--pick", choices=PICKS, default="final",
-                        help="the evaluation a run scores with: its last (final, default) or its best")
-    parser.add_argument("--floor", type=float, default=None,
-                        help="heatmap cells below this value are drawn in its colour (default: best - 0.10)")
-    parser.add_argument("--pool", action="store_true",
-                        help="put runs of every sweep into one heatmap grid and one pairing "
-                        "(default: each sweep on its own)")
-    parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
-                        help="claim 2's equivalence margin: qv matches qkv when the 90%% interval of "
-                        f"their difference lies within ±margin (metric units; default: {DEFAULT_MARGIN:g})")
-    parser.add_argument("--wandb", choices=WANDB_MODES, default="offline",
-                        help="log the collection as a W&B summary run (default: offline, files under --out)")
+    parser.add_argument(
+        "--out", default="collected", help="where to write tables and figures (default: collected/)"
+    )
+    parser.add_argument(
+        "--format", default="md,latex,csv", help="table formats: any of md,latex,csv (default: all)"
+    )
+    parser.add_argument(
+        "--pick",
+        choices=PICKS,
+        default="final",
+        help="the evaluation a run scores with: its last (final, default) or its best",
+    )
+    parser.add_argument(
+        "--floor",
+        type=float,
+        default=None,
+        help="heatmap cells below this value are drawn in its colour (default: best - 0.10)",
+    )
+    parser.add_argument(
+        "--pool",
+        action="store_true",
+        help="put runs of every sweep into one heatmap grid and one pairing (default: each sweep on its own)",
+    )
+    parser.add_argument(
+        "--margin",
+        type=float,
+        default=DEFAULT_MARGIN,
+        help="claim 2's equivalence margin: qv matches qkv when the 90%% interval of "
+        f"their difference lies within ±margin (metric units; default: {DEFAULT_MARGIN:g})",
+    )
+    parser.add_argument(
+        "--wandb",
+        choices=WANDB_MODES,
+        default="offline",
+        help="log the collection as a W&B summary run (default: offline, files under --out)",
+    )
     parser.add_argument("--wandb-project", default="qvtune", help="W&B project (default: qvtune)")
     return parser
 
@@ -63,21 +88,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     console = Console(highlight=False)
     results = Path(args.results).expanduser()
     if not results.is_dir():
-        console.print(f"[red]no results folder at {escape(str(results))}[/]: give --results DIR (holding run folders)")
+        console.print(
+            f"[red]no results folder at {escape(str(results))}[/]: give --results DIR (holding run folders)"
+        )
         return 2
     coll = load(results, filters, pick=args.pick)
     if coll.runs.empty:
         what = f" matching {' '.join(map(str, filters))}" if filters else ""
         console.print(
-            f"No run records{escape(what)} under {escape(str(results))} ({len(coll.problems)} unreadable file(s)); "
-            "nothing to collect."
+            f"No run records{escape(what)} under {escape(str(results))} "
+            f"({len(coll.problems)} unreadable file(s)); nothing to collect."
         )
         for path, reason in coll.problems:
             console.print(f"[yellow]skipped[/] {escape(str(results / path))}: {escape(reason)}")
         return 0
     try:
-        report = run(args.command, coll, Path(args.out), formats, console, args.floor, filtered=bool(filters),
-                     pool=args.pool, margin=args.margin)
+        report = run(
+            args.command,
+            coll,
+            Path(args.out),
+            formats,
+            console,
+            args.floor,
+            filtered=bool(filters),
+            pool=args.pool,
+            margin=args.margin,
+        )
     except ValueError as e:
         console.print(f"[red]{escape(str(e))}[/]")
         return 2

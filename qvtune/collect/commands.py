@@ -1,4 +1,5 @@
 """The collect commands (table1, table2, heatmap, curves, all, summary) on a loaded collection."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

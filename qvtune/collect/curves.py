@@ -4,6 +4,7 @@ By default each heatmap's best cell is compared with its best lambda = 1 cell, t
 draws; with filters, every setting that matches them is drawn (up to MAX_SETTINGS). Curves are read
 from the few records they need (their curves.json), not kept for every run.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,8 +21,18 @@ from qvtune.figures import save_figure
 from qvtune.record import Curves, RunRecord, Status
 
 MAX_SETTINGS = 8
-_SHOWN = {"model": "model", "task": "task", "method": "method", "targets": "targets", "rank": "r",
-          "alpha": "alpha", "lr": "η_QK", "lr_v": "η_V", "head_lr": "head lr", "epochs": "epochs"}
+_SHOWN = {
+    "model": "model",
+    "task": "task",
+    "method": "method",
+    "targets": "targets",
+    "rank": "r",
+    "alpha": "alpha",
+    "lr": "η_QK",
+    "lr_v": "η_V",
+    "head_lr": "head lr",
+    "epochs": "epochs",
+}
 
 
 @dataclass
@@ -62,11 +73,13 @@ def for_heatmaps(coll: Collection, heatmaps: list[Heatmap]) -> list[CurveSet]:
         both = pd.concat([h.runs_of(runs, cell) for cell in (h.best, h.best_diagonal)])
         settings = sorted(set(both["setting"]))
         names = _labels(both, settings)
-        out.append(CurveSet(
-            name=h.name.replace("heatmap_", "curves_", 1),
-            title=f"{h.title}: best vs best with λ = 1",
-            settings=[(names[s], both[both["setting"] == s]) for s in settings],
-        ))
+        out.append(
+            CurveSet(
+                name=h.name.replace("heatmap_", "curves_", 1),
+                title=f"{h.title}: best vs best with λ = 1",
+                settings=[(names[s], both[both["setting"] == s]) for s in settings],
+            )
+        )
     return out
 
 
@@ -136,7 +149,11 @@ def compute(root: Path, curves: CurveSet) -> pd.DataFrame:
         for series, data in (("train_loss", loss), (metric or "metric", dev)):
             frames.append(band(data).assign(figure=curves.name, setting=label, series=series))
     columns = ["figure", "setting", "series", "step", "mean", "std", "n"]
-    return pd.concat(frames, ignore_index=True).reindex(columns=columns) if frames else pd.DataFrame(columns=columns)
+    return (
+        pd.concat(frames, ignore_index=True).reindex(columns=columns)
+        if frames
+        else pd.DataFrame(columns=columns)
+    )
 
 
 def draw(curves: CurveSet, data: pd.DataFrame) -> Figure:
@@ -151,8 +168,14 @@ def draw(curves: CurveSet, data: pd.DataFrame) -> Figure:
                 continue
             colour = f"C{i}"
             ax.plot(part["step"], part["mean"], color=colour, label=f"{label} (n={int(part['n'].max())})")
-            ax.fill_between(part["step"], part["mean"] - part["std"].fillna(0), part["mean"] + part["std"].fillna(0),
-                            color=colour, alpha=0.2, linewidth=0)
+            ax.fill_between(
+                part["step"],
+                part["mean"] - part["std"].fillna(0),
+                part["mean"] + part["std"].fillna(0),
+                color=colour,
+                alpha=0.2,
+                linewidth=0,
+            )
         ax.set_xlabel("step")
         ax.set_ylabel("training loss" if name == "train_loss" else f"dev {name}")
         ax.grid(alpha=0.3)

@@ -3,6 +3,7 @@
 Drawing is the slowest part of a collection; a worker process draws while the main process builds
 the tables, so `collect all` takes about as long as the longer of the two.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

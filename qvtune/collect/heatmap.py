@@ -4,7 +4,9 @@ A grid is every run of one sweep that shares all settings but the two learning r
 values of each, so that another experiment's runs (Table 1's lambda = 1 runs at other rates) never add
 a row, a column or the best cell. Runs without a sweep name form their own grids; pooling puts every
 sweep's runs in one. As in the paper, the best cell and the lambda = 1 diagonal are drawn in red, and
-cells below a floor are drawn in the floor's colour (their value is still written).
+cells below a floor are drawn in the floor's colour (their value is still written). A cell of a search
+(hydra.sweeper.search=halving) that stopped at an earlier rung shows its score there and the budget it
+reached ("@0.33"), in grey.
 """
 from __future__ import annotations
 
@@ -169,7 +171,7 @@ def _name(heatmaps: list[Heatmap]) -> None:
 
     The sweep is named unless pooled or empty, so one sweep's grid never overwrites another's file.
     """
-    stems = {}
+    stems: dict[str, list[tuple[Heatmap, str]]] = {}
     for h in heatmaps:
         named = not h.pooled and h.sweeps[0]
         sweep = re.sub(r"[^A-Za-z0-9._-]", "-", h.sweeps[0]) + "_" if named else ""
@@ -212,12 +214,16 @@ def draw(h: Heatmap, floor: Optional[float] = None) -> Figure:
             diagonal = bool(_is_diagonal(pd.Series([lr]), pd.Series([lr_v]))[0])
             is_best = np.isclose(lr, h.best.lr) and np.isclose(lr_v, h.best.lr_v)
             text = "-" if s["n"] == 0 else f"{s['mean']:.3f}"
+            rung = s["n"] == 0 and s["budget"] < 1 and not np.isnan(s["partial"])
+            if rung:
+                text = f"{s['partial']:.3f}\n@{s['budget']:.2g}"
             if s["diverged"]:
                 text += "†"
-            if s["n"] < s["n_expected"]:
+            if s["n"] < s["n_expected"] and not rung:
                 text += f"\n{int(s['n'])}/{int(s['n_expected'])}"
             ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                    color=HIGHLIGHT if diagonal or is_best else "black", fontweight="bold" if is_best else "normal")
+                    color=HIGHLIGHT if diagonal or is_best else "dimgray" if rung else "black",
+                    fontweight="bold" if is_best else "normal")
             if is_best or diagonal:
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor=HIGHLIGHT,
                                        linewidth=2.5 if is_best else 1.0, linestyle="-" if is_best else "--"))
@@ -238,7 +244,7 @@ def grid_frame(heatmaps: list[Heatmap]) -> pd.DataFrame:
     """All grids as one long table for CSV: one line per (heatmap, eta_QK, eta_V)."""
     columns = ["heatmap", "sweeps", "model", "task", "method", "targets", "rank", "metric", "lr", "lr_v",
                "lam", "mean", "std", "n", "n_expected", "completed", "diverged", "running", "failed", "best",
-               "diagonal"]
+               "diagonal", "budget", "partial"]
     frames = []
     for h in heatmaps:
         c = h.cells

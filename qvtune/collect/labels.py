@@ -1,4 +1,5 @@
 """How models, tasks, methods and weight types are named in the tables, and the order rows follow."""
+
 from __future__ import annotations
 
 from qvtune.formatting import num  # noqa: F401  (labels.num: how the tables write learning rates and ratios)
@@ -6,8 +7,15 @@ from qvtune.formatting import num  # noqa: F401  (labels.num: how the tables wri
 MODEL_SHORT = {"roberta-base": "R", "llama3.1-8b": "L"}  # the paper's "MNLI(R)", "QQP(L)"
 MODEL_ORDER = ("roberta-base", "llama3.1-8b")
 TASK_LABEL = {
-    "rte": "RTE", "stsb": "STS-B", "mrpc": "MRPC", "cola": "CoLA", "mnli": "MNLI",
-    "sst2": "SST-2", "qqp": "QQP", "qnli": "QNLI", "synthetic": "Synthetic",
+    "rte": "RTE",
+    "stsb": "STS-B",
+    "mrpc": "MRPC",
+    "cola": "CoLA",
+    "mnli": "MNLI",
+    "sst2": "SST-2",
+    "qqp": "QQP",
+    "qnli": "QNLI",
+    "synthetic": "Synthetic",
 }
 GLUE = ("rte", "stsb", "mrpc", "cola", "mnli", "sst2", "qqp", "qnli")  # Table 2's column order
 TABLE1_TASKS = ("sst2", "qnli", "qqp", "mnli")  # Table 1's row order

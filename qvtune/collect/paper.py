@@ -2,6 +2,7 @@
 
 Values are stored as fractions, the unit of the records (Table 2's percentages divided by 100).
 """
+
 from __future__ import annotations
 
 import functools
@@ -44,7 +45,11 @@ def _table2() -> dict[tuple[Any, ...], tuple[str, float, dict[str, float]]]:
     t = reference()["table2"]
     out = {}
     for row in t["rows"]:
-        key = ("before",) if row["method"] is None else (row["method"], row["targets"], row["rank"], _lam(row["lam"]))
+        key = (
+            ("before",)
+            if row["method"] is None
+            else (row["method"], row["targets"], row["rank"], _lam(row["lam"]))
+        )
         out[key] = (row["label"], row["params_m"], dict(zip(t["columns"], row["values"])))
     return out
 
@@ -52,12 +57,15 @@ def _table2() -> dict[tuple[Any, ...], tuple[str, float, dict[str, float]]]:
 def table1_value(model: str, task: str, method: str, targets: str, rank: Any, lam: float) -> Optional[float]:
     """The paper's Table 1 cell for this setting, or None (Table 1 is LoRA with lambda = 1)."""
     t = reference()["table1"]
-    if method != t["method"] or _lam(lam) != _lam(t["lam"]) or _rank(rank) is None:
+    ranked = _rank(rank)
+    if method != t["method"] or _lam(lam) != _lam(t["lam"]) or ranked is None:
         return None
-    return _table1().get((model, task, _rank(rank), targets))
+    return _table1().get((model, task, ranked, targets))
 
 
-def _table2_row(model: str, method: Optional[str], targets: Optional[str], rank: Any, lam: Any):
+def _table2_row(
+    model: str, method: Optional[str], targets: Optional[str], rank: Any, lam: Any
+) -> Optional[tuple[str, float, dict[str, float]]]:
     if model != PAPER_MODEL:
         return None
     ranked = _rank(rank) if has_rank(method) else None  # a full fine-tune has no rank
@@ -73,7 +81,9 @@ def table2_value(
     return None if row is None else row[2].get(task)
 
 
-def table2_params(model: str, method: Optional[str], targets: Optional[str], rank: Any, lam: Any) -> Optional[float]:
+def table2_params(
+    model: str, method: Optional[str], targets: Optional[str], rank: Any, lam: Any
+) -> Optional[float]:
     """The paper's trainable-parameter count for the row, in millions."""
     row = _table2_row(model, method, targets, rank, lam)
     return None if row is None else row[1]

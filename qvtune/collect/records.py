@@ -39,9 +39,11 @@ GRID_COLUMNS = [c for c in SETTING_COLUMNS if c not in ("lr", "lr_v")]
 COLUMNS = [
     "path", "run_key", "status", "error", "model", "task", "metric", "method", "targets", "rank", "alpha",
     "lr", "lr_v", "lam", "head_lr", "epochs", "extra", "seed", "sweep", "trainable", "value", "steps",
+    "budget",
 ]
 _NUMBERS = {
-    **dict.fromkeys(("rank", "alpha", "lr", "lr_v", "lam", "head_lr", "epochs", "trainable", "value"), "float64"),
+    **dict.fromkeys(("rank", "alpha", "lr", "lr_v", "lam", "head_lr", "epochs", "trainable", "value",
+                     "budget"), "float64"),
     "seed": "int64", "steps": "int64",
 }
 _PARALLEL_FROM = 400  # below this many files a worker pool costs more than it saves
@@ -57,7 +59,8 @@ def _sig(x: Any) -> float:
 def _rates(record: RunRecord, cfg: dict[str, Any]) -> tuple[float, float, float]:
     """(eta_QK, eta_V, lambda) from the record's rates, falling back to lr / lam / lr_v of its config."""
     rates = record.rates
-    lr = float(rates.get("qk", cfg.get("lr")))
+    qk: Any = rates.get("qk", cfg.get("lr"))  # as read from result.json
+    lr = float(qk)
     if rates.get("lam") is not None:
         lam = float(rates["lam"])
     elif cfg.get("lr_v") is not None:
@@ -114,9 +117,18 @@ def flatten(record: RunRecord, path: str, pick: str = "final") -> dict[str, Any]
             "trainable": float((record.params or {}).get("trainable") or math.nan),
             "value": math.nan if value is None else float(value),
             "steps": record.steps,
+            "budget": _budget(record),
         }
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise InvalidRecord(f"{type(e).__name__}: {e}") from None
+
+
+def _budget(record: RunRecord) -> float:
+    """The fraction of its planned steps a run took (below 1: paused at a rung of a search); NaN for a
+    record without its plan (an earlier version's) that is not completed."""
+    if record.planned_steps:
+        return min(1.0, record.steps / record.planned_steps)
+    return 1.0 if record.status is Status.COMPLETED else math.nan
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,12 +305,14 @@ def scored(runs: pd.DataFrame) -> pd.Series:
 
 
 def over_seeds(runs: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
-    """Mean, standard deviation (ddof 1) and count of the scored seeds per group, with status counts.
+    """Mean, standard deviation (ddof 1) and count of the scored seeds per group, with status counts,
+    the largest budget reached and `partial`: the mean of the runs paused at a rung of a search.
 
     Constant-per-setting columns (lr, lr_v, lam, epochs, metric) come along as their first value.
     """
     frame = runs.assign(
         _v=scored(runs),
+        _partial=runs["value"].where((runs["status"] == Status.RUNNING.value) & (runs["budget"] < 1)),
         **{f"_{s}": (runs["status"] == s).astype(int) for s in STATUSES},
     )
     constants = {c: (c, "first") for c in ("lr", "lr_v", "lam", "epochs", "metric") if c not in by}
@@ -310,6 +324,8 @@ def over_seeds(runs: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
         diverged=("_diverged", "sum"),
         running=("_running", "sum"),
         failed=("_failed", "sum"),
+        budget=("budget", "max"),
+        partial=("_partial", "mean"),
         trainable_min=("trainable", "min"),
         trainable_max=("trainable", "max"),
         **constants,

@@ -2,6 +2,7 @@
 
 Markdown and CSV files hold no timestamps or absolute paths, so the same records give the same bytes.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -36,7 +37,9 @@ def parse_formats(text: str) -> tuple[str, ...]:
 class Report:
     """The outputs of one command: files under `out`, lines on the console, artifacts for W&B."""
 
-    def __init__(self, coll: Collection, out: Path, formats: Sequence[str], console: Console, renderer: Renderer):
+    def __init__(
+        self, coll: Collection, out: Path, formats: Sequence[str], console: Console, renderer: Renderer
+    ):
         self.coll = coll
         self.renderer = renderer
         self.out = Path(out)
@@ -80,7 +83,9 @@ class Report:
             return
         self.tables.append(table)
         writers = {
-            "md": (".md", render.to_markdown), "latex": (".tex", render.to_latex), "csv": (".csv", render.to_csv)
+            "md": (".md", render.to_markdown),
+            "latex": (".tex", render.to_latex),
+            "csv": (".csv", render.to_csv),
         }
         for fmt in self.formats:
             suffix, writer = writers[fmt]
@@ -111,7 +116,9 @@ class Report:
 
     def curves(self, sets: list[curves.CurveSet]) -> None:
         if not sets:
-            self.console.print("[dim]Curves: no heatmap with a best cell off the lambda = 1 diagonal to compare[/]")
+            self.console.print(
+                "[dim]Curves: no heatmap with a best cell off the lambda = 1 diagonal to compare[/]"
+            )
             return
         lines = ["### Convergence (training loss and dev metric, mean ± std over seeds)", ""]
         folder = self.out / "curves"
@@ -164,4 +171,6 @@ class Report:
 
     def markdown(self, name: str, title: str) -> Path:
         """All sections in one Markdown file (report.md for `all`, summary.md for `summary`)."""
-        return self._write(name, f"# {title}\n\n" + "\n".join(self.sections[s] for s in SECTIONS if s in self.sections))
+        return self._write(
+            name, f"# {title}\n\n" + "\n".join(self.sections[s] for s in SECTIONS if s in self.sections)
+        )

@@ -3,6 +3,7 @@
 A table is kept long (one row per cell, every number the cell rests on) so that CSV, Markdown, LaTeX
 and the terminal all render the same data; the wide layout is only a rendering.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -20,9 +21,31 @@ TABLE1_COLUMNS = ("q", "k", "v", "qk", "qv", "qkv")
 COMPARE_COLUMNS = ("q", "k", "v", "qv", "qkv")  # the demo summary's comparison
 TABLE2_TARGETS = ("qkv", "qv")
 CELL_COLUMNS = [
-    "row", "column", "model", "task", "method", "targets", "rank", "lam", "lr", "lr_v", "epochs", "metric",
-    "mean", "std", "n", "n_expected", *(s.value for s in STATUSES), "seeds", "sweeps",
-    "alternatives", "trainable_min", "trainable_max", "paper", "diff", "place",
+    "row",
+    "column",
+    "model",
+    "task",
+    "method",
+    "targets",
+    "rank",
+    "lam",
+    "lr",
+    "lr_v",
+    "epochs",
+    "metric",
+    "mean",
+    "std",
+    "n",
+    "n_expected",
+    *(s.value for s in STATUSES),
+    "seeds",
+    "sweeps",
+    "alternatives",
+    "trainable_min",
+    "trainable_max",
+    "paper",
+    "diff",
+    "place",
 ]
 
 
@@ -41,7 +64,9 @@ class Table:
     scale: float  # 1 for fractions (Table 1), 100 for percentages (Table 2)
     digits: int
     marks: int  # how many places are marked: 3 per row (Table 1), 2 per column (Table 2)
-    lead: dict[str, dict[str, str]] = field(default_factory=dict)  # extra leading columns: header -> row -> text
+    lead: dict[str, dict[str, str]] = field(
+        default_factory=dict
+    )  # extra leading columns: header -> row -> text
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -55,7 +80,9 @@ def _expected(chosen: pd.DataFrame) -> int:
     return len(seeds)
 
 
-def _places(cells: pd.DataFrame, by: str, marks: int, scale: float, digits: int, skip: Sequence[str] = ()) -> pd.Series:
+def _places(
+    cells: pd.DataFrame, by: str, marks: int, scale: float, digits: int, skip: Sequence[str] = ()
+) -> pd.Series:
     """1, 2, 3 for the best, second and third value (as displayed, so ties share a place) within `by`."""
     eligible = (cells["n"] > 0) & ~cells["row"].isin(skip)
     shown = (cells["mean"] * scale).round(digits).where(eligible)
@@ -93,9 +120,9 @@ def _notes_for(cells: pd.DataFrame, rule: list[str]) -> list[str]:
     chosen_from_many = int((cells["alternatives"] > 0).sum())
     if chosen_from_many:
         notes.append(
-            f"{chosen_from_many} cell(s) had runs at several settings: shown is the one with lambda = 1, then at the "
-            "learning rates most cells use, then with the most seeds, then the best mean; the CSV names it "
-            "(lr, lr_v, epochs) and counts the alternatives."
+            f"{chosen_from_many} cell(s) had runs at several settings: shown is the one with lambda = 1, "
+            "then at the learning rates most cells use, then with the most seeds, then the best mean; "
+            "the CSV names it (lr, lr_v, epochs) and counts the alternatives."
         )
     return notes
 
@@ -120,7 +147,9 @@ def _table1_like(
         runs, sweep_note = _own_sweep(runs, name)
         rule = [sweep_note, "Cells are LoRA runs with lambda = 1 (eta_V = eta_QK)."]
     else:
-        rule = ["Cells prefer lambda = 1 runs, at the learning rates most cells use, when a cell has several."]
+        rule = [
+            "Cells prefer lambda = 1 runs, at the learning rates most cells use, when a cell has several."
+        ]
     wanted = list(columns)
     if methods is not None and (runs["targets"] == "kv").any():
         wanted.insert(wanted.index("qkv"), "kv")  # not in the paper, shown when the runs have it
@@ -130,12 +159,15 @@ def _table1_like(
     if chosen.empty:
         return _empty(name, title)
     chosen["n_expected"] = _expected(chosen)
-    chosen = _sorted(chosen, {
-        "task": _known(labels.TABLE1_TASKS + labels.GLUE),
-        "model": _known(labels.MODEL_ORDER),
-        "method": _known(labels.METHOD_ORDER),
-        "rank": None,
-    })
+    chosen = _sorted(
+        chosen,
+        {
+            "task": _known(labels.TABLE1_TASKS + labels.GLUE),
+            "model": _known(labels.MODEL_ORDER),
+            "method": _known(labels.METHOD_ORDER),
+            "rank": None,
+        },
+    )
     with_method = methods is None
 
     def row_label(r: pd.Series) -> str:
@@ -147,7 +179,8 @@ def _table1_like(
     chosen["row"] = chosen.apply(row_label, axis=1)
     chosen["column"] = chosen["targets"]
     chosen["paper"] = [
-        paper.table1_value(r.model, r.task, r.method, r.targets, r["rank"], r.lam) for _, r in chosen.iterrows()
+        paper.table1_value(r.model, r.task, r.method, r.targets, r["rank"], r.lam)
+        for _, r in chosen.iterrows()
     ]
     chosen["paper"] = chosen["paper"].astype("float64")
     chosen["place"] = _places(chosen, "row", 3, 1.0, 3)
@@ -176,15 +209,25 @@ def _empty(name: str, title: str) -> Table:
 def table1(coll: Collection) -> Table:
     """The paper's Table 1: LoRA, one row per (task, model, rank), one column per weight-type subset."""
     return _table1_like(
-        coll, "table1", "Table 1: LoRA fine-tuning of different weight types (mean ± std over seeds, headline metric)",
-        TABLE1_COLUMNS, ("lora",),
+        coll,
+        "table1",
+        "Table 1: LoRA fine-tuning of different weight types (mean ± std over seeds, headline metric)",
+        TABLE1_COLUMNS,
+        ("lora",),
     )
 
 
 def compare(coll: Collection) -> Table:
-    """Table-1-style comparison of q, k, v, qv, qkv for whatever model, task, method and rank the runs hold."""
+    """Table-1-style comparison of q, k, v, qv, qkv.
+
+    For whatever model, task, method and rank the runs hold.
+    """
     return _table1_like(
-        coll, "compare", "Weight types compared (mean ± std over seeds, headline metric)", COMPARE_COLUMNS, None
+        coll,
+        "compare",
+        "Weight types compared (mean ± std over seeds, headline metric)",
+        COMPARE_COLUMNS,
+        None,
     )
 
 
@@ -205,16 +248,22 @@ def table2(coll: Collection) -> Table:
     cell = [*row_key, "task"]
     trained = describe(pick_settings(over_seeds(trained_runs, [*cell, "setting"]), cell), runs)
     untrained = runs[runs["epochs"] == 0]
-    before = describe(pick_settings(over_seeds(untrained, ["model", "task", "setting"]), ["model", "task"]), untrained)
+    before = describe(
+        pick_settings(over_seeds(untrained, ["model", "task", "setting"]), ["model", "task"]), untrained
+    )
     if trained.empty and before.empty:
         return _empty("table2", title)
-    before = before.assign(method="", targets="", rank=np.nan, lam=np.nan, trainable_min=0.0, trainable_max=0.0)
+    before = before.assign(
+        method="", targets="", rank=np.nan, lam=np.nan, trainable_min=0.0, trainable_max=0.0
+    )
     cells = pd.concat([df for df in (before, trained) if not df.empty], ignore_index=True)
     cells["n_expected"] = _expected(cells)
     cells["_before"] = cells["method"] == ""
     cells["row"] = [
         "Before Fine-tune" if b else _table2_label(m, t, r, lam)
-        for b, m, t, r, lam in zip(cells["_before"], cells["method"], cells["targets"], cells["rank"], cells["lam"])
+        for b, m, t, r, lam in zip(
+            cells["_before"], cells["method"], cells["targets"], cells["rank"], cells["lam"]
+        )
     ]
     if cells["model"].nunique() > 1:
         cells["row"] = cells["model"].map(labels.model_short) + ": " + cells["row"]
@@ -224,15 +273,18 @@ def table2(coll: Collection) -> Table:
         for _, r in cells.iterrows()
     ]
     cells["paper"] = cells["paper"].astype("float64")
-    cells = _sorted(cells, {
-        "model": _known(labels.MODEL_ORDER),
-        "_before": lambda b: not b,
-        "targets": _known(("",) + TABLE2_TARGETS),
-        "method": _known(("",) + labels.METHOD_ORDER),
-        "rank": lambda r: -1 if np.isnan(r) else r,
-        "lam": lambda lam: -1 if np.isnan(lam) else lam,
-        "column": _known(labels.GLUE),
-    })
+    cells = _sorted(
+        cells,
+        {
+            "model": _known(labels.MODEL_ORDER),
+            "_before": lambda b: not b,
+            "targets": _known(("",) + TABLE2_TARGETS),
+            "method": _known(("",) + labels.METHOD_ORDER),
+            "rank": lambda r: -1 if np.isnan(r) else r,
+            "lam": lambda lam: -1 if np.isnan(lam) else lam,
+            "column": _known(labels.GLUE),
+        },
+    )
     cells["place"] = _places(cells, "column", 2, 100.0, 2, skip=tuple(cells.loc[cells["_before"], "row"]))
     rows = list(dict.fromkeys(cells["row"]))
     columns = sorted(set(cells["column"]), key=lambda t: labels.order(t, labels.GLUE))

@@ -13,6 +13,7 @@ interval is [mean - t se, mean + t se]; its ends are one-sided (1 - ALPHA) bound
         chosen on the other seeds; supported when every choice has lambda > 1 and (1)'s test holds.
 docs/verdicts.md says this in words, and what a verdict does not tell you.
 """
+
 from __future__ import annotations
 
 import functools
@@ -138,9 +139,9 @@ def cross_validate(values: np.ndarray, diagonal: np.ndarray) -> Folds:
         return int(np.argmax(means)), int(on_diagonal[np.argmax(means[on_diagonal])])
 
     best, best_diagonal = choose(values.mean(axis=1))
-    fold_best, fold_diagonal = (np.array(x) for x in zip(*(
-        choose(np.delete(values, s, axis=1).mean(axis=1)) for s in range(n)
-    )))
+    fold_best, fold_diagonal = (
+        np.array(x) for x in zip(*(choose(np.delete(values, s, axis=1).mean(axis=1)) for s in range(n)))
+    )
     held_out = np.arange(n)
     d = values[fold_best, held_out] - values[fold_diagonal, held_out]
     return Folds(best, best_diagonal, fold_best, fold_diagonal, d)
@@ -180,8 +181,10 @@ def _stats(d: np.ndarray) -> tuple[float, float]:
 
 
 def _context_label(row: pd.Series, sweeps: Sequence[str]) -> str:
-    text = (f"{labels.task_label(row.task)}({labels.model_short(row.model)}) "
-            f"{labels.METHOD_LABEL.get(row.method, row.method)}")
+    text = (
+        f"{labels.task_label(row.task)}({labels.model_short(row.model)}) "
+        f"{labels.METHOD_LABEL.get(row.method, row.method)}"
+    )
     if not np.isnan(row["rank"]):
         text += f" r = {int(row['rank'])}"
     text += f", η_QK = {labels.num(row.lr)}, η_V = {labels.num(row.lr_v)}, epochs = {row.epochs:g}"
@@ -191,10 +194,17 @@ def _context_label(row: pd.Series, sweeps: Sequence[str]) -> str:
 
 def _context_order(row: pd.Series) -> tuple:
     """Contexts in the tables' order: task, model, method, rank, then rates, then sweep."""
-    return (labels.order(row.task, labels.TABLE1_TASKS + labels.GLUE),
-            labels.order(row.model, labels.MODEL_ORDER), labels.order(row.method, labels.METHOD_ORDER),
-            -1 if np.isnan(row["rank"]) else row["rank"], row.lr, row.lr_v, row.epochs, row["_sweep"],
-            row.name)
+    return (
+        labels.order(row.task, labels.TABLE1_TASKS + labels.GLUE),
+        labels.order(row.model, labels.MODEL_ORDER),
+        labels.order(row.method, labels.METHOD_ORDER),
+        -1 if np.isnan(row["rank"]) else row["rank"],
+        row.lr,
+        row.lr_v,
+        row.epochs,
+        row["_sweep"],
+        row.name,
+    )
 
 
 def _unique(contexts: list[str]) -> list[str]:
@@ -247,8 +257,9 @@ def paired_targets(
     runs = runs[runs.groupby("_ctx")["targets"].transform("nunique") == 2]  # contexts with both
     if runs.empty:
         return []
-    wide = runs.pivot_table(index=["_ctx", "seed"], columns="targets", values="_v", aggfunc="first",
-                            dropna=False)
+    wide = runs.pivot_table(
+        index=["_ctx", "seed"], columns="targets", values="_v", aggfunc="first", dropna=False
+    )
     diffs = (wide[a] - wide[b]).dropna()
     firsts = runs.drop_duplicates("_ctx").set_index("_ctx")
     if pool:
@@ -265,8 +276,20 @@ def paired_targets(
         low, high = interval(d) if len(d) >= MIN_PAIRS else (math.nan, math.nan)
         status, why = _decide(d, claim, margin)
         what = f"{a} - {b}" + (f", margin ±{margin:g}" if claim == "qv~qkv" else "")
-        verdicts.append(Verdict(claim, name, mean, std, len(d), status, f"{what}: {why}", low, high,
-                                margin if claim == "qv~qkv" else None))
+        verdicts.append(
+            Verdict(
+                claim,
+                name,
+                mean,
+                std,
+                len(d),
+                status,
+                f"{what}: {why}",
+                low,
+                high,
+                margin if claim == "qv~qkv" else None,
+            )
+        )
     return verdicts
 
 
@@ -282,8 +305,10 @@ def _lambda_verdict(context: str, grid: pd.DataFrame) -> Verdict:
         notes.append(f"{len(grid) - len(scored_cells)} cell(s) without a scored run left out")
     shared = scored_cells.dropna(axis=1, how="any")
     if shared.shape[1] < scored_cells.shape[1]:
-        notes.append(f"only seeds {_seeds(shared.columns)} are scored in all {len(shared)} cells, so only "
-                     "they are used")
+        notes.append(
+            f"only seeds {_seeds(shared.columns)} are scored in all {len(shared)} cells, so only "
+            "they are used"
+        )
     rates = shared.index.to_frame(index=False)
     lam = (rates["lr_v"] / rates["lr"]).to_numpy()
     n = shared.shape[1]
@@ -298,14 +323,25 @@ def _lambda_verdict(context: str, grid: pd.DataFrame) -> Verdict:
         return f"λ = {labels.num(lam[i])} at ({labels.num(rates.lr[i])}, {labels.num(rates.lr_v[i])})"
 
     failed = lambda_failures(folds, lam)
-    detail = (f"best {cell(folds.best)} vs λ = 1 at {labels.num(rates.lr[folds.best_diagonal])}, chosen on "
-              f"seeds {_seeds(shared.columns)}; each fold chose on the other seeds and tested on the "
-              f"held-out one (disjoint seeds), choosing λ = "
-              f"{', '.join(labels.num(x) for x in lam[folds.fold_best])}")
+    detail = (
+        f"best {cell(folds.best)} vs λ = 1 at {labels.num(rates.lr[folds.best_diagonal])}, chosen on "
+        f"seeds {_seeds(shared.columns)}; each fold chose on the other seeds and tested on the "
+        f"held-out one (disjoint seeds), choosing λ = "
+        f"{', '.join(labels.num(x) for x in lam[folds.fold_best])}"
+    )
     mean, std = _stats(folds.d)
     low, high = interval(folds.d)
-    return Verdict("lambda>1", context, mean, std, n, NOT_SUPPORTED if failed else SUPPORTED,
-                   "; ".join([detail, *failed, *notes]), low, high)
+    return Verdict(
+        "lambda>1",
+        context,
+        mean,
+        std,
+        n,
+        NOT_SUPPORTED if failed else SUPPORTED,
+        "; ".join([detail, *failed, *notes]),
+        low,
+        high,
+    )
 
 
 def best_lambda(coll: Collection, heatmaps: list[Heatmap]) -> list[Verdict]:
@@ -343,8 +379,9 @@ def overall(verdicts: list[Verdict]) -> list[str]:
         else:
             held = counts[SUPPORTED]
             verdict = SUPPORTED if held == tested else NOT_SUPPORTED if held == 0 else "mixed"
-            summary = (f"{verdict} (holds in {counts[SUPPORTED]} of {tested} tested context(s)"
-                       + (f"; {counts[NOT_ENOUGH]} more without enough runs)" if counts[NOT_ENOUGH] else ")"))
+            summary = f"{verdict} (holds in {counts[SUPPORTED]} of {tested} tested context(s)" + (
+                f"; {counts[NOT_ENOUGH]} more without enough runs)" if counts[NOT_ENOUGH] else ")"
+            )
         margins = sorted({v.margin for v in mine if v.margin is not None})
         if margins:
             text += f" within ±{', '.join(f'{m:g}' for m in margins)}"
@@ -354,37 +391,72 @@ def overall(verdicts: list[Verdict]) -> list[str]:
 
 def frame(verdicts: list[Verdict]) -> pd.DataFrame:
     """The verdicts as a table for CSV."""
-    columns = ["claim", "context", "mean_diff", "std_diff", "pairs", "ci_low", "ci_high", "margin", "status",
-               "detail"]
-    rows = [(v.claim, v.context, v.mean, v.std, v.pairs, v.low, v.high,
-             math.nan if v.margin is None else v.margin, v.status, v.detail) for v in verdicts]
+    columns = [
+        "claim",
+        "context",
+        "mean_diff",
+        "std_diff",
+        "pairs",
+        "ci_low",
+        "ci_high",
+        "margin",
+        "status",
+        "detail",
+    ]
+    rows = [
+        (
+            v.claim,
+            v.context,
+            v.mean,
+            v.std,
+            v.pairs,
+            v.low,
+            v.high,
+            math.nan if v.margin is None else v.margin,
+            v.status,
+            v.detail,
+        )
+        for v in verdicts
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
 def rules(margin: float = DEFAULT_MARGIN, pool: bool = False) -> str:
     """How the verdicts were decided, for the reader of verdicts.md."""
     where = "across sweeps (pooled)" if pool else "within one sweep"
-    return " ".join([
-        f"Differences are paired by seed and every other setting, {where}.",
-        f"The interval is mean ± t se, with t the one-sided {1 - ALPHA:.0%} quantile of Student's t at n - 1",
-        f"degrees of freedom (α = {ALPHA:g}). Claim 1: supported when its lower end is above 0.",
-        f"Claim 2: supported when it lies inside ±{margin:g} (equivalence by two one-sided tests) or its",
-        "lower end is above 0 (qv better). Claim 3: each seed in turn is held out, the best cell and the",
-        "best λ = 1 cell are chosen on the other seeds and compared on the held-out one; supported when",
-        "every chosen cell has λ > 1 and the interval of the held-out differences has its lower end above 0.",
-        f"Not enough runs: fewer than {MIN_PAIRS} pairs (claims 1, 2), or than {MIN_SEEDS} seeds scored in",
-        "every cell of the grid (claim 3).",
-    ])
+    return " ".join(
+        [
+            f"Differences are paired by seed and every other setting, {where}.",
+            f"The interval is mean ± t se, with t the one-sided {1 - ALPHA:.0%} quantile "
+            "of Student's t at n - 1",
+            f"degrees of freedom (α = {ALPHA:g}). Claim 1: supported when its lower end is above 0.",
+            f"Claim 2: supported when it lies inside ±{margin:g} (equivalence by two one-sided tests) or its",
+            "lower end is above 0 (qv better). Claim 3: each seed in turn is held out, the best cell and the",
+            "best λ = 1 cell are chosen on the other seeds and compared on the held-out one; supported when",
+            "every chosen cell has λ > 1 and the interval of the held-out differences "
+            "has its lower end above 0.",
+            f"Not enough runs: fewer than {MIN_PAIRS} pairs (claims 1, 2), "
+            f"or than {MIN_SEEDS} seeds scored in",
+            "every cell of the grid (claim 3).",
+        ]
+    )
 
 
 def to_markdown(verdicts: list[Verdict], margin: float = DEFAULT_MARGIN, pool: bool = False) -> str:
     lines = ["### Verdicts on the paper's claims", ""]
     lines += [f"- **{line}**" for line in overall(verdicts)]
-    lines += ["", f"| claim | context | paired difference | {LEVEL} interval | verdict |",
-              "|:---|:---|---:|---:|:---|"]
+    lines += [
+        "",
+        f"| claim | context | paired difference | {LEVEL} interval | verdict |",
+        "|:---|:---|---:|---:|:---|",
+    ]
     for v in verdicts:
-        diff = "-" if v.pairs == 0 else f"{v.mean:+.4f} (n=1)" if v.pairs == 1 else (
-            f"{v.mean:+.4f} ± {v.std:.4f} (n={v.pairs})"
+        diff = (
+            "-"
+            if v.pairs == 0
+            else f"{v.mean:+.4f} (n=1)"
+            if v.pairs == 1
+            else (f"{v.mean:+.4f} ± {v.std:.4f} (n={v.pairs})")
         )
         detail = f" ({v.detail})" if v.detail else ""
         lines.append(f"| {CLAIMS[v.claim]} | {v.context} | {diff} | {v.interval} | {v.status}{detail} |")

@@ -2,15 +2,19 @@
 
 wandb is imported only here, and only when logging is asked for, so collecting stays fast without it.
 """
+
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qvtune.collect import verdicts
 from qvtune.collect.report import Report
 
+if TYPE_CHECKING:
+    from qvtune.config import WandbMode
 
-def log(report: Report, mode: str, project: str, command: str, filters: list[str]) -> Any:
+
+def log(report: Report, mode: WandbMode, project: str, command: str, filters: list[str]) -> Any:
     """Log everything the report produced to one run (files under <out>/wandb); returns the finished run."""
     import wandb
 
@@ -21,7 +25,12 @@ def log(report: Report, mode: str, project: str, command: str, filters: list[str
         name=f"collect-{command}",
         dir=str(report.out),
         mode=mode,
-        config={"command": command, "filters": filters, "pick": report.coll.pick, "runs": len(report.coll.runs)},
+        config={
+            "command": command,
+            "filters": filters,
+            "pick": report.coll.pick,
+            "runs": len(report.coll.runs),
+        },
     )
     for table in report.tables:
         run.log({f"tables/{table.name}": wandb.Table(dataframe=table.cells)})

@@ -1,4 +1,5 @@
 """Entry point for ``python -m qvtune.theory``."""
+
 from qvtune.theory.cli import main
 
 raise SystemExit(main())

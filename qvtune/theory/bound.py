@@ -12,6 +12,7 @@ grouped-query attention (Llama, Mistral), where W_k and W_v are narrower than W_
 removes less than 1/3 of the parameters and the ratio A_QV / A_QKV is closer to 1 than sqrt(4/6).
 (The paper counts I in bits; in nats it carries a factor ln 2, which cancels in every ratio.)
 """
+
 from __future__ import annotations
 
 import math
@@ -21,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 from matplotlib.figure import Figure
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from qvtune.config import config_dir
 from qvtune.figures import save_figure
@@ -68,7 +69,9 @@ def model_names() -> list[str]:
     """Model configs that carry attention shapes (hub.yaml has none: its shapes come at load time)."""
     names = []
     for path in sorted((config_dir() / "model").glob("*.yaml")):
-        arch = OmegaConf.load(path).get("arch") or {}
+        conf = OmegaConf.load(path)
+        assert isinstance(conf, DictConfig), path  # a model config is a mapping
+        arch = conf.get("arch") or {}
         if "hidden_size" in arch and "num_attention_heads" in arch:
             names.append(path.stem)
     return names
@@ -94,13 +97,16 @@ def lora_params(shapes: Shapes, matrices: str, rank: int, layers: int) -> int:
     return rank * layers * shapes.width(matrices)
 
 
-def bound(shapes: Shapes, matrices: str, rank: int, layers: int, N: float, q: int = 16, R: float = 1.0) -> float:
+def bound(
+    shapes: Shapes, matrices: str, rank: int, layers: int, N: float, q: int = 16, R: float = 1.0
+) -> float:
     """sqrt(2 R^2 q r / N * sum over tuned matrices of (d_in + d_out))."""
     return math.sqrt(2 * R**2 * q * lora_params(shapes, matrices, rank, layers) / N)
 
 
-def paper_bound(d_in: int, d_out: int, factor: int, rank: int, layers: int, N: float, q: int = 16,
-                R: float = 1.0) -> float:
+def paper_bound(
+    d_in: int, d_out: int, factor: int, rank: int, layers: int, N: float, q: int = 16, R: float = 1.0
+) -> float:
     """Theorem 1 as printed: sqrt(factor R^2 q r / N * sum_{i in I} (d_in + d_out)), factor 4 or 6."""
     return math.sqrt(factor * R**2 * q * rank * layers * (d_in + d_out) / N)
 
@@ -140,8 +146,11 @@ def _figure(cfg: Config, shapes: Shapes) -> Figure:
         values = [bound(shapes, TUNED[label], cfg.rank, shapes.num_layers, n, cfg.q, cfg.R) for n in grid]
         left.loglog(grid, values, style, label=f"A_{label}")
     left.axhline(1.0, color="grey", lw=0.8, ls=":")
-    left.set(xlabel="training samples N", ylabel="bound on expected generalisation error",
-             title=f"{cfg.model}: r={cfg.rank}, all {shapes.num_layers} layers, q={cfg.q}, R={cfg.R:g}")
+    left.set(
+        xlabel="training samples N",
+        ylabel="bound on expected generalisation error",
+        title=f"{cfg.model}: r={cfg.rank}, all {shapes.num_layers} layers, q={cfg.q}, R={cfg.R:g}",
+    )
     left.legend()
     names = model_names()
     ratios = [ratio(load_shapes(n)) for n in names]
@@ -166,32 +175,53 @@ def run(cfg: Config, out: Path) -> str:
         for layers in counts:
             for n in cfg.N:
                 qv, qkv = (bound(shapes, TUNED[t], rank, layers, n, cfg.q, cfg.R) for t in ("QV", "QKV"))
-                rows.append(dict(model=cfg.model, rank=rank, layers=layers, N=n,
-                                 params_qv=lora_params(shapes, "qv", rank, layers),
-                                 params_qkv=lora_params(shapes, "qkv", rank, layers),
-                                 bound_qv=qv, bound_qkv=qkv, ratio=qv / qkv))
+                rows.append(
+                    dict(
+                        model=cfg.model,
+                        rank=rank,
+                        layers=layers,
+                        N=n,
+                        params_qv=lora_params(shapes, "qv", rank, layers),
+                        params_qkv=lora_params(shapes, "qkv", rank, layers),
+                        bound_qv=qv,
+                        bound_qkv=qkv,
+                        ratio=qv / qkv,
+                    )
+                )
     r, saved = ratio(shapes), 1 - shapes.width("qv") / shapes.width("qkv")
     equal = math.sqrt(4 / 6)
     d_in, d_out = shapes.q
     summary = dict(
-        config=vars(cfg), shapes=dict(W_q=shapes.q, W_k=shapes.k, W_v=shapes.v, layers=L),
-        equal_shapes=shapes.equal, ratio_qv_over_qkv=r, ratio_equal_shapes=equal,
-        ratio_change_vs_equal=r / equal - 1, fraction_of_params_saved_by_dropping_k=saved,
+        config=vars(cfg),
+        shapes=dict(W_q=shapes.q, W_k=shapes.k, W_v=shapes.v, layers=L),
+        equal_shapes=shapes.equal,
+        ratio_qv_over_qkv=r,
+        ratio_equal_shapes=equal,
+        ratio_change_vs_equal=r / equal - 1,
+        fraction_of_params_saved_by_dropping_k=saved,
         # the printed formula with W_q's shape for all three matrices (right only if shapes are equal)
-        paper_formula=dict(qv=paper_bound(d_in, d_out, 4, cfg.rank, L, cfg.N[0], cfg.q, cfg.R),
-                           qkv=paper_bound(d_in, d_out, 6, cfg.rank, L, cfg.N[0], cfg.q, cfg.R),
-                           at=dict(rank=cfg.rank, layers=L, N=cfg.N[0])),
+        paper_formula=dict(
+            qv=paper_bound(d_in, d_out, 4, cfg.rank, L, cfg.N[0], cfg.q, cfg.R),
+            qkv=paper_bound(d_in, d_out, 6, cfg.rank, L, cfg.N[0], cfg.q, cfg.R),
+            at=dict(rank=cfg.rank, layers=L, N=cfg.N[0]),
+        ),
     )
     files = [write_csv(out / "bound.csv", rows), write_json(out / "bound.json", summary)]
     files += save_figure(_figure(cfg, shapes), out, "bound", compact=True)
 
     def row_of(rank: int, layers: int) -> list:
         sel = [x for x in rows if x["rank"] == rank and x["layers"] == layers]
-        return [rank, layers, sel[0]["params_qv"], sel[0]["params_qkv"]] + \
-               [v for x in sel for v in (x["bound_qv"], x["bound_qkv"])] + [sel[0]["ratio"]]
+        return (
+            [rank, layers, sel[0]["params_qv"], sel[0]["params_qkv"]]
+            + [v for x in sel for v in (x["bound_qv"], x["bound_qkv"])]
+            + [sel[0]["ratio"]]
+        )
 
-    headers = ["rank", "layers", "params QV", "params QKV"] + \
-              [f"{t} N={n:.0e}" for n in cfg.N for t in ("QV", "QKV")] + ["QV/QKV"]
+    headers = (
+        ["rank", "layers", "params QV", "params QKV"]
+        + [f"{t} N={n:.0e}" for n in cfg.N for t in ("QV", "QKV")]
+        + ["QV/QKV"]
+    )
     table_rows = [row_of(k, L) for k in ranks] + [row_of(cfg.rank, n) for n in counts[1:]]
     gqa = "equal shapes" if shapes.equal else "grouped-query attention"
     lines = [
@@ -202,7 +232,9 @@ def run(cfg: Config, out: Path) -> str:
         f"{saved:.1%} of the adapted parameters (1/3 with equal shapes).",
     ]
     if not shapes.equal:
-        lines.append(f"With GQA the ratio is {r / equal - 1:+.1%} relative to sqrt(4/6): "
-                     "W_k is narrower, so leaving it out buys less.")
+        lines.append(
+            f"With GQA the ratio is {r / equal - 1:+.1%} relative to sqrt(4/6): "
+            "W_k is narrower, so leaving it out buys less."
+        )
     lines.append("files: " + ", ".join(str(f) for f in files))
     return "\n".join(lines)

@@ -4,6 +4,7 @@ Arguments are OmegaConf dotlist tokens (``widths=[64,128]`` works) merged over t
 dataclass, so a typo or a wrong type is one clear line and exit code 2 instead of a traceback
 after a minute of simulation.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,7 +18,11 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-COMMANDS = ("bound", "toy", "stages")  # modules of qvtune.theory, imported on demand (only stages needs torch)
+COMMANDS = (
+    "bound",
+    "toy",
+    "stages",
+)  # modules of qvtune.theory, imported on demand (only stages needs torch)
 
 
 class UsageError(Exception):
@@ -60,10 +65,14 @@ def parse(command: str, tokens: list[str]) -> Any:
     except ConfigKeyError as e:
         raise UsageError(f"unknown key {e.full_key!r} for {command}; accepted: {_keys(module)}") from None
     except ValidationError as e:
-        field = {f.name: f for f in dataclasses.fields(module.Config)}.get(str(e.full_key).split(".")[0].split("[")[0])
+        field = {f.name: f for f in dataclasses.fields(module.Config)}.get(
+            str(e.full_key).split(".")[0].split("[")[0]
+        )
         expected = field.type if field else "another type"
-        raise UsageError(f"bad value {e.full_key}={OmegaConf.select(overrides, str(e.full_key), default='?')!r}: "
-                         f"expected {expected}") from None
+        raise UsageError(
+            f"bad value {e.full_key}={OmegaConf.select(overrides, str(e.full_key), default='?')!r}: "
+            f"expected {expected}"
+        ) from None
     except OmegaConfBaseException as e:  # e.g. an unresolvable ${...} interpolation
         raise UsageError(f"cannot use {' '.join(tokens)!r}: {str(e).splitlines()[0]}") from None
     try:

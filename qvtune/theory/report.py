@@ -1,6 +1,7 @@
 """Output helpers shared by the theory commands: every number lands in CSV/JSON beside a PNG+PDF
 figure (qvtune.figures.save_figure), and the terminal gets a short plain-text table, so results can
 be checked and diffed."""
+
 from __future__ import annotations
 
 import csv
@@ -11,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from qvtune.formatting import num
 
 
-def loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
+def loglog_slope(x: npt.ArrayLike, y: npt.ArrayLike) -> float:
     """Least-squares slope of log|y| against log x; NaN if any point is zero or non-finite
     (a diverged or vanished run has no meaningful power law, and a partial fit would hide that)."""
     lx, ly = np.log(np.asarray(x, float)), np.log(np.abs(np.asarray(y, float)))

@@ -9,6 +9,7 @@ proportional to W_k and W_q (tiny), while the gradient of W_v sees the uniform a
 learns first (stage 1), W_q and W_k only later (stage 2). A larger lambda speeds up stage 1 and so
 starts stage 2 earlier. Every lambda runs from the same data and the same initial weights, batched.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,7 +42,9 @@ class Config:
     seed: int = 0
 
 
-def _attention(X: torch.Tensor, C: torch.Tensor, Wq: torch.Tensor, Wk: torch.Tensor, Wv: torch.Tensor) -> torch.Tensor:
+def _attention(
+    X: torch.Tensor, C: torch.Tensor, Wq: torch.Tensor, Wk: torch.Tensor, Wv: torch.Tensor
+) -> torch.Tensor:
     """softmax(x W_q W_k^T C^T) C W_v for a batch of weight triples (L, d, d): output (L, N, d)."""
     logits = torch.einsum("nd,lde,lfe,nmf->lnm", X, Wq, Wk, C)
     return torch.einsum("lnm,nmd,lde->lne", logits.softmax(-1), C, Wv)
@@ -67,10 +70,12 @@ def _train(cfg: Config) -> np.ndarray:
     teacher = [scale * Q, scale * Q, torch.randn(d, d, generator=g, dtype=f64) / math.sqrt(d)]
     Y = _attention(X, C, *(w[None] for w in teacher))[0]
     L = len(cfg.lams)
-    W = [(cfg.init * torch.randn(d, d, generator=g, dtype=f64)).expand(L, d, d).clone().requires_grad_()
-         for _ in range(3)]
+    W = [
+        (cfg.init * torch.randn(d, d, generator=g, dtype=f64)).expand(L, d, d).clone().requires_grad_()
+        for _ in range(3)
+    ]
     lam = torch.tensor(cfg.lams, dtype=f64)[:, None, None]
-    lrs = [cfg.eta_qk, cfg.eta_qk, lam * cfg.eta_qk]
+    lrs: list[float | torch.Tensor] = [cfg.eta_qk, cfg.eta_qk, lam * cfg.eta_qk]
     history = []
     for t in range(cfg.steps + 1):
         loss = 0.5 * (_attention(X, C, *W) - Y).pow(2).sum(-1).mean(-1)  # (L,)
@@ -109,7 +114,9 @@ def _figure(cfg: Config, hist: np.ndarray, q_steps: list[int]) -> Figure:
     for i, name in enumerate(("W_q", "W_k", "W_v")):
         axes[0].plot(steps, hist[0, :, i], label=f"||{name}||", ls="--" if name == "W_k" else "-")
     axes[0].axvline(q_steps[0], color="grey", lw=0.8, ls=":")
-    axes[0].set(xlabel="GD step", ylabel="Frobenius norm", title=f"lambda={cfg.lams[0]:g}: W_v first, then W_q, W_k")
+    axes[0].set(
+        xlabel="GD step", ylabel="Frobenius norm", title=f"lambda={cfg.lams[0]:g}: W_v first, then W_q, W_k"
+    )
     axes[0].legend()
     for j, lam in enumerate(cfg.lams):
         axes[1].plot(steps, hist[j, :, 0], color=f"C{j}", label=f"||W_q||, lambda={lam:g}")
@@ -131,19 +138,40 @@ def run(cfg: Config, out: Path) -> str:
     v_steps = [first_reach(h[:, 2], cfg.frac) for h in hist]
     by_lambda = [q for _, q in sorted(zip(cfg.lams, q_steps))]
     monotone = all(a > b for a, b in zip(by_lambda, by_lambda[1:]))
-    rows = [dict(lam=lam, step=t, norm_q=h[t, 0], norm_k=h[t, 1], norm_v=h[t, 2], loss=h[t, 3])
-            for lam, h in zip(cfg.lams, hist) for t in range(hist.shape[1])]
-    stage = [dict(lam=lam, q_step=q, v_step=v, q_at_v_step=float(h[v, 0]), final_norm_q=float(h[-1, 0]),
-                  final_norm_v=float(h[-1, 2]), initial_loss=float(h[0, 3]), final_loss=float(h[-1, 3]))
-             for lam, q, v, h in zip(cfg.lams, q_steps, v_steps, hist)]
-    summary = dict(config=vars(cfg), stage_end=f"first step with ||W_q||_F >= {cfg.frac:g} x its final norm",
-                   stages=stage, strictly_earlier_with_larger_lambda=monotone)
+    rows = [
+        dict(lam=lam, step=t, norm_q=h[t, 0], norm_k=h[t, 1], norm_v=h[t, 2], loss=h[t, 3])
+        for lam, h in zip(cfg.lams, hist)
+        for t in range(hist.shape[1])
+    ]
+    stage = [
+        dict(
+            lam=lam,
+            q_step=q,
+            v_step=v,
+            q_at_v_step=float(h[v, 0]),
+            final_norm_q=float(h[-1, 0]),
+            final_norm_v=float(h[-1, 2]),
+            initial_loss=float(h[0, 3]),
+            final_loss=float(h[-1, 3]),
+        )
+        for lam, q, v, h in zip(cfg.lams, q_steps, v_steps, hist)
+    ]
+    summary = dict(
+        config=vars(cfg),
+        stage_end=f"first step with ||W_q||_F >= {cfg.frac:g} x its final norm",
+        stages=stage,
+        strictly_earlier_with_larger_lambda=monotone,
+    )
     files = [write_csv(out / "stages.csv", rows), write_json(out / "stages.json", summary)]
     files += save_figure(_figure(cfg, hist, q_steps), out, "stages", compact=True)
-    lines = [f"Case 1: stage 1 ends when ||W_q||_F first reaches {cfg.frac:g} x its final norm "
-             f"(eta_QK={cfg.eta_qk:g} fixed, eta_V = lambda * eta_QK, {cfg.steps} GD steps)",
-             text_table(["lambda", "W_v step", "W_q step", "||W_q|| at W_v step", "final loss"],
-                        [[s["lam"], s["v_step"], s["q_step"], s["q_at_v_step"], s["final_loss"]] for s in stage]),
-             f"larger lambda -> strictly earlier stage 2: {monotone}",
-             "files: " + ", ".join(str(f) for f in files)]
+    lines = [
+        f"Case 1: stage 1 ends when ||W_q||_F first reaches {cfg.frac:g} x its final norm "
+        f"(eta_QK={cfg.eta_qk:g} fixed, eta_V = lambda * eta_QK, {cfg.steps} GD steps)",
+        text_table(
+            ["lambda", "W_v step", "W_q step", "||W_q|| at W_v step", "final loss"],
+            [[s["lam"], s["v_step"], s["q_step"], s["q_at_v_step"], s["final_loss"]] for s in stage],
+        ),
+        f"larger lambda -> strictly earlier stage 2: {monotone}",
+        "files: " + ", ".join(str(f) for f in files),
+    ]
     return "\n".join(lines)

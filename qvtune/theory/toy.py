@@ -19,6 +19,7 @@ GD touches a only through F = X a^T (the gradient of a lies in the row space of 
 is what lets a fine learning-rate grid run at width 8192 in seconds. Draws are nested across widths
 (width n uses the first n coordinates of one long draw), so the widths differ by n, not by luck.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,7 +43,9 @@ class Config:
 
     widths: list[int] = field(default_factory=lambda: [64, 128, 256, 512, 1024, 2048, 4096, 8192])
     # (alpha, beta): eta_a = c_a n^alpha, eta_b = c_b n^beta; (-1, 0) is the theorem's choice
-    settings: list[list[float]] = field(default_factory=lambda: [[-1, 0], [0, 0], [-1, -1], [-0.5, -0.5], [0, -1]])
+    settings: list[list[float]] = field(
+        default_factory=lambda: [[-1, 0], [0, 0], [-1, -1], [-0.5, -0.5], [0, -1]]
+    )
     c_a: float = 0.5
     c_b: float = 0.5
     step: int = 3  # the step t at which |delta_t^i| is compared across widths
@@ -100,7 +103,9 @@ def draw(n: int, samples: int, rank: int, init: str, seeds: int, seed: int) -> D
     return Draw(X, y, np.zeros((seeds, rank, n)), b_random)
 
 
-def simulate(d: Draw, eta_a: np.ndarray, eta_b: np.ndarray, steps: int = 10, record: bool = False) -> Trajectory:
+def simulate(
+    d: Draw, eta_a: np.ndarray, eta_b: np.ndarray, steps: int = 10, record: bool = False
+) -> Trajectory:
     """Exact full-batch GD from d, batched over the learning-rate pairs (eta_a[g], eta_b[g])."""
     ea = np.asarray(eta_a, float).reshape(-1, 1, 1)
     eb = np.asarray(eta_b, float).reshape(-1, 1, 1)
@@ -120,11 +125,15 @@ def simulate(d: Draw, eta_a: np.ndarray, eta_b: np.ndarray, steps: int = 10, rec
             KU = np.einsum("smk,gsk->gsm", K, U)
             FtU = np.einsum("gsmr,gsm->gsr", F, U)
             if record:
-                deltas.append(np.stack([
-                    ea * KU * np.sum(b * b, -1, keepdims=True) / m,
-                    eb * np.einsum("gsmr,gsr->gsm", F, FtU) / m,
-                    ea * eb * KU * np.sum(b * FtU, -1, keepdims=True) / m**2,
-                ]))
+                deltas.append(
+                    np.stack(
+                        [
+                            ea * KU * np.sum(b * b, -1, keepdims=True) / m,
+                            eb * np.einsum("gsmr,gsr->gsm", F, FtU) / m,
+                            ea * eb * KU * np.sum(b * FtU, -1, keepdims=True) / m**2,
+                        ]
+                    )
+                )
             F = F - (ea / m)[..., None] * KU[..., :, None] * b[..., None, :]
             b = b - eb / m * FtU
     if not record:
@@ -139,6 +148,7 @@ def delta_study(cfg: Config, samples: int, rank: int, init: str) -> np.ndarray:
     for n in cfg.widths:
         d = draw(n, samples, rank, init, cfg.seeds, cfg.seed)
         traj = simulate(d, cfg.c_a * n**alpha, cfg.c_b * n**beta, cfg.steps, record=True)
+        assert traj.deltas is not None  # record=True records them
         with np.errstate(all="ignore"):
             rms = np.sqrt(np.mean(traj.deltas**2, axis=-1))
         out.append(np.median(np.where(np.isnan(rms), np.inf, rms), axis=-1))
@@ -170,7 +180,9 @@ def best_rates(n: int, cfg: Config, samples: int, rank: int, init: str) -> dict:
     score = _mean_final_loss(d, A, B, cfg.steps)
     near = score <= score.min() * (1 + cfg.near)
     la, lb = A[near].mean(), B[near].mean()
-    return dict(n=n, eta_a=2.0**la, eta_b=2.0**lb, lam=2.0 ** (lb - la), loss=float(score.min()), at_edge=bool(edge))
+    return dict(
+        n=n, eta_a=2.0**la, eta_b=2.0**lb, lam=2.0 ** (lb - la), loss=float(score.min()), at_edge=bool(edge)
+    )
 
 
 def check(cfg: Config) -> None:
@@ -211,8 +223,13 @@ def _delta_figure(cfg: Config, mags: dict) -> Figure:
             for i in range(3):
                 y = mags["single", init][:, cfg.step - 1, i, j]
                 s = loglog_slope(cfg.widths, y)
-                ax.loglog(cfg.widths, np.where(np.isfinite(y) & (y > 0), y, np.nan), "o-", ms=3,
-                          label=f"delta{i + 1}: slope {s:+.2f}")
+                ax.loglog(
+                    cfg.widths,
+                    np.where(np.isfinite(y) & (y > 0), y, np.nan),
+                    "o-",
+                    ms=3,
+                    label=f"delta{i + 1}: slope {s:+.2f}",
+                )
             ax.yaxis.set_major_locator(LogLocator(numticks=5))
             ax.minorticks_off()  # ranges span up to 40 decades; minor labels only cost drawing time
             ax.set_title(f"{_label(setting)}\n{INITS[init]}", fontsize=8)
@@ -220,25 +237,44 @@ def _delta_figure(cfg: Config, mags: dict) -> Figure:
             if row == 1:
                 ax.set_xlabel("width n")
         axes[row, 0].set_ylabel(f"|delta_t^i|, t={cfg.step}")
-    fig.suptitle("Theorem 2, one sample, r=1: only eta_a~1/n, eta_b~1 keeps all three terms Theta(1)", fontsize=10)
+    fig.suptitle(
+        "Theorem 2, one sample, r=1: only eta_a~1/n, eta_b~1 keeps all three terms Theta(1)", fontsize=10
+    )
     fig.tight_layout()
     return fig
 
 
 def _slope_figure(cfg: Config, slopes: dict) -> Figure:
     keys = list(slopes)
-    grid = np.array([[np.nanmax(np.abs(slopes[k][j])) if np.any(np.isfinite(slopes[k][j])) else 9.0
-                      for j in range(len(cfg.settings))] for k in keys])
+    grid = np.array(
+        [
+            [
+                np.nanmax(np.abs(slopes[k][j])) if np.any(np.isfinite(slopes[k][j])) else 9.0
+                for j in range(len(cfg.settings))
+            ]
+            for k in keys
+        ]
+    )
     fig = Figure(figsize=(2.2 * len(cfg.settings) + 2, 0.55 * len(keys) + 1.5))
     ax = fig.subplots()
     ax.imshow(np.minimum(grid, 2.0), cmap="Reds", vmin=0, vmax=2, aspect="auto")
     for r, k in enumerate(keys):
         for j in range(len(cfg.settings)):
             text = " / ".join("div" if not np.isfinite(s) else f"{s:+.2f}" for s in slopes[k][j])
-            ax.text(j, r, text, ha="center", va="center", fontsize=7, color="white" if grid[r, j] > 1.2 else "black")
+            ax.text(
+                j,
+                r,
+                text,
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if grid[r, j] > 1.2 else "black",
+            )
     ax.set_xticks(range(len(cfg.settings)), [_label(s) for s in cfg.settings], fontsize=7, rotation=15)
     ax.set_yticks(range(len(keys)), [f"{v}, {INITS[i]}" for v, i in keys], fontsize=7)
-    ax.set_title(f"log-log slope of |delta^1| / |delta^2| / |delta^3| vs n at t={cfg.step} (white: all ~0)", fontsize=9)
+    ax.set_title(
+        f"log-log slope of |delta^1| / |delta^2| / |delta^3| vs n at t={cfg.step} (white: all ~0)", fontsize=9
+    )
     return fig
 
 
@@ -248,11 +284,20 @@ def _lambda_figure(cfg: Config, best: dict) -> Figure:
     n = np.array(cfg.widths, float)
     for key, rows in best.items():
         fit = _lambda_slopes(cfg.widths, rows)
-        left.loglog(n, [r["lam"] for r in rows], "o-", ms=3,
-                    label=f"{key[0]}, {INITS[key[1]]}: slope {fit['lam']:.2f}")
+        left.loglog(
+            n,
+            [r["lam"] for r in rows],
+            "o-",
+            ms=3,
+            label=f"{key[0]}, {INITS[key[1]]}: slope {fit['lam']:.2f}",
+        )
     ref = best[next(iter(best))][0]["lam"]
     left.loglog(n, ref * n / n[0], "k:", lw=1, label="slope 1")
-    left.set(xlabel="width n", ylabel="best lambda = eta_b / eta_a", title=f"best final loss after T={cfg.steps} steps")
+    left.set(
+        xlabel="width n",
+        ylabel="best lambda = eta_b / eta_a",
+        title=f"best final loss after T={cfg.steps} steps",
+    )
     left.legend(fontsize=7)
     paper = best["single", "a"]
     for name, key in (("eta_a", "eta_a"), ("eta_b", "eta_b")):
@@ -270,10 +315,18 @@ def _rows(cfg: Config, mags: dict, slopes: dict, best: dict) -> tuple[list[dict]
     for (name, init), mag in mags.items():
         for j, (al, be) in enumerate(cfg.settings):
             tag = dict(variant=name, init=init, alpha=al, beta=be)
-            slope_rows.append(dict(**tag, step=cfg.step, **{f"slope_delta{i + 1}": slopes[name, init][j][i]
-                                                            for i in range(3)}))
-            deltas += [dict(**tag, n=n, step=t + 1, **{f"delta{i + 1}": mag[w, t, i, j] for i in range(3)})
-                       for w, n in enumerate(cfg.widths) for t in range(cfg.steps)]
+            slope_rows.append(
+                dict(
+                    **tag,
+                    step=cfg.step,
+                    **{f"slope_delta{i + 1}": slopes[name, init][j][i] for i in range(3)},
+                )
+            )
+            deltas += [
+                dict(**tag, n=n, step=t + 1, **{f"delta{i + 1}": mag[w, t, i, j] for i in range(3)})
+                for w, n in enumerate(cfg.widths)
+                for t in range(cfg.steps)
+            ]
         lam_rows += [dict(variant=name, init=init, **row) for row in best[name, init]]
     return deltas, slope_rows, lam_rows
 
@@ -281,19 +334,33 @@ def _rows(cfg: Config, mags: dict, slopes: dict, best: dict) -> tuple[list[dict]
 def _text(cfg: Config, slopes: dict, fit: dict, edge: list[dict]) -> list[str]:
     """The terminal report: slopes of the paper's case, the theorem's scaling everywhere, lambda fits."""
     paper = slopes["single", "a"]
-    lines = [f"Theorem 2 toy, widths {cfg.widths[0]}..{cfg.widths[-1]}: log-log slope of |delta_t^i| vs n "
-             f"at t={cfg.step} (one sample, r=1, {INITS['a']}; 0 = Theta(1))",
-             text_table(["alpha", "beta", "delta1", "delta2", "delta3"],
-                        [[s[0], s[1], *paper[j]] for j, s in enumerate(cfg.settings)])]
+    lines = [
+        f"Theorem 2 toy, widths {cfg.widths[0]}..{cfg.widths[-1]}: log-log slope of |delta_t^i| vs n "
+        f"at t={cfg.step} (one sample, r=1, {INITS['a']}; 0 = Theta(1))",
+        text_table(
+            ["alpha", "beta", "delta1", "delta2", "delta3"],
+            [[s[0], s[1], *paper[j]] for j, s in enumerate(cfg.settings)],
+        ),
+    ]
     if [-1, 0] in cfg.settings:
         j = cfg.settings.index([-1, 0])
-        lines += ["", "theorem's scaling (alpha, beta) = (-1, 0) in every variant (max |slope| over the 3 terms):",
-                  text_table(["variant", "init", "max |slope|"],
-                             [[k[0], INITS[k[1]], max(abs(x) for x in v[j])] for k, v in slopes.items()])]
-    lines += ["", f"best lambda = eta_b/eta_a on a log2 grid refined to {cfg.grid_step / 4:g} "
-                  f"(mean final loss after T={cfg.steps}); expected slope ~1:",
-              text_table(["variant", "init", "slope lambda", "slope eta_a", "slope eta_b"],
-                         [[k[0], INITS[k[1]], *f.values()] for k, f in fit.items()])]
+        lines += [
+            "",
+            "theorem's scaling (alpha, beta) = (-1, 0) in every variant (max |slope| over the 3 terms):",
+            text_table(
+                ["variant", "init", "max |slope|"],
+                [[k[0], INITS[k[1]], max(abs(x) for x in v[j])] for k, v in slopes.items()],
+            ),
+        ]
+    lines += [
+        "",
+        f"best lambda = eta_b/eta_a on a log2 grid refined to {cfg.grid_step / 4:g} "
+        f"(mean final loss after T={cfg.steps}); expected slope ~1:",
+        text_table(
+            ["variant", "init", "slope lambda", "slope eta_a", "slope eta_b"],
+            [[k[0], INITS[k[1]], *f.values()] for k, f in fit.items()],
+        ),
+    ]
     if edge:
         lines.append(f"warning: {len(edge)} best points lie on the grid edge; widen log2_eta_a/b")
     return lines
@@ -305,17 +372,27 @@ def run(cfg: Config, out: Path) -> str:
     for name, m, r in variants(cfg):
         for init in INITS:
             mags[name, init] = mag = delta_study(cfg, m, r, init)
-            slopes[name, init] = [[loglog_slope(cfg.widths, mag[:, cfg.step - 1, i, j]) for i in range(3)]
-                                  for j in range(len(cfg.settings))]
+            slopes[name, init] = [
+                [loglog_slope(cfg.widths, mag[:, cfg.step - 1, i, j]) for i in range(3)]
+                for j in range(len(cfg.settings))
+            ]
             best[name, init] = [best_rates(n, cfg, m, r, init) for n in cfg.widths]
     fit = {k: _lambda_slopes(cfg.widths, rows) for k, rows in best.items()}
     deltas, slope_rows, lam_rows = _rows(cfg, mags, slopes, best)
     edge = [row for row in lam_rows if row["at_edge"]]
-    summary = dict(config=vars(cfg), inits=INITS,
-                   delta_slopes={f"{k[0]}|{k[1]}": dict(zip(map(str, cfg.settings), v)) for k, v in slopes.items()},
-                   best_lambda_slopes={f"{k[0]}|{k[1]}": v for k, v in fit.items()}, best_at_grid_edge=edge)
-    files = [write_csv(out / "toy_deltas.csv", deltas), write_csv(out / "toy_slopes.csv", slope_rows),
-             write_csv(out / "toy_lambda.csv", lam_rows), write_json(out / "toy.json", summary)]
+    summary = dict(
+        config=vars(cfg),
+        inits=INITS,
+        delta_slopes={f"{k[0]}|{k[1]}": dict(zip(map(str, cfg.settings), v)) for k, v in slopes.items()},
+        best_lambda_slopes={f"{k[0]}|{k[1]}": v for k, v in fit.items()},
+        best_at_grid_edge=edge,
+    )
+    files = [
+        write_csv(out / "toy_deltas.csv", deltas),
+        write_csv(out / "toy_slopes.csv", slope_rows),
+        write_csv(out / "toy_lambda.csv", lam_rows),
+        write_json(out / "toy.json", summary),
+    ]
     files += save_figure(_delta_figure(cfg, mags), out, "toy_deltas", compact=True)
     files += save_figure(_slope_figure(cfg, slopes), out, "toy_slopes", compact=True)
     files += save_figure(_lambda_figure(cfg, best), out, "toy_lambda", compact=True)

@@ -1,5 +1,6 @@
 """Helpers the tests share: compose configs as the CLI does, run the CLI in a subprocess, read the
 records a run wrote, find the GLUE files. Fixtures live in tests/conftest.py."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,12 @@ from qvtune.record import RESULT_FILE, Curves, RunRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 GLUE_DIR = Path(os.environ.get("QVTUNE_GLUE_DIR", ROOT.parent / "shared" / "data" / "glue"))
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled",
-               "TOKENIZERS_PARALLELISM": "false"}
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "WANDB_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 
 register_configs()
 
@@ -37,12 +42,19 @@ def make_config(*overrides: str) -> Any:
         VersionBase.instance().version_base = base
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 600,
-            module: str = "qvtune.run") -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path, timeout: float = 600, module: str = "qvtune.run"
+) -> subprocess.CompletedProcess:
     """`python -m module args` in `cwd`, offline (no hub, no W&B), its output captured."""
     env = {**os.environ, **OFFLINE_ENV}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def records(results: Path) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@
 its progress is saved every second and each start is appended to <name>.starts, so a job that is
 requeued (Slurm time limit) resumes where it stopped.
 """
+
 import json
 import os
 import signal

@@ -1,0 +1,125 @@
+"""Successive halving against the full grid: does the search find the grid's best cell, for how much?
+
+Runs, each as one sweep process with W&B disabled, into two fresh stores under --out:
+
+- the full (eta_QK, eta_V) grid on qv x seeds (`-m lr=... lr_v=... seed=...`);
+- the halving search on the same grid and seeds (`hydra.sweeper.search=halving`).
+
+Then prints the grid's best cell and its seed-mean, the search's pick and its seed-mean at the full
+budget (re-run there on the same seeds if the search did not finish that cell), their paired
+difference over seeds with its standard error, and the search's training samples and wall time as
+fractions of the grid's.
+
+    python scripts/bench_search.py --glue ../shared/data/glue --task sst2 --samples 2000
+    python scripts/bench_search.py --model tiny-bert --lr 1e-2,3e-2 --lr-v 3e-2,1e-1 --seeds 0,1   # smoke
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from qvtune.record import RESULT_FILE, RunRecord, Status
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
+Cell = tuple[float, float]
+
+
+def sweep(args: argparse.Namespace, results: Path, *extra: str) -> float:
+    """One sweep process over the grid into `results`; returns its wall time in seconds."""
+    data = [f"task={args.task}"] + ([f"data_dir={args.glue}"] if args.glue else [])
+    if args.samples:
+        data.append(f"max_train_samples={args.samples}")
+    cmd = [sys.executable, "-m", "qvtune.run", "-m", f"model={args.model}", "method=lora", "targets=qv",
+           *data, f"epochs={args.epochs}", f"lr={args.lr}", f"lr_v={args.lr_v}", f"seed={args.seeds}",
+           "wandb.mode=disabled", f"results_dir={results}", f"cache_dir={args.out / 'cache'}",
+           f"hydra.sweep.dir={results.parent / ('sweep-' + results.name)}", *args.extra, *extra]
+    tic = time.perf_counter()
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    for line in proc.stdout.splitlines():  # the search's answer, as it prints it
+        if line.startswith(("search ", "  rung ", "  pick: ", "  no pick")):
+            print(line)
+    return time.perf_counter() - tic
+
+
+def records(results: Path) -> list[RunRecord]:
+    return [RunRecord.read(p) for p in sorted(results.glob(f"*/{RESULT_FILE}"))]
+
+
+def full_budget(recs: list[RunRecord], metric: str) -> dict[Cell, dict[int, float]]:
+    """(eta_QK, eta_V) -> seed -> the headline metric of the runs that finished the whole budget."""
+    out: dict[Cell, dict[int, float]] = {}
+    for r in recs:
+        if r.status in (Status.COMPLETED, Status.DIVERGED):
+            out.setdefault((r.rates["qk"], r.rates["v"]), {})[int(r.config["seed"])] = r.final[metric]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--glue", type=Path, help="a GLUE TSV folder (default: the synthetic task)")
+    parser.add_argument("--task", default=None,
+                        help="sst2, rte, ... (default: sst2 with --glue, else synthetic)")
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--samples", type=int, default=None, help="max_train_samples")
+    parser.add_argument("--epochs", type=float, default=1)
+    parser.add_argument("--lr", default="2.5e-4,5e-4,1e-3,2e-3", help="eta_QK values")
+    parser.add_argument("--lr-v", default="5e-4,1e-3,2e-3,4e-3", help="eta_V values")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--eta", type=float, default=3)
+    parser.add_argument("--min-fraction", type=float, default=1 / 9)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where the two stores go (default: a temp dir)")
+    parser.add_argument("extra", nargs="*", help="more overrides for every run, e.g. batch_size=16")
+    args = parser.parse_args()
+    args.task = args.task or ("sst2" if args.glue else "synthetic")
+    args.out = (args.out or Path(tempfile.mkdtemp(prefix="bench-search-"))).absolute()
+    grid_dir, search_dir = args.out / "grid", args.out / "search"
+
+    grid_s = sweep(args, grid_dir)
+    search_s = sweep(args, search_dir, "hydra.sweeper.search=halving",
+                     f"hydra.sweeper.halving.eta={args.eta}",
+                     f"hydra.sweeper.halving.min_fraction={args.min_fraction}")
+    (answer_file,) = (search_dir / "searches").glob("*.json")
+    answer: dict[str, Any] = json.loads(answer_file.read_text())
+    metric = answer["metric"]
+    (group,) = answer["groups"]
+    seeds = [int(s) for s in args.seeds.split(",")]
+
+    grid = full_budget(records(grid_dir), metric)
+    means = {c: statistics.mean(v.values()) for c, v in grid.items() if len(v) == len(seeds)}
+    best = max(sorted(means), key=lambda c: means[c])
+    pick: Cell = (group["pick"]["lr"], group["pick"]["lr_v"]) if group["pick"] else best
+    searched = full_budget(records(search_dir), metric)
+    if len(searched.get(pick, {})) < len(seeds):  # not finished by the search: run it to the end
+        one_cell = argparse.Namespace(**{**vars(args), "lr": repr(pick[0]), "lr_v": repr(pick[1])})
+        search_s += sweep(one_cell, search_dir)
+        searched = full_budget(records(search_dir), metric)
+
+    diffs = [grid[best][s] - searched[pick][s] for s in seeds]
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
+    grid_samples = sum(r.samples for r in records(grid_dir))
+    search_samples = sum(r.samples for r in records(search_dir))
+    print(f"grid best:   eta_QK={best[0]:g} eta_V={best[1]:g}: {metric} {means[best]:.4f} "
+          f"(mean of {len(seeds)} seeds)")
+    print(f"search pick: eta_QK={pick[0]:g} eta_V={pick[1]:g}: {metric} "
+          f"{statistics.mean(searched[pick][s] for s in seeds):.4f} at the full budget")
+    print(f"grid best - search pick: {statistics.mean(diffs):+.4f} +- {se:.4f} "
+          "(paired over seeds, standard error)")
+    print(f"search compute: {search_samples} of {grid_samples} training samples "
+          f"({search_samples / grid_samples:.1%}); "
+          f"wall {search_s:.0f} s of {grid_s:.0f} s ({search_s / grid_s:.1%})  -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
