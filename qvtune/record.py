@@ -12,6 +12,7 @@ fields are documented there. A run's folder holds
 
 Records of schema 1 (the curves inline in result.json) are read everywhere, their curves included.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -181,8 +182,15 @@ class RunRecord:
             qvtune_version=__version__,
         )
 
-    def finish(self, state: TrainState, params: dict[str, Any], setup: dict[str, float],
-               memory: dict[str, Any], device: str, threads: int) -> None:
+    def finish(
+        self,
+        state: TrainState,
+        params: dict[str, Any],
+        setup: dict[str, float],
+        memory: dict[str, Any],
+        device: str,
+        threads: int,
+    ) -> None:
         """What training produced: `state` the training loop's, `setup` the timings measured before
         it and wall_s (see `timing`), `memory` qvtune.runtime.peak_memory_mb."""
         history = state.history
@@ -194,9 +202,13 @@ class RunRecord:
         self.planned_steps = state.total_steps
         self.curves = Curves(state.train_loss, state.update_norms, state.lr_trace)
         train_s = state.train_s
-        self.timing = {**setup, "train_s": train_s, "eval_s": state.eval_s,
-                       "samples_per_s": state.samples / train_s if train_s else None,
-                       "tokens_per_s": state.tokens / train_s if train_s else None}
+        self.timing = {
+            **setup,
+            "train_s": train_s,
+            "eval_s": state.eval_s,
+            "samples_per_s": state.samples / train_s if train_s else None,
+            "tokens_per_s": state.tokens / train_s if train_s else None,
+        }
         self.peak_rss_mb, self.peak_gpu_mb = memory["peak_rss_mb"], memory["peak_gpu_mb"]
         self.device, self.threads = device, threads
         self.finished_at = _now()
@@ -220,15 +232,18 @@ class RunRecord:
         try:
             status = Status(data.get("status"))
         except ValueError:
-            raise InvalidRecord(f"unknown status {data.get('status')!r}; expected one of "
-                                f"{', '.join(Status)}") from None
+            raise InvalidRecord(
+                f"unknown status {data.get('status')!r}; expected one of {', '.join(Status)}"
+            ) from None
         values: dict[str, Any] = {}
         for name, kinds in _KINDS.items():
             if name in data:
                 value = data[name]
                 if not isinstance(value, kinds):
-                    raise InvalidRecord(f"{name}: {type(value).__name__} where "
-                                        f"{' or '.join(k.__name__ for k in kinds)} was expected")
+                    raise InvalidRecord(
+                        f"{name}: {type(value).__name__} where "
+                        f"{' or '.join(k.__name__ for k in kinds)} was expected"
+                    )
                 values[name] = value
         record = cls(status=status, **values)
         if curves and schema == 1:

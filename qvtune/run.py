@@ -8,6 +8,7 @@ The config is validated before torch is imported. A run is keyed by a hash of wh
 result: a finished key is skipped, an interrupted one resumes from its checkpoint, and a failure is
 recorded in result.json instead of stopping a sweep.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -113,13 +114,22 @@ def execute(cfg: RunConfig, key: str, store: ResultsStore, runtime: Runtime, res
             record.fail(e)
     store.write(record)
     if tracker is not None:
-        tracker.finish({"status": record.status.value, "best": record.best, "final": record.final,
-                        "steps": record.steps}, exit_code)
+        tracker.finish(
+            {
+                "status": record.status.value,
+                "best": record.best,
+                "final": record.final,
+                "steps": record.steps,
+            },
+            exit_code,
+        )
     if record.status is Status.FAILED:
         log.error(f"run {key} failed: {record.error} -> {run_dir / RESULT_FILE}")
     else:
-        log.info(f"run {key} {record.status}: {cfg.task.metric} = {record.final[cfg.task.metric]:.4f}"
-                 f" -> {run_dir / RESULT_FILE}")
+        log.info(
+            f"run {key} {record.status}: {cfg.task.metric} = {record.final[cfg.task.metric]:.4f}"
+            f" -> {run_dir / RESULT_FILE}"
+        )
     return record
 
 
@@ -178,8 +188,19 @@ def fine_tune(cfg: RunConfig, record: RunRecord, run_dir: Path, runtime: Runtime
     data_s = time.perf_counter() - tic
     setup_s = time.perf_counter() - wall
 
-    state = train(model, groups, train_data, evals, cfg.task, cfg, pad_id=tokenizer.pad_token_id,
-                  device=device, precision=runtime.precision, checkpoint=run_dir / CHECKPOINT_FILE, log=log_fn)
+    state = train(
+        model,
+        groups,
+        train_data,
+        evals,
+        cfg.task,
+        cfg,
+        pad_id=tokenizer.pad_token_id,
+        device=device,
+        precision=runtime.precision,
+        checkpoint=run_dir / CHECKPOINT_FILE,
+        log=log_fn,
+    )
     if state.status is not Status.PAUSED:  # a paused run keeps its checkpoint to go on from
         if cfg.output_dir:
             # a transformers or PEFT model: torch types the attributes it does not know as Tensor | Module

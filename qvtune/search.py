@@ -8,6 +8,7 @@ ceil(n / eta). A rung is a prefix of the full run (`until`), so a promoted run g
 checkpoint and the search's compute is that of each cell's last rung. The sweeper plugin
 (hydra_plugins/qvtune_sweeper) launches the rungs and calls this; nothing heavy is imported.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -81,7 +82,7 @@ def ranked(cells: Sequence[Cell], scores: Mapping[Cell, Optional[float]]) -> lis
 
 def promote(cells: Sequence[Cell], scores: Mapping[Cell, Optional[float]], eta: float) -> list[Cell]:
     """The best ceil(n / eta) of a rung's n cells by score (see `ranked`)."""
-    return ranked(cells, scores)[:math.ceil(len(cells) / eta)]
+    return ranked(cells, scores)[: math.ceil(len(cells) / eta)]
 
 
 def rung_score(record: Optional[RunRecord], fraction: float, metric: str) -> Optional[float]:

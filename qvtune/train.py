@@ -1,14 +1,16 @@
 """The training loop, top to bottom: AdamW over the qk / v / head groups with one scheduler factor
 for all (so lambda holds at every step), dev evaluation each epoch and every `eval_every` steps, a
 stop on divergence, and checkpoints from which an interrupted run resumes exactly."""
+
 from __future__ import annotations
 
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, cast
+from typing import Any, Optional, cast
 
 import numpy as np
 import torch
@@ -59,15 +61,25 @@ AUTOCAST: dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, evals: dict[str, Encoded], task: TaskConfig, cfg: RunConfig, pad_id: int,
-             device: torch.device, amp: Optional[torch.dtype]) -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    evals: dict[str, Encoded],
+    task: TaskConfig,
+    cfg: RunConfig,
+    pad_id: int,
+    device: torch.device,
+    amp: Optional[torch.dtype],
+) -> dict[str, float]:
     """Dev metrics with large, length-sorted batches and no autograd bookkeeping."""
     model.eval()
     outputs, labels, losses = {}, {}, []
     for name, data in evals.items():
         out = np.zeros((len(data), max(task.num_labels, 1)), dtype=np.float32)
-        pieces = (piece for index in eval_batches(data.lengths, cfg.eval_batch_size)
-                  for piece in micro_batches(data.lengths, index, cfg.max_batch_tokens, pad_to(cfg)))
+        pieces = (
+            piece
+            for index in eval_batches(data.lengths, cfg.eval_batch_size)
+            for piece in micro_batches(data.lengths, index, cfg.max_batch_tokens, pad_to(cfg))
+        )
         for piece in pieces:
             result, _ = forward(model, data, piece, pad_id, pad_to(cfg), device, amp)
             out[piece] = result.logits.float().cpu().numpy().reshape(len(piece), -1)
@@ -105,7 +117,9 @@ def train(
         weight_decay=cfg.optim.weight_decay,
     )
     warmup = int(cfg.optim.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total_steps, cfg.optim.scheduler))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup, total_steps, cfg.optim.scheduler)
+    )
     amp = AUTOCAST[precision]
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     norms = UpdateNorms(model)
@@ -116,15 +130,22 @@ def train(
     stop = until_step(cfg.until, total_steps)  # the schedule above is the whole run's either way
 
     trainable = [p for g in groups for _, p in g.params]
+    pad = pad_to(cfg)
+
+    def evaluate_at(epoch: float) -> None:
+        record_eval(state, model, evals, task, cfg, pad_id, device, amp, log, epoch=epoch)
+
     model.train()
     last_save = time.monotonic()
     epoch_batches: tuple[int, list[np.ndarray]] = (-1, [])
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total_steps, initial=state.step, disable=None, unit="step", dynamic_ncols=True, leave=False)
+    bar = tqdm(
+        total=total_steps, initial=state.step, disable=None, unit="step", dynamic_ncols=True, leave=False
+    )
     try:
         if total_steps == 0 or (cfg.eval_at_start and state.step == 0 and not state.history):
-            record_eval(state, model, evals, task, cfg, pad_id, device, amp, log, epoch=0.0)
+            evaluate_at(0.0)
         while state.step < stop and state.status == Status.RUNNING:
             tic = time.perf_counter()
             loss_sum = 0.0
@@ -132,10 +153,23 @@ def train(
                 position = state.step * cfg.grad_accum + micro
                 epoch, index_in_epoch = divmod(position, per_epoch)
                 if epoch_batches[0] != epoch:
-                    epoch_batches = (epoch, train_batches(train_data.lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length))
+                    batches = train_batches(
+                        train_data.lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length
+                    )
+                    epoch_batches = (epoch, batches)
                 index = epoch_batches[1][index_in_epoch]
-                loss, tokens = backward(model, train_data, index, pad_id, pad_to(cfg), cfg.max_batch_tokens, device,
-                                        scale=1 / cfg.grad_accum, amp=amp, scaler=scaler)
+                loss, tokens = backward(
+                    model,
+                    train_data,
+                    index,
+                    pad_id,
+                    pad,
+                    cfg.max_batch_tokens,
+                    device,
+                    scale=1 / cfg.grad_accum,
+                    amp=amp,
+                    scaler=scaler,
+                )
                 loss_sum += loss
                 state.tokens += tokens
                 state.samples += len(index)
@@ -155,15 +189,17 @@ def train(
             state.train_loss.append([state.step, loss_sum])
             state.update_norms.append([state.step, norm["q"], norm["k"], norm["v"]])
             rates = {f"lr/{name}": lr for name, lr in applied.items()}
-            log({"train/loss": loss_sum, **{f"update_norm/{k}": v for k, v in norm.items()}, **rates}, state.step)
+            norm_values = {f"update_norm/{k}": v for k, v in norm.items()}
+            log({"train/loss": loss_sum, **norm_values, **rates}, state.step)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum:.4f}", refresh=False)
 
             state.status, state.error = check_divergence(state, loss_sum, cfg.diverge_factor)
-            epoch_done = (state.step * cfg.grad_accum) // per_epoch > ((state.step - 1) * cfg.grad_accum) // per_epoch
+            epoch_now = state.step * cfg.grad_accum // per_epoch
+            epoch_done = epoch_now > (state.step - 1) * cfg.grad_accum // per_epoch
             periodic = cfg.eval_every and state.step % cfg.eval_every == 0
             if epoch_done or periodic or state.step in (stop, total_steps) or state.status != Status.RUNNING:
-                record_eval(state, model, evals, task, cfg, pad_id, device, amp, log, epoch=state.step * cfg.grad_accum / per_epoch)
+                evaluate_at(state.step * cfg.grad_accum / per_epoch)
             if time.monotonic() - last_save > cfg.checkpoint_minutes * 60 and state.status == Status.RUNNING:
                 save_checkpoint(checkpoint, model, optimizer, scheduler, scaler, state)
                 last_save = time.monotonic()
@@ -172,17 +208,26 @@ def train(
         raise
     finally:
         bar.close()
-    if state.status == Status.RUNNING and state.step < total_steps:
-        save_checkpoint(checkpoint, model, optimizer, scheduler, scaler, state)  # saved as running: it goes on
+    if state.status == Status.RUNNING and state.step < total_steps:  # stopped at `until`
+        save_checkpoint(checkpoint, model, optimizer, scheduler, scaler, state)  # saved running: it goes on
         state.status = Status.PAUSED
     elif state.status == Status.RUNNING:
         state.status = Status.COMPLETED
     return state
 
 
-def backward(model: nn.Module, data: Encoded, index: np.ndarray, pad_id: int, pad_to: Optional[int],
-             max_tokens: Optional[int], device: torch.device, scale: float = 1.0,
-             amp: Optional[torch.dtype] = None, scaler: Optional[Any] = None) -> tuple[float, int]:
+def backward(
+    model: nn.Module,
+    data: Encoded,
+    index: np.ndarray,
+    pad_id: int,
+    pad_to: Optional[int],
+    max_tokens: Optional[int],
+    device: torch.device,
+    scale: float = 1.0,
+    amp: Optional[torch.dtype] = None,
+    scaler: Optional[Any] = None,
+) -> tuple[float, int]:
     """Accumulate the gradient of `scale` x the batch's mean loss, in micro-batches of at most
     `max_tokens` padded tokens; returns (that scaled loss, real tokens seen)."""
     loss_sum, tokens = 0.0, 0
@@ -195,8 +240,15 @@ def backward(model: nn.Module, data: Encoded, index: np.ndarray, pad_id: int, pa
     return loss_sum, tokens
 
 
-def forward(model: nn.Module, data: Encoded, index: np.ndarray, pad_id: int, pad_to: Optional[int],
-            device: torch.device, amp: Optional[torch.dtype]) -> tuple[Any, int]:
+def forward(
+    model: nn.Module,
+    data: Encoded,
+    index: np.ndarray,
+    pad_id: int,
+    pad_to: Optional[int],
+    device: torch.device,
+    amp: Optional[torch.dtype],
+) -> tuple[Any, int]:
     """The model's output on the examples `index`, and how many real (non-pad) tokens they hold."""
     batch = {k: v.to(device) for k, v in collate(data, index, pad_id, pad_to).items()}
     with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
@@ -222,13 +274,26 @@ def check_divergence(state: TrainState, loss: float, factor: float) -> tuple[Sta
     if factor and len(state.recent_losses) == LOSS_WINDOW:
         recent = float(np.mean(state.recent_losses))
         if recent > factor * state.loss_start:
-            return Status.DIVERGED, f"mean loss {recent:.4g} over the last {LOSS_WINDOW} steps exceeds {factor:g} x its start {state.loss_start:.4g} (step {state.step})"
+            return (
+                Status.DIVERGED,
+                f"mean loss {recent:.4g} over the last {LOSS_WINDOW} steps exceeds {factor:g} x its start "
+                f"{state.loss_start:.4g} (step {state.step})",
+            )
     return Status.RUNNING, None
 
 
-def record_eval(state: TrainState, model: nn.Module, evals: dict[str, Encoded], task: TaskConfig,
-                cfg: RunConfig, pad_id: int, device: torch.device, amp: Optional[torch.dtype],
-                log: Callable[[dict[str, float], int], None], epoch: float) -> None:
+def record_eval(
+    state: TrainState,
+    model: nn.Module,
+    evals: dict[str, Encoded],
+    task: TaskConfig,
+    cfg: RunConfig,
+    pad_id: int,
+    device: torch.device,
+    amp: Optional[torch.dtype],
+    log: Callable[[dict[str, float], int], None],
+    epoch: float,
+) -> None:
     tic = time.perf_counter()
     metrics = evaluate(model, evals, task, cfg, pad_id, device, amp)
     state.eval_s += time.perf_counter() - tic
@@ -236,7 +301,9 @@ def record_eval(state: TrainState, model: nn.Module, evals: dict[str, Encoded], 
     log({f"eval/{k}": v for k, v in metrics.items()}, state.step)
 
 
-def save_checkpoint(path: Path, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, state: TrainState) -> None:
+def save_checkpoint(
+    path: Path, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, state: TrainState
+) -> None:
     """Trainable tensors, optimizer, scheduler, RNG and progress, written atomically."""
     blob = {
         "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},

@@ -13,6 +13,7 @@ fractions of the grid's.
     python scripts/bench_search.py --glue ../shared/data/glue --task sst2 --samples 2000
     python scripts/bench_search.py --model tiny-bert --lr 1e-2,3e-2 --lr-v 3e-2,1e-1 --seeds 0,1   # smoke
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,10 +39,26 @@ def sweep(args: argparse.Namespace, results: Path, *extra: str) -> float:
     data = [f"task={args.task}"] + ([f"data_dir={args.glue}"] if args.glue else [])
     if args.samples:
         data.append(f"max_train_samples={args.samples}")
-    cmd = [sys.executable, "-m", "qvtune.run", "-m", f"model={args.model}", "method=lora", "targets=qv",
-           *data, f"epochs={args.epochs}", f"lr={args.lr}", f"lr_v={args.lr_v}", f"seed={args.seeds}",
-           "wandb.mode=disabled", f"results_dir={results}", f"cache_dir={args.out / 'cache'}",
-           f"hydra.sweep.dir={results.parent / ('sweep-' + results.name)}", *args.extra, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "qvtune.run",
+        "-m",
+        f"model={args.model}",
+        "method=lora",
+        "targets=qv",
+        *data,
+        f"epochs={args.epochs}",
+        f"lr={args.lr}",
+        f"lr_v={args.lr_v}",
+        f"seed={args.seeds}",
+        "wandb.mode=disabled",
+        f"results_dir={results}",
+        f"cache_dir={args.out / 'cache'}",
+        f"hydra.sweep.dir={results.parent / ('sweep-' + results.name)}",
+        *args.extra,
+        *extra,
+    ]
     tic = time.perf_counter()
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
     if proc.returncode:
@@ -68,8 +85,9 @@ def full_budget(recs: list[RunRecord], metric: str) -> dict[Cell, dict[int, floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--glue", type=Path, help="a GLUE TSV folder (default: the synthetic task)")
-    parser.add_argument("--task", default=None,
-                        help="sst2, rte, ... (default: sst2 with --glue, else synthetic)")
+    parser.add_argument(
+        "--task", default=None, help="sst2, rte, ... (default: sst2 with --glue, else synthetic)"
+    )
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--samples", type=int, default=None, help="max_train_samples")
     parser.add_argument("--epochs", type=float, default=1)
@@ -78,8 +96,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--eta", type=float, default=3)
     parser.add_argument("--min-fraction", type=float, default=1 / 9)
-    parser.add_argument("--out", type=Path, default=None,
-                        help="where the two stores go (default: a temp dir)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="where the two stores go (default: a temp dir)"
+    )
     parser.add_argument("extra", nargs="*", help="more overrides for every run, e.g. batch_size=16")
     args = parser.parse_args()
     args.task = args.task or ("sst2" if args.glue else "synthetic")
@@ -87,9 +106,13 @@ def main() -> None:
     grid_dir, search_dir = args.out / "grid", args.out / "search"
 
     grid_s = sweep(args, grid_dir)
-    search_s = sweep(args, search_dir, "hydra.sweeper.search=halving",
-                     f"hydra.sweeper.halving.eta={args.eta}",
-                     f"hydra.sweeper.halving.min_fraction={args.min_fraction}")
+    search_s = sweep(
+        args,
+        search_dir,
+        "hydra.sweeper.search=halving",
+        f"hydra.sweeper.halving.eta={args.eta}",
+        f"hydra.sweeper.halving.min_fraction={args.min_fraction}",
+    )
     (answer_file,) = (search_dir / "searches").glob("*.json")
     answer: dict[str, Any] = json.loads(answer_file.read_text())
     metric = answer["metric"]
@@ -110,15 +133,23 @@ def main() -> None:
     se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
     grid_samples = sum(r.samples for r in records(grid_dir))
     search_samples = sum(r.samples for r in records(search_dir))
-    print(f"grid best:   eta_QK={best[0]:g} eta_V={best[1]:g}: {metric} {means[best]:.4f} "
-          f"(mean of {len(seeds)} seeds)")
-    print(f"search pick: eta_QK={pick[0]:g} eta_V={pick[1]:g}: {metric} "
-          f"{statistics.mean(searched[pick][s] for s in seeds):.4f} at the full budget")
-    print(f"grid best - search pick: {statistics.mean(diffs):+.4f} +- {se:.4f} "
-          "(paired over seeds, standard error)")
-    print(f"search compute: {search_samples} of {grid_samples} training samples "
-          f"({search_samples / grid_samples:.1%}); "
-          f"wall {search_s:.0f} s of {grid_s:.0f} s ({search_s / grid_s:.1%})  -> {args.out}")
+    print(
+        f"grid best:   eta_QK={best[0]:g} eta_V={best[1]:g}: {metric} {means[best]:.4f} "
+        f"(mean of {len(seeds)} seeds)"
+    )
+    print(
+        f"search pick: eta_QK={pick[0]:g} eta_V={pick[1]:g}: {metric} "
+        f"{statistics.mean(searched[pick][s] for s in seeds):.4f} at the full budget"
+    )
+    print(
+        f"grid best - search pick: {statistics.mean(diffs):+.4f} +- {se:.4f} "
+        "(paired over seeds, standard error)"
+    )
+    print(
+        f"search compute: {search_samples} of {grid_samples} training samples "
+        f"({search_samples / grid_samples:.1%}); "
+        f"wall {search_s:.0f} s of {grid_s:.0f} s ({search_s / grid_s:.1%})  -> {args.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Successive halving over a learning-rate grid (qvtune.search and the sweeper's
 hydra.sweeper.search=halving): the arithmetic by hand, then tiny-bert searches end to end."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,10 @@ import pytest
 from qvtune import search
 from qvtune.collect import heatmap
 from qvtune.collect.records import load
-from qvtune.record import RunRecord, Status
-from tests.helpers import OFFLINE_ENV, records, run_cli
+from qvtune.config import validate
+from qvtune.identity import run_key
+from qvtune.record import RunRecord, RunState, State, Status
+from tests.helpers import OFFLINE_ENV, make_config, records, run_cli
 
 # ---------------------------------------------------------------------------------------------
 # the arithmetic
@@ -35,7 +38,9 @@ def test_rungs_grow_by_eta_up_to_the_full_budget() -> None:
 def test_validate_names_each_bad_option() -> None:
     assert search.validate(3, 0.1) == []
     assert [e.split("=")[0] for e in search.validate(1, 0)] == [
-        "hydra.sweeper.halving.eta", "hydra.sweeper.halving.min_fraction"]
+        "hydra.sweeper.halving.eta",
+        "hydra.sweeper.halving.min_fraction",
+    ]
     assert search.validate(math.nan, 1.5) and search.validate(3, math.inf)
 
 
@@ -72,8 +77,13 @@ def test_cells_and_groups_leave_out_seeds_and_learning_rates() -> None:
 
 
 def record(status: Status, steps: int, planned: int, history: list[tuple[int, float]]) -> RunRecord:
-    return RunRecord(status=status, steps=steps, planned_steps=planned, samples=16 * steps,
-                     history=[{"step": s, "epoch": 0, "metrics": {"accuracy": v}} for s, v in history])
+    return RunRecord(
+        status=status,
+        steps=steps,
+        planned_steps=planned,
+        samples=16 * steps,
+        history=[{"step": s, "epoch": 0, "metrics": {"accuracy": v}} for s, v in history],
+    )
 
 
 def test_rung_score_is_the_last_evaluation_at_or_before_the_rung() -> None:
@@ -84,6 +94,25 @@ def test_rung_score_is_the_last_evaluation_at_or_before_the_rung() -> None:
     assert [search.rung_score(done, f, "accuracy") for f in (1 / 3, 0.5, 1.0)] == [0.6, 0.7, 0.8]
     assert search.rung_score(None, 1 / 3, "accuracy") is None
     assert search.rung_score(record(Status.FAILED, 0, 32, []), 1 / 3, "accuracy") is None
+
+
+def test_a_paused_run_needs_a_launch_only_past_the_step_it_reached() -> None:
+    paused = RunState(State.PAUSED, record(Status.PAUSED, 11, 32, [(11, 0.6)]))
+    assert paused.reached(1 / 3) and paused.reached(0.3) and not paused.finished
+    assert not paused.reached(0.5) and not paused.reached(None)  # None: the whole run
+    assert RunState(State.COMPLETED, record(Status.COMPLETED, 32, 32, [])).reached(0.5)
+    assert not RunState(State.INTERRUPTED, record(Status.RUNNING, 20, 32, [])).reached(0.5)
+    assert not RunState(State.PENDING, None).reached(0.5)
+
+
+@pytest.mark.parametrize("until", ["0", "1.5", "-0.5", "nan"])
+def test_until_outside_0_1_is_one_error_line(until: str) -> None:
+    errors = validate(make_config(f"until={until}"))
+    assert len(errors) == 1 and errors[0].startswith(f"until={float(until)}: expected a fraction")
+
+
+def test_until_is_not_in_the_run_key() -> None:
+    assert run_key(make_config("until=0.25"), "fp32") == run_key(make_config(), "fp32")
 
 
 def test_a_run_diverged_by_the_rung_has_no_score_there() -> None:
@@ -107,17 +136,37 @@ def test_worst_case_cost_counts_each_cell_at_its_last_rung() -> None:
 # rungs at 0.34 and 1 (steps 11 and 32 of 32: 2 epochs of 16 batches)
 
 GRID = ["lr=1e-2,3e-2,100", "lr_v=3e-2,1e-1,3e-1", "seed=0,1"]
-BASE = ["model=tiny-bert", "task=synthetic", "targets=qv", "epochs=2", "batch_size=16", "eval_every=8",
-        "task.synthetic.train_size=256", "task.synthetic.eval_size=64", "threads=1", "wandb.mode=disabled"]
-SEARCH = ["hydra.sweeper.search=halving", "hydra.sweeper.halving.eta=3",
-          "hydra.sweeper.halving.min_fraction=0.34"]
+BASE = [
+    "model=tiny-bert",
+    "task=synthetic",
+    "targets=qv",
+    "epochs=2",
+    "batch_size=16",
+    "eval_every=8",
+    "task.synthetic.train_size=256",
+    "task.synthetic.eval_size=64",
+    "threads=1",
+    "wandb.mode=disabled",
+]
+SEARCH = [
+    "hydra.sweeper.search=halving",
+    "hydra.sweeper.halving.eta=3",
+    "hydra.sweeper.halving.min_fraction=0.34",
+]
 RUNG_STEP, FULL = 11, 32
 
 
 def search_args(tmp_path: Path, results: str, *extra: str) -> list[str]:
-    return ["-m", *BASE, *GRID, *SEARCH, f"results_dir={tmp_path / results}",
-            f"cache_dir={tmp_path / 'cache'}",
-            f"hydra.sweep.dir={tmp_path / 'sweeps' / results}", *extra]
+    return [
+        "-m",
+        *BASE,
+        *GRID,
+        *SEARCH,
+        f"results_dir={tmp_path / results}",
+        f"cache_dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={tmp_path / 'sweeps' / results}",
+        *extra,
+    ]
 
 
 def answer(results: Path) -> dict[str, Any]:
@@ -185,10 +234,16 @@ def test_search_picks_from_the_promoted_cells_and_a_rung_is_a_prefix_of_the_run(
     # each promoted run was paused at the rung and continued: the record of the same runs done in one go
     cells = [c for c in ans["groups"][0]["rungs"][0]["cells"] if c["promoted"]]
     grids = ",".join("{lr: " + repr(c["lr"]) + ", lr_v: " + repr(c["lr_v"]) + "}" for c in cells)
-    one_go = run_cli("-m", *BASE, "seed=0,1", f"results_dir={tmp_path / 'one-go'}",
-                     f"cache_dir={tmp_path / 'cache'}",
-                     f"hydra.sweeper.grids=[{grids}]",
-                     f"hydra.sweep.dir={tmp_path / 'sweeps' / 'one-go'}", cwd=tmp_path)
+    one_go = run_cli(
+        "-m",
+        *BASE,
+        "seed=0,1",
+        f"results_dir={tmp_path / 'one-go'}",
+        f"cache_dir={tmp_path / 'cache'}",
+        f"hydra.sweeper.grids=[{grids}]",
+        f"hydra.sweep.dir={tmp_path / 'sweeps' / 'one-go'}",
+        cwd=tmp_path,
+    )
     assert one_go.returncode == 0, one_go.stderr[-3000:]
     searched = {r["run_key"]: r for r in records(tmp_path / "results") if r["status"] == "completed"}
     direct = {r["run_key"]: r for r in records(tmp_path / "one-go")}
@@ -215,8 +270,9 @@ def test_a_relaunched_search_repeats_nothing(tmp_path: Path) -> None:
     out = tmp_path / "out.txt"
     with open(out, "w") as stdout, open(tmp_path / "err.txt", "w") as stderr:
         args = search_args(tmp_path, "results", "checkpoint_minutes=0")
-        proc = subprocess.Popen([sys.executable, "-m", "qvtune.run", *args], cwd=tmp_path, env=env,
-                                stdout=stdout, stderr=stderr)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "qvtune.run", *args], cwd=tmp_path, env=env, stdout=stdout, stderr=stderr
+        )
     deadline = time.monotonic() + 300
     while "search rung 2/2" not in out.read_text():
         assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "err.txt").read_text()[-3000:]
@@ -244,8 +300,12 @@ def test_a_relaunched_search_repeats_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_search_through_the_gpus_launcher(tmp_path: Path) -> None:
-    proc = run_cli(*search_args(tmp_path, "results", "hydra/launcher=gpus", "hydra.launcher.devices=[]",
-                                "hydra.launcher.slots=2"), cwd=tmp_path)
+    proc = run_cli(
+        *search_args(
+            tmp_path, "results", "hydra/launcher=gpus", "hydra.launcher.devices=[]", "hydra.launcher.slots=2"
+        ),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     check_search(tmp_path / "results")
 

@@ -9,6 +9,7 @@ Needs a cluster whose partition `debug` (QVTUNE_SLURM_PARTITION) is up, with acc
 submitit learns of cancelled jobs from it). The yaml asks for a GPU and 64 GB; the tests override
 both, so one CPU-only node is enough. Skipped without a cluster, unless QVTUNE_REQUIRE_SLURM=1.
 """
+
 import contextlib
 import json
 import os
@@ -18,8 +19,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Optional
 
 import pytest
 
@@ -36,14 +38,21 @@ def cluster_problem() -> Optional[str]:
         if shutil.which(tool) is None:
             return f"{tool} is not on PATH"
     try:
-        info = subprocess.run(["sinfo", "-h", "-p", PARTITION, "-o", "%a %T"], capture_output=True, text=True, timeout=30)
-        acct = subprocess.run(["sacct", "-n", "-X", "-S", "now-1minutes"], capture_output=True, text=True, timeout=30)
+        info = subprocess.run(
+            ["sinfo", "-h", "-p", PARTITION, "-o", "%a %T"], capture_output=True, text=True, timeout=30
+        )
+        acct = subprocess.run(
+            ["sacct", "-n", "-X", "-S", "now-1minutes"], capture_output=True, text=True, timeout=30
+        )
     except subprocess.TimeoutExpired as e:
         return f"{e.cmd[0]} did not answer in 30 s (is slurmctld / slurmdbd running?)"
     if info.returncode:
         return f"sinfo failed: {info.stderr.strip()}"
-    if not any(line.split()[0] == "up" and line.split()[1].rstrip("*~#") in ("idle", "mixed", "allocated", "completing")
-               for line in info.stdout.splitlines()):
+    if not any(
+        line.split()[0] == "up"
+        and line.split()[1].rstrip("*~#") in ("idle", "mixed", "allocated", "completing")
+        for line in info.stdout.splitlines()
+    ):
         return f"partition {PARTITION!r} has no node up: {info.stdout.strip() or 'no such partition'}"
     if acct.returncode:
         return f"sacct failed (accounting off?): {acct.stderr.strip()}"
@@ -61,9 +70,16 @@ def cluster() -> None:
 
 def slurm(name: str, sweep_dir: Path, timeout_min: int = 10) -> list[str]:
     """hydra/launcher=slurm on a small CPU node: no GPU, 1 core and 1 GB per task, a named job."""
-    return ["hydra/launcher=slurm", f"hydra.launcher.partition={PARTITION}", "hydra.launcher.gpus_per_node=null",
-            "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", f"hydra.launcher.timeout_min={timeout_min}",
-            f"hydra.launcher.name={name}", f"hydra.sweep.dir={sweep_dir}"]
+    return [
+        "hydra/launcher=slurm",
+        f"hydra.launcher.partition={PARTITION}",
+        "hydra.launcher.gpus_per_node=null",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=1",
+        f"hydra.launcher.timeout_min={timeout_min}",
+        f"hydra.launcher.name={name}",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
 
 
 @pytest.fixture
@@ -76,8 +92,19 @@ def name() -> Iterator[str]:
 
 def qvtune(tmp_path: Path, results: str, *overrides: str) -> list[str]:
     """A qvtune sweep of tiny-bert on the synthetic task, one thread per run, offline."""
-    return [sys.executable, "-m", "qvtune.run", "-m", "model=tiny-bert", "task=synthetic", "wandb.mode=disabled",
-            "threads=1", f"results_dir={tmp_path / results}", f"cache_dir={tmp_path / 'cache'}", *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "qvtune.run",
+        "-m",
+        "model=tiny-bert",
+        "task=synthetic",
+        "wandb.mode=disabled",
+        "threads=1",
+        f"results_dir={tmp_path / results}",
+        f"cache_dir={tmp_path / 'cache'}",
+        *overrides,
+    ]
 
 
 def run(cmd: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -106,11 +133,19 @@ def releasing_requeued(name: str) -> Iterator[list[str]]:
 
     def release() -> None:
         while not stop.wait(2.0):
-            queue = subprocess.run(["squeue", "-h", "-n", name, "-t", "PD", "-o", "%i %r"],
-                                   capture_output=True, text=True, timeout=30).stdout
+            queue = subprocess.run(
+                ["squeue", "-h", "-n", name, "-t", "PD", "-o", "%i %r"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout
             for job, reason in (line.split(maxsplit=1) for line in queue.splitlines() if " " in line):
                 if reason.strip() == "BeginTime":
-                    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True, timeout=30)
+                    subprocess.run(
+                        ["scontrol", "update", f"JobId={job}", "StartTime=now"],
+                        capture_output=True,
+                        timeout=30,
+                    )
                     released.append(job)
 
     thread = threading.Thread(target=release, daemon=True)
@@ -123,7 +158,8 @@ def releasing_requeued(name: str) -> Iterator[list[str]]:
 
 
 def array_tasks(sweep_dir: Path) -> list[str]:
-    """The Slurm ids of a launch's tasks (<array>_<index>, or <job> for a launch of one), from submitit's folder."""
+    """The Slurm ids of a launch's tasks (<array>_<index>, or <job> for a launch of one), from
+    submitit's folder."""
     dirs = sorted(p.name for p in (sweep_dir / ".submitit").iterdir() if p.is_dir())
     return [d for d in dirs if "_" in d] or dirs
 
@@ -132,8 +168,12 @@ def sacct_states(job: str, settle_s: float = 60) -> list[str]:
     """The job's accounting states, once they settle: slurmdbd can lag behind the jobs' own end."""
     deadline = time.monotonic() + settle_s
     while True:
-        out = subprocess.run(["sacct", "-n", "-X", "--duplicates", "-j", job, "-o", "State"],
-                             capture_output=True, text=True, timeout=30).stdout
+        out = subprocess.run(
+            ["sacct", "-n", "-X", "--duplicates", "-j", job, "-o", "State"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
         states = out.split()
         if (states and not {"PENDING", "RUNNING", "COMPLETING"} & set(states)) or time.monotonic() > deadline:
             return states
@@ -143,8 +183,19 @@ def sacct_states(job: str, settle_s: float = 60) -> list[str]:
 @pytest.mark.timeout(240)
 def test_app_sweep_runs_as_one_job_array(tmp_path: Path, name: str) -> None:
     sweep = tmp_path / "sweep"
-    r = run([sys.executable, str(APP), "-m", f"out={tmp_path / 'rec'}", f"hydra.searchpath=[file://{REPO / 'conf'}]",
-             "+i=1,2,3", *slurm(name, sweep)], tmp_path, timeout=200)
+    r = run(
+        [
+            sys.executable,
+            str(APP),
+            "-m",
+            f"out={tmp_path / 'rec'}",
+            f"hydra.searchpath=[file://{REPO / 'conf'}]",
+            "+i=1,2,3",
+            *slurm(name, sweep),
+        ],
+        tmp_path,
+        timeout=200,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     recs = [json.loads(p.read_text()) for p in sorted((tmp_path / "rec").glob("*.json"))]
     assert [x["name"] for x in recs] == ["job0", "job1", "job2"]
@@ -162,8 +213,17 @@ def test_app_task_past_its_time_limit_is_requeued_and_resumes(tmp_path: Path, na
     every 30 s and sends USR2 once at most the delay + 30 s remain, here 29-59 s into the task; with
     the yaml's 120 s it could come in the task's first second, before submitit handles it, and kill it."""
     sweep, rec = tmp_path / "sweep", tmp_path / "rec"
-    cmd = [sys.executable, str(APP), "-m", f"out={rec}", f"hydra.searchpath=[file://{REPO / 'conf'}]",
-           "+i=1", "work_s=75", *slurm(name, sweep, timeout_min=1), "hydra.launcher.signal_delay_s=1"]
+    cmd = [
+        sys.executable,
+        str(APP),
+        "-m",
+        f"out={rec}",
+        f"hydra.searchpath=[file://{REPO / 'conf'}]",
+        "+i=1",
+        "work_s=75",
+        *slurm(name, sweep, timeout_min=1),
+        "hydra.launcher.signal_delay_s=1",
+    ]
     with releasing_requeued(name) as released:
         r = run(cmd, tmp_path, timeout=380)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -181,7 +241,9 @@ def test_qvtune_sweep_on_slurm_gives_the_records_of_a_local_sweep(tmp_path: Path
     demo = ["targets=q,v,qv", "epochs=1", "max_train_samples=128", "max_eval_samples=64"]
     r = run(qvtune(tmp_path, "slurm", *demo, *slurm(name, tmp_path / "sweep-slurm")), tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    r = run(qvtune(tmp_path, "local", *demo, f"hydra.sweep.dir={tmp_path / 'sweep-local'}"), tmp_path, timeout=150)
+    r = run(
+        qvtune(tmp_path, "local", *demo, f"hydra.sweep.dir={tmp_path / 'sweep-local'}"), tmp_path, timeout=150
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     on_slurm, local = records(tmp_path / "slurm"), records(tmp_path / "local")
     assert len(on_slurm) == 3 and set(on_slurm) == set(local)
@@ -200,7 +262,11 @@ def steps_per_s(tmp_path_factory: pytest.TempPathFactory) -> float:
     """Training speed of a LONG run on one core of this machine now, from a short local run: the
     interrupted runs below are sized in seconds, which is what a cancel or a time limit cuts."""
     tmp = tmp_path_factory.mktemp("speed")
-    r = run(qvtune(tmp, "results", "targets=qv", "max_steps=60", *LONG, f"hydra.sweep.dir={tmp / 'sweep'}"), tmp, 180)
+    r = run(
+        qvtune(tmp, "results", "targets=qv", "max_steps=60", *LONG, f"hydra.sweep.dir={tmp / 'sweep'}"),
+        tmp,
+        180,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     (rec,) = records(tmp / "results").values()
     return rec["steps"] / rec["timing"]["train_s"]
@@ -211,22 +277,36 @@ def steps_for(seconds: float, steps_per_s: float) -> int:
 
 
 @pytest.mark.timeout(480)
-def test_scancelled_run_resumes_when_the_sweep_is_relaunched(tmp_path: Path, name: str, steps_per_s: float) -> None:
+def test_scancelled_run_resumes_when_the_sweep_is_relaunched(
+    tmp_path: Path, name: str, steps_per_s: float
+) -> None:
     """Cancel the sweep's last task once its run has a checkpoint: the launch fails, the re-launch
     resumes that run and leaves the finished one alone. (The last, since the launcher collects the
     tasks in order: an earlier failure would end the launch while later runs are still going.)"""
     results, steps = tmp_path / "results", steps_for(30, steps_per_s)
     cmd = qvtune(tmp_path, "results", "targets=q,v", f"max_steps={steps}", *LONG)
     with open(tmp_path / "launch1.log", "w") as log:
-        first = subprocess.Popen(cmd + slurm(name, tmp_path / "sweep1"), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+        first = subprocess.Popen(
+            cmd + slurm(name, tmp_path / "sweep1"), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT
+        )
         try:
+
             def v_checkpointed() -> Optional[str]:
-                return next((k for k, x in records(results).items()
-                             if x["config"]["targets"] == "v" and (results / k / "checkpoint.pt").exists()), None)
+                return next(
+                    (
+                        k
+                        for k, x in records(results).items()
+                        if x["config"]["targets"] == "v" and (results / k / "checkpoint.pt").exists()
+                    ),
+                    None,
+                )
 
             v = wait_for("the v run's first checkpoint", v_checkpointed, timeout=180)
-            task = wait_for("the v run's Slurm task", lambda: next(
-                (p.name for p in (tmp_path / "sweep1" / ".submitit").glob("*_1")), None), timeout=30)
+            task = wait_for(
+                "the v run's Slurm task",
+                lambda: next((p.name for p in (tmp_path / "sweep1" / ".submitit").glob("*_1")), None),
+                timeout=30,
+            )
             subprocess.run(["scancel", task], check=True, timeout=30)
             assert first.wait(timeout=240) != 0
         finally:
@@ -248,15 +328,20 @@ def test_scancelled_run_resumes_when_the_sweep_is_relaunched(tmp_path: Path, nam
 
 
 @pytest.mark.timeout(600)
-def test_run_past_its_time_limit_is_requeued_and_resumes(tmp_path: Path, name: str, steps_per_s: float) -> None:
+def test_run_past_its_time_limit_is_requeued_and_resumes(
+    tmp_path: Path, name: str, steps_per_s: float
+) -> None:
     """70 s of training under a 1-minute limit (USR2 at 29-59 s, see the app's test above):
     requeued (slurm.yaml's max_num_timeout), the run resumes from its checkpoint and completes; a
     re-launch then has nothing to do."""
     results, steps = tmp_path / "results", steps_for(70, steps_per_s)
     cmd = qvtune(tmp_path, "results", "targets=qv", f"max_steps={steps}", *LONG)
     with releasing_requeued(name) as released:
-        r = run(cmd + slurm(name, tmp_path / "sweep1", timeout_min=1) + ["hydra.launcher.signal_delay_s=1"],
-                tmp_path, timeout=540)
+        r = run(
+            cmd + slurm(name, tmp_path / "sweep1", timeout_min=1) + ["hydra.launcher.signal_delay_s=1"],
+            tmp_path,
+            timeout=540,
+        )
     assert r.returncode == 0, r.stderr[-3000:]
     assert released, "the run finished within its time limit"
     (rec,) = records(results).values()
@@ -272,9 +357,19 @@ def test_run_past_its_time_limit_is_requeued_and_resumes(tmp_path: Path, name: s
 @pytest.mark.timeout(600)
 def test_halving_search_on_slurm_picks_from_its_records(tmp_path: Path, name: str) -> None:
     """A 2 x 2 grid, 2 seeds, rungs at 1/2 and 1: 8 Slurm jobs, then the best 2 cells' 4 again."""
-    grid = ["targets=qv", "epochs=2", "max_train_samples=128", "max_eval_samples=64", "batch_size=16",
-            "lr=1e-2,3e-2", "lr_v=3e-2,1e-1", "seed=0,1", "hydra.sweeper.search=halving",
-            "hydra.sweeper.halving.eta=2", "hydra.sweeper.halving.min_fraction=0.5"]
+    grid = [
+        "targets=qv",
+        "epochs=2",
+        "max_train_samples=128",
+        "max_eval_samples=64",
+        "batch_size=16",
+        "lr=1e-2,3e-2",
+        "lr_v=3e-2,1e-1",
+        "seed=0,1",
+        "hydra.sweeper.search=halving",
+        "hydra.sweeper.halving.eta=2",
+        "hydra.sweeper.halving.min_fraction=0.5",
+    ]
     r = run(qvtune(tmp_path, "slurm", *grid, *slurm(name, tmp_path / "sweep")), tmp_path, timeout=540)
     assert r.returncode == 0, r.stderr[-3000:]
     recs = list(records(tmp_path / "slurm").values())

@@ -1,12 +1,21 @@
 """Sweeps: every sweep file expands to the runs it claims, a sweep skips finished runs, plan=true plans."""
+
 import re
 
 import pytest
 
 from tests.helpers import records, run_cli
 
-CLAIMED = {"table1": 216, "table1-llama": 72, "table2": 504, "heatmap": 432, "heatmap-llama": 105, "curves": 6, "demo": 13,
-           "search": 48}
+CLAIMED = {
+    "table1": 216,
+    "table1-llama": 72,
+    "table2": 504,
+    "heatmap": 432,
+    "heatmap-llama": 105,
+    "curves": 6,
+    "demo": 13,
+    "search": 48,
+}
 
 
 @pytest.mark.parametrize("sweep", sorted(CLAIMED))
@@ -19,15 +28,26 @@ def test_sweep_file_expands_to_its_runs(tmp_path, sweep):
 
 
 def test_table2_rows(tmp_path):
-    proc = run_cli("-m", "+sweep=table2", "task=rte", "seed=0", "plan=true", f"results_dir={tmp_path}", cwd=tmp_path, timeout=120)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("pending")]
+    proc = run_cli(
+        "-m",
+        "+sweep=table2",
+        "task=rte",
+        "seed=0",
+        "plan=true",
+        f"results_dir={tmp_path}",
+        cwd=tmp_path,
+        timeout=120,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("pending")]
     assert len(lines) == 21  # before fine-tune, full/lora8/lora16/dora8/dora16 QKV, and 3 lambdas x 5 on QV
-    assert sum("epochs=0" in l for l in lines) == 1
-    assert sum("method=full" in l and "targets=qv" in l for l in lines) == 3
+    assert sum("epochs=0" in line for line in lines) == 1
+    assert sum("method=full" in line and "targets=qv" in line for line in lines) == 3
 
 
 def test_a_typo_in_any_job_stops_the_sweep_before_launch(tmp_path):
-    proc = run_cli("-m", "model=tiny-bert", "targets=q,qx", f"results_dir={tmp_path / 'r'}", cwd=tmp_path, timeout=120)
+    proc = run_cli(
+        "-m", "model=tiny-bert", "targets=q,qx", f"results_dir={tmp_path / 'r'}", cwd=tmp_path, timeout=120
+    )
     assert proc.returncode == 2
     assert "targets='qx'" in proc.stderr and "nothing was launched" in proc.stderr
     assert not (tmp_path / "r").exists()
@@ -35,9 +55,19 @@ def test_a_typo_in_any_job_stops_the_sweep_before_launch(tmp_path):
 
 def test_sweep_runs_then_relaunch_skips_and_plan_reports(tmp_path):
     results = tmp_path / "results"
-    args = ["-m", "model=tiny-bert", "task=synthetic", "targets=q,v,qv", "lam=1,4", "epochs=1",
-            "task.synthetic.train_size=96", "task.synthetic.eval_size=32", "wandb.mode=disabled",
-            f"results_dir={results}", f"cache_dir={tmp_path / 'cache'}"]
+    args = [
+        "-m",
+        "model=tiny-bert",
+        "task=synthetic",
+        "targets=q,v,qv",
+        "lam=1,4",
+        "epochs=1",
+        "task.synthetic.train_size=96",
+        "task.synthetic.eval_size=32",
+        "wandb.mode=disabled",
+        f"results_dir={results}",
+        f"cache_dir={tmp_path / 'cache'}",
+    ]
     first = run_cli(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     recs = records(results)

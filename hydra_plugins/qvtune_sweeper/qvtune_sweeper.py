@@ -14,6 +14,7 @@ usual) plus three things a grid of hundreds of fine-tuning runs needs:
 Hydra imports this module outside sys.modules while scanning plugins: no `from __future__ import
 annotations` here, since dataclasses then cannot resolve their field types.
 """
+
 import copy
 import json
 import logging
@@ -23,7 +24,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, cast
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -50,8 +51,8 @@ class HalvingConf:
 class QvtuneSweeperConf:
     _target_: str = "hydra_plugins.qvtune_sweeper.qvtune_sweeper.QvtuneSweeper"
     max_batch_size: Optional[int] = None
-    params: Optional[Dict[str, str]] = None
-    grids: Optional[List[Dict[str, Any]]] = None
+    params: Optional[dict[str, str]] = None
+    grids: Optional[list[dict[str, Any]]] = None
     search: Optional[str] = None  # null: run the whole grid; halving: successive halving over it
     halving: HalvingConf = field(default_factory=HalvingConf)
 
@@ -60,9 +61,14 @@ ConfigStore.instance().store(group="hydra/sweeper", name="qvtune", node=QvtuneSw
 
 
 class QvtuneSweeper(BasicSweeper):
-    def __init__(self, max_batch_size: Optional[int], params: Optional[dict[str, str]] = None,
-                 grids: Optional[list[dict[str, str]]] = None, search: Optional[str] = None,
-                 halving: Optional[Mapping[str, Any]] = None) -> None:
+    def __init__(
+        self,
+        max_batch_size: Optional[int],
+        params: Optional[dict[str, str]] = None,
+        grids: Optional[list[dict[str, str]]] = None,
+        search: Optional[str] = None,
+        halving: Optional[Mapping[str, Any]] = None,
+    ) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.grids = [dict(g) for g in grids or []]
         self.search = search
@@ -194,16 +200,26 @@ class QvtuneSweeper(BasicSweeper):
             until = None if last else fraction
             batch = [j for g in alive for c in alive[g] for j in cells[c]]
             todo = [j for j in batch if not lookup(j.config, gpus)[1].reached(until)]
-            log.info(f"search rung {k + 1}/{len(fractions)} ({fraction:.3g} of the budget): "
-                     f"{len(batch)} runs, {len(batch) - len(todo)} done already, launching {len(todo)}")
+            log.info(
+                f"search rung {k + 1}/{len(fractions)} ({fraction:.3g} of the budget): "
+                f"{len(batch)} runs, {len(batch) - len(todo)} done already, launching {len(todo)}"
+            )
             if todo:
                 until_override = "until=null" if until is None else f"until={until!r}"
                 returns += self.launch_all([[*j.overrides, until_override] for j in todo], index)
                 index += len(todo)
             for g, survivors in alive.items():
-                scores = {c: search.seed_mean([search.rung_score(lookup(j.config, gpus)[1].record, fraction,
-                                                                 j.config.task.metric) for j in cells[c]])
-                          for c in survivors}
+                scores = {
+                    c: search.seed_mean(
+                        [
+                            search.rung_score(
+                                lookup(j.config, gpus)[1].record, fraction, j.config.task.metric
+                            )
+                            for j in cells[c]
+                        ]
+                    )
+                    for c in survivors
+                }
                 promoted = survivors if last else search.promote(survivors, scores, self.halving.eta)
                 rungs[g].append({"fraction": fraction, "scores": scores, "promoted": promoted})
                 alive[g] = promoted
@@ -230,8 +246,13 @@ def fail(problems: list[str]) -> None:
 def check_search(name: Optional[str], halving: HalvingConf) -> None:
     from qvtune.search import SEARCHES, validate
 
-    problems = [] if name is None or name in SEARCHES else [
-        f"hydra.sweeper.search={name}: expected one of {', '.join(SEARCHES)}, or null for the whole grid"]
+    problems = (
+        []
+        if name is None or name in SEARCHES
+        else [
+            f"hydra.sweeper.search={name}: expected one of {', '.join(SEARCHES)}, or null for the whole grid"
+        ]
+    )
     problems += validate(halving.eta, halving.min_fraction) if name is not None else []
     if problems:
         fail(problems)
@@ -244,8 +265,9 @@ def _rates(job: "Job") -> dict[str, float]:
     return {"lr": r.qk, "lr_v": r.v, "lam": r.lam}
 
 
-def print_search_cost(cells: dict[Any, "list[Job]"], groups: dict[Any, list[Any]], fractions: list[float],
-                      eta: float) -> None:
+def print_search_cost(
+    cells: dict[Any, "list[Job]"], groups: dict[Any, list[Any]], fractions: list[float], eta: float
+) -> None:
     """The search's worst case (every rung's runs at their budgets) against the grid's."""
     from qvtune import search
     from qvtune.plan import estimate_seconds, train_samples
@@ -270,12 +292,21 @@ def print_search_cost(cells: dict[Any, "list[Job]"], groups: dict[Any, list[Any]
         print(f"search {names[g]}: {rungs}")
     share = total["samples"] / total["grid"] if total["grid"] else math.nan
     time_part = f"; estimated {total['seconds'] / 3600:.2f} h of compute" if timed else ""
-    print(f"search worst case: {total['samples']:.0f} training samples, {share:.1%} of the grid's "
-          f"{total['grid']:.0f}{time_part}")
+    print(
+        f"search worst case: {total['samples']:.0f} training samples, {share:.1%} of the grid's "
+        f"{total['grid']:.0f}{time_part}"
+    )
 
 
-def search_answer(name: str, halving: HalvingConf, fractions: list[float], cells: dict[Any, "list[Job]"],
-                  rungs: dict[Any, list[dict[str, Any]]], gpus: bool, wall_s: float) -> dict[str, Any]:
+def search_answer(
+    name: str,
+    halving: HalvingConf,
+    fractions: list[float],
+    cells: dict[Any, "list[Job]"],
+    rungs: dict[Any, list[dict[str, Any]]],
+    gpus: bool,
+    wall_s: float,
+) -> dict[str, Any]:
     """The search's result as JSON: per group its pick and every rung's cells and scores, the
     training samples spent against the full grid's, and this launch's wall time."""
     from qvtune import search
@@ -295,22 +326,52 @@ def search_answer(name: str, halving: HalvingConf, fractions: list[float], cells
         pick = None
         if best:
             pick = {"cell": list(best[0]), **_rates(cells[best[0]][0]), "score": final[best[0]]}
-        out_groups.append({
-            "group": names[g],
-            "pick": pick,
-            "rungs": [{"fraction": h["fraction"],
-                       "cells": [{"cell": list(c), **_rates(cells[c][0]), "score": s,
-                                  "promoted": c in h["promoted"]}
-                                 for c, s in h["scores"].items()]} for h in history],
-        })
+        out_groups.append(
+            {
+                "group": names[g],
+                "pick": pick,
+                "rungs": [
+                    {
+                        "fraction": h["fraction"],
+                        "cells": [
+                            {
+                                "cell": list(c),
+                                **_rates(cells[c][0]),
+                                "score": s,
+                                "promoted": c in h["promoted"],
+                            }
+                            for c, s in h["scores"].items()
+                        ],
+                    }
+                    for h in history
+                ],
+            }
+        )
     first = next(iter(cells.values()))[0].config
-    seeds = sorted({o.split("=", 1)[1] for jobs in cells.values() for j in jobs for o in j.overrides
-                    if override_key(o) == "seed"})
+    seeds = sorted(
+        {
+            o.split("=", 1)[1]
+            for jobs in cells.values()
+            for j in jobs
+            for o in j.overrides
+            if override_key(o) == "seed"
+        }
+    )
     grid_id = search.grid_name(list(cells), seeds)
-    return {"search": name, "name": f"{first.sweep_name}-{grid_id}" if first.sweep_name else grid_id,
-            "metric": first.task.metric, "eta": halving.eta, "min_fraction": halving.min_fraction,
-            "rungs": fractions, "seeds": seeds, "groups": out_groups, "samples": spent, "grid_samples": grid,
-            "samples_share": spent / grid if grid else None, "wall_s": wall_s}
+    return {
+        "search": name,
+        "name": f"{first.sweep_name}-{grid_id}" if first.sweep_name else grid_id,
+        "metric": first.task.metric,
+        "eta": halving.eta,
+        "min_fraction": halving.min_fraction,
+        "rungs": fractions,
+        "seeds": seeds,
+        "groups": out_groups,
+        "samples": spent,
+        "grid_samples": grid,
+        "samples_share": spent / grid if grid else None,
+        "wall_s": wall_s,
+    }
 
 
 def _score(value: Optional[float]) -> str:
@@ -330,19 +391,25 @@ def write_answer(answer: dict[str, Any], cells: dict[Any, "list[Job]"]) -> None:
     for g in answer["groups"]:
         print(f"search {g['group']}:")
         for k, r in enumerate(g["rungs"]):
-            shown = "  ".join(f"{c['lr']:g}/{c['lr_v']:g}: {_score(c['score'])}{'*' if c['promoted'] else ''}"
-                              for c in r["cells"])
+            shown = "  ".join(
+                f"{c['lr']:g}/{c['lr_v']:g}: {_score(c['score'])}{'*' if c['promoted'] else ''}"
+                for c in r["cells"]
+            )
             print(f"  rung {k + 1} ({r['fraction']:.3g}): {shown}")
         p = g["pick"]
         if p is None:
             print("  no pick: no cell has a score at the full budget")
         else:
-            print(f"  pick: eta_QK={p['lr']:g} eta_V={p['lr_v']:g} lambda={p['lam']:g}: "
-                  f"{metric} {p['score']:.4f} (seed-mean)")
+            print(
+                f"  pick: eta_QK={p['lr']:g} eta_V={p['lr_v']:g} lambda={p['lam']:g}: "
+                f"{metric} {p['score']:.4f} (seed-mean)"
+            )
     share = answer["samples_share"]
-    print(f"search spent {answer['samples']:.0f} training samples"
-          + (f", {share:.1%} of the grid's {answer['grid_samples']:.0f}" if share is not None else "")
-          + f", in {answer['wall_s']:.0f} s -> {path}")
+    print(
+        f"search spent {answer['samples']:.0f} training samples"
+        + (f", {share:.1%} of the grid's {answer['grid_samples']:.0f}" if share is not None else "")
+        + f", in {answer['wall_s']:.0f} s -> {path}"
+    )
 
 
 def launcher_gives_gpus(launcher: DictConfig) -> bool:

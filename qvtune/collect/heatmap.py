@@ -1,4 +1,5 @@
-"""Figure 1: the dev metric over a grid of (eta_QK, eta_V), one heatmap per model, task, method, targets, rank.
+"""Figure 1: the dev metric over a grid of (eta_QK, eta_V), one heatmap per model, task, method, targets,
+rank.
 
 A grid is every run of one sweep that shares all settings but the two learning rates, with at least two
 values of each, so that another experiment's runs (Table 1's lambda = 1 runs at other rates) never add
@@ -8,6 +9,7 @@ cells below a floor are drawn in the floor's colour (their value is still writte
 (hydra.sweeper.search=halving) that stopped at an earlier rung shows its score there and the budget it
 reached ("@0.33"), in grey.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -100,8 +102,10 @@ class Heatmap:
     @property
     def caption(self) -> str:
         """The line under the figure: best cell, best on the diagonal, and the gap between them."""
-        best = (f"best (η_QK, η_V) = ({labels.num(self.best.lr)}, {labels.num(self.best.lr_v)}), "
-                f"λ = {labels.num(self.best.lam)}: {self.best.value:.3f}")
+        best = (
+            f"best (η_QK, η_V) = ({labels.num(self.best.lr)}, {labels.num(self.best.lr_v)}), "
+            f"λ = {labels.num(self.best.lam)}: {self.best.value:.3f}"
+        )
         if self.best_diagonal is None:
             return f"{best}; no λ = 1 cell in the grid"
         d = self.best_diagonal
@@ -115,11 +119,15 @@ def _is_diagonal(lr: pd.Series, lr_v: pd.Series) -> np.ndarray:
 def _groups(runs: pd.DataFrame, pool: bool) -> list[tuple[str, tuple[str, ...], pd.DataFrame]]:
     """(grid key, sweeps, runs) per candidate: per sweep (a merged twin joins each of its own) or pooled."""
     if pool:
-        return [(key, tuple(sorted({x for s in group["sweep"] for x in sweeps_of(s)})), group)
-                for key, group in runs.groupby("grid", sort=True)]
+        return [
+            (key, tuple(sorted({x for s in group["sweep"] for x in sweeps_of(s)})), group)
+            for key, group in runs.groupby("grid", sort=True)
+        ]
     exploded = runs.assign(_sweep=runs["sweep"].map(sweeps_of)).explode("_sweep")
-    return [(key, (sweep,), group.drop(columns="_sweep"))
-            for (sweep, key), group in exploded.groupby(["_sweep", "grid"], sort=True)]
+    return [
+        (key, (sweep,), group.drop(columns="_sweep"))
+        for (sweep, key), group in exploded.groupby(["_sweep", "grid"], sort=True)
+    ]
 
 
 def find(coll: Collection, pool: bool = False) -> list[Heatmap]:
@@ -140,30 +148,47 @@ def find(coll: Collection, pool: bool = False) -> list[Heatmap]:
         diagonal = scored[_is_diagonal(scored["lr"], scored["lr_v"])]
         diag_top = (
             diagonal.sort_values(["mean", "lr"], ascending=[False, True], kind="stable").iloc[0]
-            if len(diagonal) else None
+            if len(diagonal)
+            else None
         )
         first = group.iloc[0]
         where = source(sweeps)
-        found.append(Heatmap(
-            key=grid_key,
-            sweeps=sweeps,
-            pooled=pool,
-            name="",  # set by _name, which needs every grid
-            title=(f"{first.model} · {labels.task_label(first.task)} · "
-                   f"{labels.METHOD_LABEL.get(first.method, first.method)} ({first.targets.upper()})"
-                   + ("" if np.isnan(first["rank"]) else f" r = {int(first['rank'])}")
-                   + (f" · {where}" if where else "")),
-            model=first.model, task=first.task, method=first.method, targets=first.targets, rank=first["rank"],
-            metric=first.metric,
-            cells=cells,
-            best=Cell(float(top.lr), float(top.lr_v), float(top["mean"])),
-            best_diagonal=None if diag_top is None else Cell(
-                float(diag_top.lr), float(diag_top.lr_v), float(diag_top["mean"])
-            ),
-        ))
+        found.append(
+            Heatmap(
+                key=grid_key,
+                sweeps=sweeps,
+                pooled=pool,
+                name="",  # set by _name, which needs every grid
+                title=(
+                    f"{first.model} · {labels.task_label(first.task)} · "
+                    f"{labels.METHOD_LABEL.get(first.method, first.method)} ({first.targets.upper()})"
+                    + ("" if np.isnan(first["rank"]) else f" r = {int(first['rank'])}")
+                    + (f" · {where}" if where else "")
+                ),
+                model=first.model,
+                task=first.task,
+                method=first.method,
+                targets=first.targets,
+                rank=first["rank"],
+                metric=first.metric,
+                cells=cells,
+                best=Cell(float(top.lr), float(top.lr_v), float(top["mean"])),
+                best_diagonal=None
+                if diag_top is None
+                else Cell(float(diag_top.lr), float(diag_top.lr_v), float(diag_top["mean"])),
+            )
+        )
     _name(found)
-    return sorted(found, key=lambda h: (labels.order(h.model, labels.MODEL_ORDER), labels.order(h.task, labels.GLUE),
-                                        h.method, h.targets, h.name))
+    return sorted(
+        found,
+        key=lambda h: (
+            labels.order(h.model, labels.MODEL_ORDER),
+            labels.order(h.task, labels.GLUE),
+            h.method,
+            h.targets,
+            h.name,
+        ),
+    )
 
 
 def _name(heatmaps: list[Heatmap]) -> None:
@@ -175,8 +200,9 @@ def _name(heatmaps: list[Heatmap]) -> None:
     for h in heatmaps:
         named = not h.pooled and h.sweeps[0]
         sweep = re.sub(r"[^A-Za-z0-9._-]", "-", h.sweeps[0]) + "_" if named else ""
-        stem = (f"heatmap_{sweep}{h.model}_{h.task}_{h.method}_{h.targets}"
-                + ("" if np.isnan(h.rank) else f"_r{int(h.rank)}"))
+        stem = f"heatmap_{sweep}{h.model}_{h.task}_{h.method}_{h.targets}" + (
+            "" if np.isnan(h.rank) else f"_r{int(h.rank)}"
+        )
         stems.setdefault(stem, []).append((h, h.key + ("|" + h.sweeps[0] if named else "")))
     for stem, group in stems.items():
         for h, key in group:
@@ -203,7 +229,9 @@ def draw(h: Heatmap, floor: Optional[float] = None) -> Figure:
     norm = Normalize(vmin=floor, vmax=top)
     values = np.ma.masked_invalid(np.clip(grid.to_numpy(dtype=float), floor, None))
     # the light two thirds of Blues: black and red text stay readable on every cell
-    cmap = ListedColormap(matplotlib.colormaps["Blues"](np.linspace(0.0, 0.65, 256))).with_extremes(bad="#eeeeee")
+    cmap = ListedColormap(matplotlib.colormaps["Blues"](np.linspace(0.0, 0.65, 256))).with_extremes(
+        bad="#eeeeee"
+    )
     image = ax.imshow(values, cmap=cmap, norm=norm, origin="lower", aspect="auto")
     fig.colorbar(image, cax=cax).set_label(f"{h.metric} (clipped at {floor:.3f})", fontsize=8)
     for i, lr in enumerate(rows):
@@ -221,12 +249,28 @@ def draw(h: Heatmap, floor: Optional[float] = None) -> Figure:
                 text += "†"
             if s["n"] < s["n_expected"] and not rung:
                 text += f"\n{int(s['n'])}/{int(s['n_expected'])}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                    color=HIGHLIGHT if diagonal or is_best else "dimgray" if rung else "black",
-                    fontweight="bold" if is_best else "normal")
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=8,
+                color=HIGHLIGHT if diagonal or is_best else "dimgray" if rung else "black",
+                fontweight="bold" if is_best else "normal",
+            )
             if is_best or diagonal:
-                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor=HIGHLIGHT,
-                                       linewidth=2.5 if is_best else 1.0, linestyle="-" if is_best else "--"))
+                ax.add_patch(
+                    Rectangle(
+                        (j - 0.5, i - 0.5),
+                        1,
+                        1,
+                        fill=False,
+                        edgecolor=HIGHLIGHT,
+                        linewidth=2.5 if is_best else 1.0,
+                        linestyle="-" if is_best else "--",
+                    )
+                )
     ax.set_xticks(range(len(cols)), [labels.num(v) for v in cols], fontsize=8)
     ax.set_yticks(range(len(rows)), [labels.num(v) for v in rows], fontsize=8)
     ax.set_xlabel("η_V (learning rate of W_v)")
@@ -242,17 +286,51 @@ def save(h: Heatmap, folder: Path, floor: Optional[float] = None) -> list[Path]:
 
 def grid_frame(heatmaps: list[Heatmap]) -> pd.DataFrame:
     """All grids as one long table for CSV: one line per (heatmap, eta_QK, eta_V)."""
-    columns = ["heatmap", "sweeps", "model", "task", "method", "targets", "rank", "metric", "lr", "lr_v",
-               "lam", "mean", "std", "n", "n_expected", "completed", "diverged", "running", "failed", "best",
-               "diagonal", "budget", "partial"]
+    columns = [
+        "heatmap",
+        "sweeps",
+        "model",
+        "task",
+        "method",
+        "targets",
+        "rank",
+        "metric",
+        "lr",
+        "lr_v",
+        "lam",
+        "mean",
+        "std",
+        "n",
+        "n_expected",
+        "completed",
+        "diverged",
+        "running",
+        "failed",
+        "best",
+        "diagonal",
+        "budget",
+        "partial",
+    ]
     frames = []
     for h in heatmaps:
         c = h.cells
-        frames.append(c.assign(
-            heatmap=h.name, sweeps=",".join(h.sweeps), model=h.model, task=h.task, method=h.method,
-            targets=h.targets, rank=h.rank,
-            metric=h.metric, lam=c["lr_v"] / c["lr"],
-            best=np.isclose(c["lr"], h.best.lr) & np.isclose(c["lr_v"], h.best.lr_v),
-            diagonal=_is_diagonal(c["lr"], c["lr_v"]),
-        ))
-    return pd.concat(frames, ignore_index=True).reindex(columns=columns) if frames else pd.DataFrame(columns=columns)
+        frames.append(
+            c.assign(
+                heatmap=h.name,
+                sweeps=",".join(h.sweeps),
+                model=h.model,
+                task=h.task,
+                method=h.method,
+                targets=h.targets,
+                rank=h.rank,
+                metric=h.metric,
+                lam=c["lr_v"] / c["lr"],
+                best=np.isclose(c["lr"], h.best.lr) & np.isclose(c["lr_v"], h.best.lr_v),
+                diagonal=_is_diagonal(c["lr"], c["lr_v"]),
+            )
+        )
+    return (
+        pd.concat(frames, ignore_index=True).reindex(columns=columns)
+        if frames
+        else pd.DataFrame(columns=columns)
+    )

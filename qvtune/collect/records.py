@@ -4,6 +4,7 @@ The record's own config decides where a run belongs, never its file or folder na
 moved, copied between stores or nested in sweep folders. A record that cannot be read (half-written,
 not JSON, missing fields) is reported by path and skipped: one bad file never stops a collection.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,18 +34,52 @@ PICKS = ("final", "best")
 _EXPLICIT = {"targets", "rank", "alpha", "lr", "lam", "lr_v", "head_lr", "epochs", "seed"}
 _EXTRA_KEYS = tuple(k for k in keyed_fields() if k not in _EXPLICIT)
 # Columns that together name a setting: everything a run's result depends on except its seed.
-SETTING_COLUMNS = ["model", "task", "method", "targets", "rank", "alpha", "lr", "lr_v", "head_lr", "epochs", "extra"]
+SETTING_COLUMNS = [
+    "model",
+    "task",
+    "method",
+    "targets",
+    "rank",
+    "alpha",
+    "lr",
+    "lr_v",
+    "head_lr",
+    "epochs",
+    "extra",
+]
 # ... and everything but the two learning rates: the runs of one (eta_QK, eta_V) grid share it.
 GRID_COLUMNS = [c for c in SETTING_COLUMNS if c not in ("lr", "lr_v")]
 COLUMNS = [
-    "path", "run_key", "status", "error", "model", "task", "metric", "method", "targets", "rank", "alpha",
-    "lr", "lr_v", "lam", "head_lr", "epochs", "extra", "seed", "sweep", "trainable", "value", "steps",
+    "path",
+    "run_key",
+    "status",
+    "error",
+    "model",
+    "task",
+    "metric",
+    "method",
+    "targets",
+    "rank",
+    "alpha",
+    "lr",
+    "lr_v",
+    "lam",
+    "head_lr",
+    "epochs",
+    "extra",
+    "seed",
+    "sweep",
+    "trainable",
+    "value",
+    "steps",
     "budget",
 ]
 _NUMBERS = {
-    **dict.fromkeys(("rank", "alpha", "lr", "lr_v", "lam", "head_lr", "epochs", "trainable", "value",
-                     "budget"), "float64"),
-    "seed": "int64", "steps": "int64",
+    **dict.fromkeys(
+        ("rank", "alpha", "lr", "lr_v", "lam", "head_lr", "epochs", "trainable", "value", "budget"), "float64"
+    ),
+    "seed": "int64",
+    "steps": "int64",
 }
 _PARALLEL_FROM = 400  # below this many files a worker pool costs more than it saves
 
@@ -156,7 +191,9 @@ def parse_filters(items: Sequence[str]) -> list[Filter]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"filter {item!r}: expected key=value with a run config key, e.g. task=mnli or rank=8")
+            raise ValueError(
+                f"filter {item!r}: expected key=value with a run config key, e.g. task=mnli or rank=8"
+            )
         value = value.strip()
         values = (value.strip("[]"),) if value.startswith("[") else tuple(v.strip() for v in value.split(","))
         filters.append(Filter(key.strip(), values))
@@ -226,7 +263,8 @@ class Collection:
 
 
 def _read(job: tuple[str, str, tuple[Filter, ...], str]) -> tuple[str, Any]:
-    """('row', values of COLUMNS) | ('problem', reason) | ('skip', None) for one file; runs in worker processes."""
+    """('row', values of COLUMNS) | ('problem', reason) | ('skip', None) for one file; runs in worker
+    processes."""
     path, rel, filters, pick = job
     try:
         record = RunRecord.read(Path(path))  # the summary only: the curves are in their own file
@@ -284,8 +322,10 @@ def load(
     runs = runs.sort_values(["setting", "seed", "_order", "path"], kind="stable")
     twins = runs.duplicated(["setting", "seed"], keep=False)
     if twins.any():  # the kept record belongs to every sweep its twins were run for
-        joined = runs[twins].groupby(["setting", "seed"])["sweep"].transform(
-            lambda s: ",".join(sorted({x for x in s if x}))
+        joined = (
+            runs[twins]
+            .groupby(["setting", "seed"])["sweep"]
+            .transform(lambda s: ",".join(sorted({x for x in s if x})))
         )
         runs.loc[twins, "sweep"] = joined
     deduped = runs.drop_duplicates(["setting", "seed"], keep="first")
