@@ -11,7 +11,7 @@ import pytest
 from tests.helpers import OFFLINE_ENV, ROOT
 
 
-@pytest.mark.parametrize("batching", ["padded", "grouped"])
+@pytest.mark.parametrize("batching", ["padded", pytest.param("grouped", marks=pytest.mark.slow)])
 def test_hf_recipe_reports_a_run(glue_dir, tmp_path, batching):
     out = tmp_path / "hf.json"
     cmd = [

@@ -169,6 +169,7 @@ def test_failed_run_is_a_record_with_its_reason(tmp_path):
     assert rec["status"] == "failed" and "FacebookAI/roberta-base" in rec["error"] and rec["finished_at"]
 
 
+@pytest.mark.slow  # tests/test_resume.py kills a run the same way and compares its whole record
 def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     results = tmp_path / "results"
     args = [

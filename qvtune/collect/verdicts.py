@@ -64,7 +64,10 @@ class Verdict:
     @property
     def line(self) -> str:
         spread = f" ± {self.std:.4f}" if self.pairs > 1 else ""
-        diff = "no pairs" if self.pairs == 0 else f"Δ = {self.mean:+.4f}{spread} over {self.pairs} seed(s)"
+        tested = self.pairs > 0 and not math.isnan(self.mean)
+        diff = (
+            f"Δ = {self.mean:+.4f}{spread} over {self.pairs} seed(s)" if tested else "no difference measured"
+        )
         if not math.isnan(self.low):
             diff += f", {LEVEL} interval {self.interval}"
         extra = f" ({self.detail})" if self.detail else ""
@@ -451,13 +454,12 @@ def to_markdown(verdicts: list[Verdict], margin: float = DEFAULT_MARGIN, pool: b
         "|:---|:---|---:|---:|:---|",
     ]
     for v in verdicts:
-        diff = (
-            "-"
-            if v.pairs == 0
-            else f"{v.mean:+.4f} (n=1)"
-            if v.pairs == 1
-            else (f"{v.mean:+.4f} ± {v.std:.4f} (n={v.pairs})")
-        )
+        if v.pairs == 0 or math.isnan(v.mean):
+            diff = "-"
+        elif v.pairs == 1:
+            diff = f"{v.mean:+.4f} (n=1)"
+        else:
+            diff = f"{v.mean:+.4f} ± {v.std:.4f} (n={v.pairs})"
         detail = f" ({v.detail})" if v.detail else ""
         lines.append(f"| {CLAIMS[v.claim]} | {v.context} | {diff} | {v.interval} | {v.status}{detail} |")
     lines += ["", rules(margin, pool)]
