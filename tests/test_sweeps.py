@@ -87,3 +87,18 @@ def test_sweep_runs_then_relaunch_skips_and_plan_reports(tmp_path):
     rerun = run_cli(*args, cwd=tmp_path)
     assert "skipping 5 completed" in rerun.stdout and "launching 1" in rerun.stdout
     assert {r["status"] for r in records(results)} == {"completed"}
+
+
+def test_a_job_that_fails_before_its_record_is_reported(tmp_path):
+    """A run's own failure is a record; a job that cannot even reach its store says so, by name."""
+    proc = run_cli(
+        "-m",
+        "model=tiny-bert",
+        "targets=q,v",
+        "wandb.mode=disabled",
+        "results_dir=/proc/qvtune-store",
+        cwd=tmp_path,
+        timeout=300,
+    )
+    log = proc.stdout + proc.stderr
+    assert "failed before writing a record" in log and "targets=q" in log and "targets=v" in log, log[-2000:]

@@ -168,7 +168,9 @@ class QvtuneSweeper(BasicSweeper):
         returns = []
         while not self.is_done():
             batch = self.get_job_batch()
-            returns.append(self.launcher.launch(batch, initial_job_idx=index))
+            results = self.launcher.launch(batch, initial_job_idx=index)
+            report_failures(results)
+            returns.append(results)
             index += len(batch)
         return returns
 
@@ -410,6 +412,18 @@ def write_answer(answer: dict[str, Any], cells: dict[Any, "list[Job]"]) -> None:
         + (f", {share:.1%} of the grid's {answer['grid_samples']:.0f}" if share is not None else "")
         + f", in {answer['wall_s']:.0f} s -> {path}"
     )
+
+
+def report_failures(results: Any) -> None:
+    """A job that raised outside its run (a run's own failure is a record, and returns normally):
+    say which and why, since the launchers only keep the exception in the job's return."""
+    from hydra.core.utils import JobStatus
+
+    for ret in results:
+        if ret.status == JobStatus.FAILED:
+            log.error(
+                f"job {' '.join(ret.overrides or [])} failed before writing a record: {ret._return_value!r}"
+            )
 
 
 def launcher_gives_gpus(launcher: DictConfig) -> bool:
