@@ -120,10 +120,8 @@ def test_dynamic_padding_trains_exactly_as_padding_to_max_len_without_dropout(tm
     shapes differ): the same experiment, other random draws (README, The paper's recipe)."""
     from qvtune.config import learning_rates
     from qvtune.methods import apply_method, param_groups
-    from qvtune.models import load_model, load_tokenizer
-    from qvtune.tasks import synthetic_task
-    from qvtune.train import train
-    from tests.helpers import make_config
+    from qvtune.models import load_model
+    from tests.helpers import make_config, train_on_synthetic
 
     def run(padding: str):
         cfg = make_config(
@@ -147,22 +145,8 @@ def test_dynamic_padding_trains_exactly_as_padding_to_max_len_without_dropout(tm
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0  # the hidden-state dropout too
         net = apply_method(net, cfg)
-        tok = load_tokenizer(cfg.model)
-        task = synthetic_task(cfg.task.synthetic)
-        data = encode(tok, task.train, cfg.max_len)
-        evals = {"validation": encode(tok, task.evals["validation"], cfg.max_len)}
-        return train(
-            net,
-            param_groups(net, learning_rates(cfg)),
-            data,
-            evals,
-            cfg.task,
-            cfg,
-            pad_id=tok.pad_token_id,
-            device=torch.device("cpu"),
-            precision="fp32",
-            checkpoint=tmp_path / f"{padding}.pt",
-            log=lambda values, step: None,
+        return train_on_synthetic(
+            net, param_groups(net, learning_rates(cfg)), cfg, "fp32", tmp_path / f"{padding}.pt"
         )
 
     dynamic, padded = run("dynamic"), run("max")

@@ -10,7 +10,7 @@ import torch
 from qvtune.config import learning_rates, wandb_mode
 from qvtune.methods import apply_method, param_groups
 from qvtune.models import build_on_meta, load_model
-from tests.helpers import make_config
+from tests.helpers import make_config, train_on_synthetic
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 PAPER = {
@@ -122,11 +122,6 @@ def test_trainable_tensors_are_fp32_over_a_bf16_base(method):
 
 
 def test_one_step_at_lr_1e5_moves_a_fp32_head_over_a_bf16_base(tmp_path):
-    from qvtune.data import encode
-    from qvtune.models import load_tokenizer
-    from qvtune.tasks import synthetic_task
-    from qvtune.train import train
-
     cfg = make_config(
         "model=tiny-llama",
         "method=lora",
@@ -142,23 +137,7 @@ def test_one_step_at_lr_1e5_moves_a_fp32_head_over_a_bf16_base(tmp_path):
     groups = param_groups(net, learning_rates(cfg))
     head = [p for g in groups if g.name == "head" for _, p in g.params]
     before = [p.detach().clone() for p in head]
-    tok = load_tokenizer(cfg.model)
-    task = synthetic_task(cfg.task.synthetic)
-    data = encode(tok, task.train, cfg.max_len)
-    evals = {"validation": encode(tok, task.evals["validation"], cfg.max_len)}
-    state = train(
-        net,
-        groups,
-        data,
-        evals,
-        cfg.task,
-        cfg,
-        pad_id=tok.pad_token_id,
-        device=torch.device("cpu"),
-        precision="bf16",
-        checkpoint=tmp_path / "ckpt.pt",
-        log=lambda values, step: None,
-    )
+    state = train_on_synthetic(net, groups, cfg, "bf16", tmp_path / "ckpt.pt")
     assert state.step == 1 and state.status == "completed"
     changed = [float((p.detach() - b).abs().max()) for p, b in zip(head, before)]
     assert all(c > 0 for c in changed), changed

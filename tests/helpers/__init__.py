@@ -65,3 +65,32 @@ def records(results: Path) -> list[dict[str, Any]]:
         record = RunRecord.read(path, curves=True)
         out.append({**record.to_dict(), **asdict(record.curves or Curves())})
     return out
+
+
+def train_on_synthetic(net: Any, groups: list[Any], cfg: Any, precision: str, checkpoint: Path) -> Any:
+    """qvtune.train.train in this process on cfg's synthetic task, on the CPU: the training loop
+    without the entry point, for tests that compare what training does under two settings."""
+    import torch
+
+    from qvtune.data import encode
+    from qvtune.models import load_tokenizer
+    from qvtune.tasks import synthetic_task
+    from qvtune.train import train
+
+    tok = load_tokenizer(cfg.model)
+    task = synthetic_task(cfg.task.synthetic)
+    data = encode(tok, task.train, cfg.max_len)
+    evals = {"validation": encode(tok, task.evals["validation"], cfg.max_len)}
+    return train(
+        net,
+        groups,
+        data,
+        evals,
+        cfg.task,
+        cfg,
+        pad_id=tok.pad_token_id,
+        device=torch.device("cpu"),
+        precision=precision,
+        checkpoint=checkpoint,
+        log=lambda values, step: None,
+    )
