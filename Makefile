@@ -7,7 +7,7 @@ PYTEST := $(PY) -m pytest
 TORCH  ?= torch==2.13.0
 GLUE   ?= ../shared/data/glue
 
-.PHONY: install demo lint test test-slow test-slurm test-all bench bench-collect bench-recipe theory clean
+.PHONY: install demo lint test test-slow test-slurm test-all bench bench-collect bench-recipe bench-pack bench-search theory clean
 
 install: $(VENV)/.installed
 
@@ -55,6 +55,15 @@ bench-collect: install
 ## Does the paper's recipe give the same dev metric with qvtune's speed options? (README, The paper's recipe)
 bench-recipe: install
 	$(PY) scripts/bench_recipe.py --glue $(GLUE) --out bench-out/recipe
+
+## Packed runs against the same runs one by one (README, Packed runs): the demo's 3 x 3 grid on SST-2 and RTE
+bench-pack: install
+	$(PY) scripts/bench_pack.py --glue $(GLUE) --out bench-out/pack
+
+## Successive halving against the full grid (README, Searching for lambda): SST-2 and the synthetic task
+bench-search: install
+	$(PY) scripts/bench_search.py --glue $(GLUE) --task sst2 --samples 3000 --epochs 2 --lr-v 1e-3,2e-3,4e-3,8e-3 --out bench-out/search-sst2
+	$(PY) scripts/bench_search.py --samples 2000 --out bench-out/search-synthetic
 
 theory: install
 	$(PY) -m qvtune.theory bound model=roberta-base rank=8

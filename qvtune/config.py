@@ -26,6 +26,8 @@ SCHEDULERS = ("linear", "constant")
 # paper: the paper scripts' rule, for bit-for-bit reproduction (see qvtune.methods.paper_group).
 GROUPINGS = ("by_module", "paper")
 WANDB_MODES = ("offline", "online", "disabled")
+# What the members of a pack may differ in: they share everything else, the batches included.
+PACK_KEYS = ("lr", "lr_v", "lam", "head_lr", "targets")
 WandbMode = Literal["offline", "online", "disabled"]  # WANDB_MODES, as a type
 
 
@@ -165,6 +167,10 @@ class RunConfig:
     sweep_name: Optional[str] = None  # set by sweep files; names the W&B group
     dry_run: bool = False  # print the parameter groups and counts, do not train
     plan: bool = False  # with -m: list every run of the sweep with its state, run nothing
+    # The members of a pack: each a map of PACK_KEYS values set on this config. They train together
+    # on one frozen base in one forward pass (qvtune.pack); each is its own run. The sweeper's
+    # `hydra.sweeper.pack=K` forms packs itself. Empty: one run, this config.
+    pack: list[dict[str, Any]] = field(default_factory=list)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
@@ -355,6 +361,40 @@ def validate(cfg: RunConfig) -> list[str]:
     check(cfg.threads is None or cfg.threads >= 1, f"threads={cfg.threads}: expected an integer >= 1")
     errors += _validate_model(cfg.model)
     errors += _validate_task(cfg.task, cfg.data_dir)
+    return errors + (_validate_pack(cfg) if cfg.pack else [])
+
+
+def member_configs(cfg: RunConfig) -> list[RunConfig]:
+    """The run of each member of a pack: the config with the member's PACK_KEYS values, unpacked."""
+    import copy
+
+    members = []
+    for values in cfg.pack:
+        member = copy.deepcopy(cfg)
+        member.pack = []
+        for key, value in values.items():
+            setattr(member, key, value)
+        members.append(member)
+    return members
+
+
+def _validate_pack(cfg: RunConfig) -> list[str]:
+    errors = []
+    if cfg.method.name == "full":
+        errors.append(
+            "pack: method=full is not packed (every member would hold its own copy of the tuned "
+            "matrices); run its runs one by one (no pack, or hydra.sweeper.pack=1)"
+        )
+    if cfg.output_dir:
+        errors.append(f"pack: output_dir={cfg.output_dir}: a pack saves no weights; run alone to save them")
+    for i, values in enumerate(cfg.pack):
+        bad = [k for k in values if k not in PACK_KEYS]
+        if bad:
+            errors.append(f"pack[{i}]: {bad[0]}: the members of a pack differ only in {', '.join(PACK_KEYS)}")
+    if errors:
+        return errors
+    for i, member in enumerate(member_configs(cfg)):
+        errors += [f"pack[{i}]: {e}" for e in validate(member)]
     return errors
 
 

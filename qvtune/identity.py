@@ -84,6 +84,7 @@ IDENTITY: dict[str, bool] = {
     "sweep_name": False,
     "dry_run": False,
     "plan": False,
+    "pack": False,  # how runs are grouped to train; each member is keyed as its own run
     "wandb": False,
 }
 PRECISIONS_USED = ("fp32", "bf16", "fp16")
@@ -118,7 +119,7 @@ def expected_precisions(cfg: RunConfig, gpus: bool) -> list[str]:
     )
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """A config value as plain Python, interpolations resolved (the hydra node is never touched)."""
     return (
         OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
@@ -147,7 +148,7 @@ def run_identity(cfg: RunConfig, precision: str) -> dict[str, Any]:
         raise ValueError(
             f"precision={precision!r}: expected the precision used, one of {', '.join(PRECISIONS_USED)}"
         )
-    ident = {k: _plain(getattr(cfg, k)) for k in keyed_fields() if k not in ("lam", "lr_v")}
+    ident = {k: plain(getattr(cfg, k)) for k in keyed_fields() if k not in ("lam", "lr_v")}
     ident["targets"] = parse_targets(ident["targets"])
     rates = learning_rates(cfg)
     ident.update(lr=_rate(rates.qk), lr_v=_rate(rates.v), head_lr=_rate(rates.head), precision=precision)
@@ -156,7 +157,7 @@ def run_identity(cfg: RunConfig, precision: str) -> dict[str, Any]:
     else:
         ident.update(rank=None, alpha=None, dropout=None)
     for group in ("model", "task", "method"):
-        ident[group] = {k: _plain(getattr(getattr(cfg, group), k)) for k in keyed_fields(group)}
+        ident[group] = {k: plain(getattr(getattr(cfg, group), k)) for k in keyed_fields(group)}
     if cfg.model.source is not None:
         del ident["model"]["arch"]  # loaded from the source; arch only describes it
     return ident

@@ -5,7 +5,7 @@ the module that owns it (not by substrings of its name)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -70,16 +70,26 @@ def _attach(model: nn.Module, cfg: RunConfig) -> nn.Module:
 def param_groups(model: nn.Module, rates: LearningRates, grouping: str = "by_module") -> list[ParamGroup]:
     """Assign each trainable tensor to qk, v or head by its owning module (`by_module`), or by the paper
     scripts' rule (`paper`, see paper_group); a tensor owned by none of them is an error."""
-    lr = {"qk": rates.qk, "v": rates.v, "head": rates.head}
-    groups = {g: ParamGroup(g, lr[g]) for g in GROUPS}
-    owner = _owners(model)
+    owner = owners(model)
+    named = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         group = owner.get(id(p))
         if group is None:
             raise RuntimeError(f"trainable parameter {name} belongs to no q/k/v projection and no head")
-        groups[paper_group(name, p, group) if grouping == "paper" else group].params.append((name, p))
+        named.append((name, p, group))
+    return group_params(named, rates, grouping)
+
+
+def group_params(
+    named: list[tuple[str, nn.Parameter, str]], rates: LearningRates, grouping: str
+) -> list[ParamGroup]:
+    """The qk, v and head groups of trainable tensors given as (name, tensor, owning module's group)."""
+    lr = {"qk": rates.qk, "v": rates.v, "head": rates.head}
+    groups = {g: ParamGroup(g, lr[g]) for g in GROUPS}
+    for name, p, owner in named:
+        groups[paper_group(name, p, owner) if grouping == "paper" else owner].params.append((name, p))
     return [groups[g] for g in GROUPS]
 
 
@@ -94,7 +104,7 @@ def paper_group(name: str, p: nn.Parameter, owner: str) -> str:
     return "head" if owner == "head" else "qk"
 
 
-def _owners(model: nn.Module) -> dict[int, str]:
+def owners(model: nn.Module) -> dict[int, str]:
     """id(parameter) -> the group of the module that owns it (qk, v or head)."""
     get_base_model = getattr(model, "get_base_model", None)  # a PEFT model wraps the base model
     base = get_base_model() if get_base_model is not None else model
@@ -113,9 +123,8 @@ def _owners(model: nn.Module) -> dict[int, str]:
     return owner
 
 
-def group_table(model: nn.Module, groups: list[ParamGroup]) -> dict[str, Any]:
-    """Parameter counts for the run record and the table printed at start."""
-    total = sum(p.numel() for p in model.parameters())
+def group_table(groups: list[ParamGroup], total: int) -> dict[str, Any]:
+    """Parameter counts for the run record and the table printed at start; `total`: the model's."""
     return {
         "total": total,
         "trainable": sum(g.numel for g in groups),
@@ -137,31 +146,37 @@ class UpdateNorms:
     """Frobenius norms of the accumulated updates of W_q, W_k, W_v (over all layers).
 
     Full fine-tune: ||W_t - W_0||. LoRA/DoRA: ||s * B A||, the adapters' product, computed through
-    r x r Gram matrices so that it costs little even on wide models.
+    r x r Gram matrices so that it costs little even on wide models. `lora` holds (weight type, A, B,
+    s) per adapted projection, `full` (weight type, W, W_0) per tuned one; `of` finds them in a model.
     """
 
-    def __init__(self, model: nn.Module):
-        self.entries: list[tuple[str, Any]] = []
+    def __init__(
+        self,
+        lora: list[tuple[str, torch.Tensor, torch.Tensor, float]],
+        full: Optional[list[tuple[str, torch.Tensor, torch.Tensor]]] = None,
+    ) -> None:
+        self.lora, self.full = lora, full or []
+
+    @classmethod
+    def of(cls, model: nn.Module) -> UpdateNorms:
+        lora, full = [], []
         for name, module in model.named_modules():
             kind = weight_type(name)
             if kind is None:
                 continue
             if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
-                self.entries.append((kind, ("lora", module)))
+                a, b = module.lora_A["default"].weight, module.lora_B["default"].weight
+                lora.append((kind, a, b, float(module.scaling["default"])))
             elif isinstance(module, nn.Linear) and module.weight.requires_grad:
-                self.entries.append((kind, ("full", module, module.weight.detach().clone())))
+                full.append((kind, module.weight, module.weight.detach().clone()))
+        return cls(lora, full)
 
     @torch.no_grad()
     def __call__(self) -> dict[str, float]:
         sq = {"q": 0.0, "k": 0.0, "v": 0.0}
-        for kind, entry in self.entries:
-            if entry[0] == "full":
-                _, module, w0 = entry
-                sq[kind] += float((module.weight.float() - w0.float()).pow(2).sum())
-            else:
-                module = entry[1]
-                a = module.lora_A["default"].weight.float()  # r x d_in
-                b = module.lora_B["default"].weight.float()  # d_out x r
-                s = float(module.scaling["default"])
-                sq[kind] += s * s * float(((b.T @ b) * (a @ a.T)).sum())
+        for kind, w, w0 in self.full:
+            sq[kind] += float((w.float() - w0.float()).pow(2).sum())
+        for kind, a, b, s in self.lora:
+            a, b = a.float(), b.float()  # r x d_in, d_out x r
+            sq[kind] += s * s * float(((b.T @ b) * (a @ a.T)).sum())
         return {k: v**0.5 for k, v in sq.items()}

@@ -156,6 +156,8 @@ class RunRecord:
     device: Optional[str] = None  # where it trained: cpu, cuda, cuda:1
     threads: Optional[int] = None  # torch's CPU threads
     sweep: Optional[str] = None  # the sweep's name (sweep_name), or None for a single run
+    # the run keys of the other members of the pack it trained in (qvtune.pack); None: trained alone
+    packed_with: Optional[list[str]] = None
     host: str = ""  # the machine it ran on
     started_at: str = ""  # ISO 8601, UTC: when this attempt started (a resumed run restarts it)
     finished_at: Optional[str] = None

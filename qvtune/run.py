@@ -12,13 +12,15 @@ recorded in result.json instead of stopping a sweep.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union, cast
 
@@ -32,6 +34,7 @@ from qvtune.config import (
     config_dir,
     has_rank,
     learning_rates,
+    member_configs,
     parse_targets,
     register_configs,
     validate,
@@ -59,25 +62,41 @@ def main(composed: DictConfig) -> Optional[Union[RunRecord, dict[str, Any]]]:
     from qvtune.runtime import detect
 
     runtime = detect(cfg)
-    key = run_key(cfg, runtime.precision)
     store = ResultsStore(Path(cfg.results_dir).expanduser().absolute())
+    configs = member_configs(cfg) if cfg.pack else [cfg]
+    keys = [run_key(c, runtime.precision) for c in configs]
     if cfg.plan:
-        print(f"{key}  {store.state(key).state}")
+        for key in keys:
+            print(f"{key}  {store.state(key).state}")
         return None
-    with store.claim(key) as mine:
-        if not mine:
-            log.info(f"run {key} is running in another process: skipped")
-            return None
-        state = store.state(key)
-        if state.reached(cfg.until):
-            log.info(f"run {key} is already {state.state} ({store.run_dir(key)}): skipped")
-            return state.record
-        # we hold the lock now, so a record that says "running" was left by a killed run
-        resume = state.state in (State.RUNNING, State.INTERRUPTED, State.PAUSED)
-        record = execute(cfg, key, store, runtime, resume=resume)
-    if record.status is Status.FAILED and HydraConfig.get().mode == RunMode.RUN:
-        sys.exit(1)  # a single run says so; in a sweep the failure is a recorded result
-    return record
+    with contextlib.ExitStack() as claims:
+        todo: list[Planned] = []
+        for c, key in zip(configs, keys):
+            if not claims.enter_context(store.claim(key)):
+                log.info(f"run {key} is running in another process: skipped")
+                continue
+            state = store.state(key)
+            if state.reached(c.until):
+                log.info(f"run {key} is already {state.state} ({store.run_dir(key)}): skipped")
+                continue
+            # we hold the lock now, so a record that says "running" was left by a killed run
+            resume = state.state in (State.RUNNING, State.INTERRUPTED, State.PAUSED)
+            todo.append(Planned(c, key, resume))
+        if not todo:
+            return store.state(keys[0]).record if len(keys) == 1 else None
+        records = execute(todo, store, runtime)
+    if any(r.status is Status.FAILED for r in records) and HydraConfig.get().mode == RunMode.RUN:
+        sys.exit(1)  # a single run (or pack) says so; in a sweep the failure is a recorded result
+    return records[0] if len(records) == 1 else {"pack": [r.run_key for r in records]}
+
+
+@dataclass
+class Planned:
+    """A run to execute: its config, run key, and whether it resumes from a checkpoint."""
+
+    cfg: RunConfig
+    key: str
+    resume: bool
 
 
 def dry_run(cfg: RunConfig) -> dict[str, Any]:
@@ -86,7 +105,8 @@ def dry_run(cfg: RunConfig) -> dict[str, Any]:
     from qvtune.models import build_on_meta
 
     model = apply_method(build_on_meta(cfg.model, cfg.task.num_labels), cfg)
-    table = group_table(model, param_groups(model, learning_rates(cfg), cfg.optim.grouping))
+    groups = param_groups(model, learning_rates(cfg), cfg.optim.grouping)
+    table = group_table(groups, sum(p.numel() for p in model.parameters()))
     targets = parse_targets(cfg.targets)
     rank = f" r={cfg.rank}" if has_rank(cfg.method.name) else ""
     print(f"{cfg.model.name} {cfg.method.name} {targets.upper()}{rank}, {cfg.task.num_labels} labels")
@@ -94,43 +114,68 @@ def dry_run(cfg: RunConfig) -> dict[str, Any]:
     return table
 
 
-def execute(cfg: RunConfig, key: str, store: ResultsStore, runtime: Runtime, resume: bool) -> RunRecord:
-    """Run one configuration and write its record; exceptions become a "failed" record."""
-    run_dir = store.run_dir(key)
-    record = RunRecord.start(cfg, key, runtime.precision)
-    tracker = None
+def execute(runs: list[Planned], store: ResultsStore, runtime: Runtime) -> list[RunRecord]:
+    """Run one configuration, or a pack of them, and write each record; exceptions become "failed"
+    records (a pack's failure fails each of its members)."""
+    records = [RunRecord.start(r.cfg, r.key, runtime.precision) for r in runs]
+    if len(runs) > 1:
+        for record in records:
+            record.packed_with = [r.key for r in runs if r.key != record.run_key]
+    trackers: list[Any] = []
     exit_code = 1
-    with run_log(run_dir):
-        store.write(record)
-        log.info(f"run {key} -> {run_dir}" + (" (resuming)" if resume else ""))
+    with contextlib.ExitStack() as logs:
+        for r, record in zip(runs, records):
+            logs.enter_context(run_log(store.run_dir(r.key)))
+            store.write(record)
+            log.info(f"run {r.key} -> {store.run_dir(r.key)}" + (" (resuming)" if r.resume else ""))
+        if len(runs) > 1:
+            log.info(f"training {len(runs)} runs as one pack: {' '.join(r.key for r in runs)}")
         exit_on_sigterm()
         try:
             from qvtune.tracking import Tracker
 
-            tracker = Tracker(cfg, key, learning_rates(cfg), run_dir)
-            fine_tune(cfg, record, run_dir, runtime, tracker.log)
+            for r in runs:
+                trackers.append(Tracker(r.cfg, r.key, learning_rates(r.cfg), store.run_dir(r.key)))
+            for part in by_checkpoint_step(runs, store):  # a pack's members start at one step
+                chosen = [runs.index(p) for p in part]
+                fine_tune(
+                    [p.cfg for p in part],
+                    [records[i] for i in chosen],
+                    [store.run_dir(p.key) for p in part],
+                    runtime,
+                    [trackers[i].log for i in chosen],
+                )
             exit_code = 0
         except Exception as e:  # recorded, never raised: one bad run must not stop a sweep
-            record.fail(e)
-    store.write(record)
-    if tracker is not None:
-        tracker.finish(
-            {
-                "status": record.status.value,
-                "best": record.best,
-                "final": record.final,
-                "steps": record.steps,
-            },
-            exit_code,
-        )
-    if record.status is Status.FAILED:
-        log.error(f"run {key} failed: {record.error} -> {run_dir / RESULT_FILE}")
-    else:
-        log.info(
-            f"run {key} {record.status}: {cfg.task.metric} = {record.final[cfg.task.metric]:.4f}"
-            f" -> {run_dir / RESULT_FILE}"
-        )
-    return record
+            for record in records:
+                if record.status is Status.RUNNING:
+                    record.fail(e)
+    for r, record, tracker in itertools.zip_longest(runs, records, trackers):
+        store.write(record)
+        if tracker is not None:
+            summary = {"status": record.status.value, "best": record.best, "final": record.final}
+            tracker.finish({**summary, "steps": record.steps}, exit_code)
+        if record.status is Status.FAILED:
+            log.error(f"run {r.key} failed: {record.error} -> {store.run_dir(r.key) / RESULT_FILE}")
+        else:
+            log.info(
+                f"run {r.key} {record.status}: {r.cfg.task.metric} = {record.final[r.cfg.task.metric]:.4f}"
+                f" -> {store.run_dir(r.key) / RESULT_FILE}"
+            )
+    return records
+
+
+def by_checkpoint_step(runs: list[Planned], store: ResultsStore) -> list[list[Planned]]:
+    """Runs grouped by the step their checkpoint resumes from (0 without one): one group, but for a
+    pack re-formed around members that were interrupted at different steps."""
+    if len(runs) == 1:
+        return [runs]
+    from qvtune.train import checkpoint_step
+
+    groups: dict[int, list[Planned]] = {}
+    for r in runs:
+        groups.setdefault(checkpoint_step(store.run_dir(r.key) / CHECKPOINT_FILE), []).append(r)
+    return list(groups.values())
 
 
 @contextlib.contextmanager
@@ -154,29 +199,58 @@ def exit_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
-def fine_tune(cfg: RunConfig, record: RunRecord, run_dir: Path, runtime: Runtime, log_fn: Any) -> None:
-    """Model -> method and groups -> data -> training loop; fills in the record's results."""
+def fine_tune(
+    configs: list[RunConfig],
+    records: list[RunRecord],
+    run_dirs: list[Path],
+    runtime: Runtime,
+    logs: list[Callable[[dict[str, float], int], None]],
+) -> None:
+    """Model -> method and groups -> data -> training loop; fills in each record's results. One
+    config is a lone run through PEFT; several are a pack on one frozen base (qvtune.pack)."""
     wall = time.perf_counter()  # imports included: the first run of a process pays for them
     import torch
 
     from qvtune.data import encode_task
-    from qvtune.methods import apply_method, format_group_table, group_table, param_groups
+    from qvtune.methods import (
+        UpdateNorms,
+        apply_method,
+        format_group_table,
+        group_params,
+        group_table,
+        param_groups,
+    )
     from qvtune.models import build_on_meta, load_model, load_tokenizer
+    from qvtune.pack import build_pack
     from qvtune.runtime import peak_memory_mb, set_threads
     from qvtune.tasks import load_task
-    from qvtune.train import train
+    from qvtune.train import Member, train
 
+    cfg = configs[0]  # the members of a pack share everything but PACK_KEYS
     threads = set_threads(cfg)
     device = torch.device(runtime.device)
-    apply_method(build_on_meta(cfg.model, cfg.task.num_labels), cfg)  # structure errors before weights load
+    for c in configs:
+        apply_method(build_on_meta(c.model, c.task.num_labels), c)  # structure errors before weights load
 
     tic = time.perf_counter()
     tokenizer = load_tokenizer(cfg.model)
-    model = load_model(cfg.model, cfg.task.num_labels, cfg.seed, cfg.attention_dropout)
-    model = apply_method(model, cfg).to(device)
-    groups = param_groups(model, learning_rates(cfg), cfg.optim.grouping)
-    table = group_table(model, groups)
-    log.info("\n" + format_group_table(table))
+    model: torch.nn.Module = load_model(cfg.model, cfg.task.num_labels, cfg.seed, cfg.attention_dropout)
+    checkpoints = [d / CHECKPOINT_FILE for d in run_dirs]
+    if len(configs) == 1:
+        model = apply_method(model, cfg).to(device)
+        groups = [param_groups(model, learning_rates(cfg), cfg.optim.grouping)]
+        members = [Member(groups[0], UpdateNorms.of(model), checkpoints[0], logs[0])]
+        tables = [group_table(groups[0], sum(p.numel() for p in model.parameters()))]
+    else:
+        pack = build_pack(model, configs)
+        model = pack.to(device)
+        groups = [
+            group_params(m.named, learning_rates(c), c.optim.grouping) for m, c in zip(pack.members, configs)
+        ]
+        members = [Member(g, pack.update_norms(i), checkpoints[i], logs[i]) for i, g in enumerate(groups)]
+        tables = [group_table(g, pack.lone_size(i)) for i, g in enumerate(groups)]
+    for table in tables:
+        log.info("\n" + format_group_table(table))
     load_s = time.perf_counter() - tic
 
     tic = time.perf_counter()
@@ -188,9 +262,9 @@ def fine_tune(cfg: RunConfig, record: RunRecord, run_dir: Path, runtime: Runtime
     data_s = time.perf_counter() - tic
     setup_s = time.perf_counter() - wall
 
-    state = train(
+    states = train(
         model,
-        groups,
+        members,
         train_data,
         evals,
         cfg.task,
@@ -198,16 +272,17 @@ def fine_tune(cfg: RunConfig, record: RunRecord, run_dir: Path, runtime: Runtime
         pad_id=tokenizer.pad_token_id,
         device=device,
         precision=runtime.precision,
-        checkpoint=run_dir / CHECKPOINT_FILE,
-        log=log_fn,
     )
-    if state.status is not Status.PAUSED:  # a paused run keeps its checkpoint to go on from
-        if cfg.output_dir:
-            # a transformers or PEFT model: torch types the attributes it does not know as Tensor | Module
-            cast(Any, model).save_pretrained(Path(cfg.output_dir).expanduser() / run_dir.name)
-        (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+    for state, checkpoint in zip(states, checkpoints):
+        if state.status is not Status.PAUSED:  # a paused run keeps its checkpoint to go on from
+            checkpoint.unlink(missing_ok=True)
+    if cfg.output_dir and states[0].status is not Status.PAUSED:  # validate(): never for a pack
+        # a transformers or PEFT model: torch types the attributes it does not know as Tensor | Module
+        cast(Any, model).save_pretrained(Path(cfg.output_dir).expanduser() / run_dirs[0].name)
     setup = {"wall_s": time.perf_counter() - wall, "setup_s": setup_s, "load_s": load_s, "data_s": data_s}
-    record.finish(state, table, setup, peak_memory_mb(device.type), str(device), threads)
+    memory = peak_memory_mb(device.type)
+    for record, state, table in zip(records, states, tables):
+        record.finish(state, table, setup, memory, str(device), threads)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ class Tracker:
             name=run_name(cfg, rates),
             id=key,
             resume="allow",
+            reinit="create_new",  # the members of a pack each have their own run, at the same time
             mode=mode,
             dir=str(Path(cfg.wandb.dir or run_dir).expanduser()),
             # a DictConfig converts to a dict; OmegaConf's return type covers every config node

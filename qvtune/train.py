@@ -20,6 +20,7 @@ from qvtune.config import RunConfig, TaskConfig, until_step
 from qvtune.data import Encoded, collate, eval_batches, micro_batches, train_batches
 from qvtune.files import atomic_write
 from qvtune.methods import ParamGroup, UpdateNorms
+from qvtune.pack import PackedModel
 from qvtune.record import Status
 from qvtune.tasks import compute_metrics
 
@@ -60,44 +61,114 @@ def plan_steps(n_train: int, cfg: RunConfig) -> tuple[int, int]:
 AUTOCAST: dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module,
-    evals: dict[str, Encoded],
-    task: TaskConfig,
-    cfg: RunConfig,
-    pad_id: int,
-    device: torch.device,
-    amp: Optional[torch.dtype],
-) -> dict[str, float]:
-    """Dev metrics with large, length-sorted batches and no autograd bookkeeping."""
-    model.eval()
-    outputs, labels, losses = {}, {}, []
-    for name, data in evals.items():
-        out = np.zeros((len(data), max(task.num_labels, 1)), dtype=np.float32)
-        pieces = (
-            piece
-            for index in eval_batches(data.lengths, cfg.eval_batch_size)
-            for piece in micro_batches(data.lengths, index, cfg.max_batch_tokens, pad_to(cfg))
+@dataclass
+class Member:
+    """One run as the training loop takes it: a lone run is a list of one, a pack (qvtune.pack) of K
+    that share the model's forward pass, each with its own tensors, optimizer, checks and record."""
+
+    groups: list[ParamGroup]
+    norms: UpdateNorms  # made before its checkpoint loads: the updates count from the loaded model
+    checkpoint: Path
+    log: Callable[[dict[str, float], int], None]
+
+
+class Learner:
+    """A member's AdamW over its qk / v / head groups, its schedule (one factor for every group, so
+    lambda holds at every step), its loss scaler and its progress, restored from its checkpoint."""
+
+    def __init__(
+        self,
+        index: int,
+        member: Member,
+        cfg: RunConfig,
+        total_steps: int,
+        device: torch.device,
+        amp: Optional[torch.dtype],
+    ) -> None:
+        self.index, self.member = index, member
+        self.params = [p for g in member.groups for _, p in g.params]
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": [p for _, p in g.params], "lr": g.lr, "name": g.name}
+                for g in member.groups
+                if g.params
+            ],
+            betas=cast(tuple[float, float], tuple(cfg.optim.betas)),  # the schema's list holds two
+            eps=cfg.optim.eps,
+            weight_decay=cfg.optim.weight_decay,
         )
-        for piece in pieces:
-            result, _ = forward(model, data, piece, pad_id, pad_to(cfg), device, amp)
-            out[piece] = result.logits.float().cpu().numpy().reshape(len(piece), -1)
-            losses.append(float(result.loss) * len(piece))
-        outputs[name], labels[name] = out, data.labels
-    model.train()
-    metrics = compute_metrics(task, outputs, labels)
-    metrics["loss"] = sum(losses) / sum(len(d) for d in evals.values())
-    return metrics
+        warmup = int(cfg.optim.warmup_ratio * total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, warmup, total_steps, cfg.optim.scheduler)
+        )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+        self.state = self.load() if member.checkpoint.exists() else TrainState()
+        self.state.total_steps = total_steps
+
+    @property
+    def running(self) -> bool:
+        return self.state.status == Status.RUNNING
+
+    def step(self, loss: float, cfg: RunConfig) -> None:
+        """Clip, step, schedule; record the loss, the update norms and the rates; check divergence."""
+        state = self.state
+        if cfg.optim.max_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.max_grad_norm)
+        applied = {pg["name"]: pg["lr"] for pg in self.optimizer.param_groups}
+        state.lr_trace.append([state.step + 1] + [applied.get(g) for g in ("qk", "v", "head")])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        state.step += 1
+        norm = self.member.norms()
+        state.train_loss.append([state.step, loss])
+        state.update_norms.append([state.step, norm["q"], norm["k"], norm["v"]])
+        rates = {f"lr/{name}": lr for name, lr in applied.items()}
+        self.member.log(
+            {"train/loss": loss, **{f"update_norm/{k}": v for k, v in norm.items()}, **rates}, state.step
+        )
+        state.status, state.error = check_divergence(state, loss, cfg.diverge_factor)
+
+    def save(self) -> None:
+        """Trainable tensors, optimizer, scheduler, RNG and progress, written atomically."""
+        blob = {
+            "trainable": {n: p.detach().cpu() for g in self.member.groups for n, p in g.params},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "state": asdict(self.state),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+        atomic_write(self.member.checkpoint, lambda f: torch.save(blob, f))
+
+    def load(self) -> TrainState:
+        blob = torch.load(self.member.checkpoint, map_location="cpu", weights_only=False)
+        params = {n: p for g in self.member.groups for n, p in g.params}
+        with torch.no_grad():
+            for name, value in blob["trainable"].items():
+                params[name].copy_(value)
+        self.optimizer.load_state_dict(blob["optimizer"])
+        self.scheduler.load_state_dict(blob["scheduler"])
+        self.scaler.load_state_dict(blob["scaler"])
+        torch.set_rng_state(blob["rng"])
+        if blob["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(blob["cuda_rng"])
+        return TrainState(**blob["state"])
 
 
-def pad_to(cfg: RunConfig) -> Optional[int]:
-    return cfg.max_len if cfg.padding == "max" else None
+def checkpoint_step(path: Path) -> int:
+    """The optimizer step a checkpoint was saved at (0 without one): the members of a pack start together."""
+    if not path.exists():
+        return 0
+    return int(torch.load(path, map_location="cpu", weights_only=False)["state"]["step"])
 
 
 def train(
     model: nn.Module,
-    groups: list[ParamGroup],
+    members: list[Member],
     train_data: Encoded,
     evals: dict[str, Encoded],
     task: TaskConfig,
@@ -106,153 +177,186 @@ def train(
     pad_id: int,
     device: torch.device,
     precision: str,
-    checkpoint: Path,
-    log: Callable[[dict[str, float], int], None],
-) -> TrainState:
+) -> list[TrainState]:
+    """Train every member on the same batches to the end of its budget (or `until`); returns their states."""
     total_steps, per_epoch = plan_steps(len(train_data), cfg)
-    optimizer = torch.optim.AdamW(
-        [{"params": [p for _, p in g.params], "lr": g.lr, "name": g.name} for g in groups if g.params],
-        betas=cast(tuple[float, float], tuple(cfg.optim.betas)),  # the schema's list holds two
-        eps=cfg.optim.eps,
-        weight_decay=cfg.optim.weight_decay,
-    )
-    warmup = int(cfg.optim.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup, total_steps, cfg.optim.scheduler)
-    )
     amp = AUTOCAST[precision]
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    norms = UpdateNorms(model)
-    state = TrainState()
-    if checkpoint.exists():
-        state = load_checkpoint(checkpoint, model, optimizer, scheduler, scaler)
-    state.total_steps = total_steps
+    learners = [Learner(i, m, cfg, total_steps, device, amp) for i, m in enumerate(members)]
+    steps = {learner.state.step for learner in learners}
+    if len(steps) != 1:
+        raise ValueError(f"the members of a pack resume from different steps ({sorted(steps)})")
+    step = steps.pop()
     stop = until_step(cfg.until, total_steps)  # the schedule above is the whole run's either way
-
-    trainable = [p for g in groups for _, p in g.params]
     pad = pad_to(cfg)
 
-    def evaluate_at(epoch: float) -> None:
-        record_eval(state, model, evals, task, cfg, pad_id, device, amp, log, epoch=epoch)
+    def evaluate_at(chosen: list[Learner], epoch: float) -> None:
+        tic = time.perf_counter()
+        metrics = evaluate(model, [c.index for c in chosen], evals, task, cfg, pad_id, device, amp)
+        for learner, values in zip(chosen, metrics):
+            learner.state.eval_s += time.perf_counter() - tic
+            learner.state.history.append({"step": step, "epoch": round(epoch, 4), "metrics": values})
+            learner.member.log({f"eval/{k}": v for k, v in values.items()}, step)
 
     model.train()
     last_save = time.monotonic()
     epoch_batches: tuple[int, list[np.ndarray]] = (-1, [])
     from tqdm.auto import tqdm
 
-    bar = tqdm(
-        total=total_steps, initial=state.step, disable=None, unit="step", dynamic_ncols=True, leave=False
-    )
+    bar = tqdm(total=total_steps, initial=step, disable=None, unit="step", dynamic_ncols=True, leave=False)
     try:
-        if total_steps == 0 or (cfg.eval_at_start and state.step == 0 and not state.history):
-            evaluate_at(0.0)
-        while state.step < stop and state.status == Status.RUNNING:
+        if total_steps == 0 or (cfg.eval_at_start and step == 0 and not learners[0].state.history):
+            evaluate_at(learners, 0.0)
+        while step < stop and any(learner.running for learner in learners):
+            active = [learner for learner in learners if learner.running]
             tic = time.perf_counter()
-            loss_sum = 0.0
+            losses = [0.0] * len(active)
             for micro in range(cfg.grad_accum):
-                position = state.step * cfg.grad_accum + micro
-                epoch, index_in_epoch = divmod(position, per_epoch)
+                epoch, index_in_epoch = divmod(step * cfg.grad_accum + micro, per_epoch)
                 if epoch_batches[0] != epoch:
                     batches = train_batches(
                         train_data.lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length
                     )
                     epoch_batches = (epoch, batches)
                 index = epoch_batches[1][index_in_epoch]
-                loss, tokens = backward(
+                micro_losses, tokens = backward(
                     model,
+                    [learner.index for learner in active],
                     train_data,
                     index,
                     pad_id,
                     pad,
                     cfg.max_batch_tokens,
                     device,
-                    scale=1 / cfg.grad_accum,
-                    amp=amp,
-                    scaler=scaler,
+                    cfg.grad_accum,
+                    amp,
+                    [learner.scaler for learner in active],
                 )
-                loss_sum += loss
-                state.tokens += tokens
-                state.samples += len(index)
-            if cfg.optim.max_grad_norm:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.max_grad_norm)
-            applied = {pg["name"]: pg["lr"] for pg in optimizer.param_groups}
-            state.lr_trace.append([state.step + 1] + [applied.get(g) for g in ("qk", "v", "head")])
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            state.step += 1
-            state.train_s += time.perf_counter() - tic
-
-            norm = norms()
-            state.train_loss.append([state.step, loss_sum])
-            state.update_norms.append([state.step, norm["q"], norm["k"], norm["v"]])
-            rates = {f"lr/{name}": lr for name, lr in applied.items()}
-            norm_values = {f"update_norm/{k}": v for k, v in norm.items()}
-            log({"train/loss": loss_sum, **norm_values, **rates}, state.step)
+                losses = [a + b for a, b in zip(losses, micro_losses)]
+                for learner in active:
+                    learner.state.tokens += tokens
+                    learner.state.samples += len(index)
+            for learner, loss in zip(active, losses):
+                learner.step(loss, cfg)
+            step += 1
+            for learner in active:
+                learner.state.train_s += time.perf_counter() - tic
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum:.4f}", refresh=False)
+            bar.set_postfix(loss=f"{losses[0]:.4f}", refresh=False)
 
-            state.status, state.error = check_divergence(state, loss_sum, cfg.diverge_factor)
-            epoch_now = state.step * cfg.grad_accum // per_epoch
-            epoch_done = epoch_now > (state.step - 1) * cfg.grad_accum // per_epoch
-            periodic = cfg.eval_every and state.step % cfg.eval_every == 0
-            if epoch_done or periodic or state.step in (stop, total_steps) or state.status != Status.RUNNING:
-                evaluate_at(state.step * cfg.grad_accum / per_epoch)
-            if time.monotonic() - last_save > cfg.checkpoint_minutes * 60 and state.status == Status.RUNNING:
-                save_checkpoint(checkpoint, model, optimizer, scheduler, scaler, state)
+            epoch_now = step * cfg.grad_accum // per_epoch
+            epoch_done = epoch_now > (step - 1) * cfg.grad_accum // per_epoch
+            periodic = cfg.eval_every and step % cfg.eval_every == 0
+            due = epoch_done or periodic or step in (stop, total_steps)
+            ended = [learner for learner in active if not learner.running]  # diverged: evaluated now
+            if due or ended:
+                evaluate_at(active if due else ended, step * cfg.grad_accum / per_epoch)
+            if time.monotonic() - last_save > cfg.checkpoint_minutes * 60:
+                for learner in learners:
+                    if learner.running:
+                        learner.save()
                 last_save = time.monotonic()
     except (KeyboardInterrupt, SystemExit):  # preempted, cancelled, Ctrl-C: keep the progress
-        save_checkpoint(checkpoint, model, optimizer, scheduler, scaler, state)
+        for learner in learners:
+            learner.save()
         raise
     finally:
         bar.close()
-    if state.status == Status.RUNNING and state.step < total_steps:  # stopped at `until`
-        save_checkpoint(checkpoint, model, optimizer, scheduler, scaler, state)  # saved running: it goes on
-        state.status = Status.PAUSED
-    elif state.status == Status.RUNNING:
-        state.status = Status.COMPLETED
-    return state
+    for learner in learners:
+        if learner.running and step < total_steps:  # stopped at `until`
+            learner.save()  # saved running: it goes on
+            learner.state.status = Status.PAUSED
+        elif learner.running:
+            learner.state.status = Status.COMPLETED
+    return [learner.state for learner in learners]
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    members: list[int],
+    evals: dict[str, Encoded],
+    task: TaskConfig,
+    cfg: RunConfig,
+    pad_id: int,
+    device: torch.device,
+    amp: Optional[torch.dtype],
+) -> list[dict[str, float]]:
+    """Each member's dev metrics, with large, length-sorted batches and no autograd bookkeeping."""
+    model.eval()
+    k = len(members)
+    outputs: list[dict[str, np.ndarray]] = [{} for _ in members]
+    losses = np.zeros(k)
+    for name, data in evals.items():
+        out = np.zeros((k, len(data), max(task.num_labels, 1)), dtype=np.float32)
+        pieces = (
+            piece
+            for index in eval_batches(data.lengths, cfg.eval_batch_size)
+            for piece in micro_batches(data.lengths, index, cfg.max_batch_tokens, pad_to(cfg))
+        )
+        for piece in pieces:
+            loss, logits, _ = forward(model, members, data, piece, pad_id, pad_to(cfg), device, amp)
+            out[:, piece] = logits.float().cpu().numpy().reshape(k, len(piece), -1)
+            losses += loss.float().cpu().numpy() * len(piece)
+        for i in range(k):
+            outputs[i][name] = out[i]
+    model.train()
+    labels = {name: data.labels for name, data in evals.items()}
+    n = sum(len(d) for d in evals.values())
+    return [{**compute_metrics(task, outputs[i], labels), "loss": float(losses[i] / n)} for i in range(k)]
+
+
+def pad_to(cfg: RunConfig) -> Optional[int]:
+    return cfg.max_len if cfg.padding == "max" else None
 
 
 def backward(
     model: nn.Module,
+    members: list[int],
     data: Encoded,
     index: np.ndarray,
     pad_id: int,
     pad_to: Optional[int],
     max_tokens: Optional[int],
     device: torch.device,
-    scale: float = 1.0,
+    grad_accum: int = 1,
     amp: Optional[torch.dtype] = None,
-    scaler: Optional[Any] = None,
-) -> tuple[float, int]:
-    """Accumulate the gradient of `scale` x the batch's mean loss, in micro-batches of at most
-    `max_tokens` padded tokens; returns (that scaled loss, real tokens seen)."""
-    loss_sum, tokens = 0.0, 0
+    scalers: Optional[list[Any]] = None,
+) -> tuple[list[float], int]:
+    """Accumulate each member's gradient of its batch's mean loss / grad_accum (scaled by its fp16
+    loss scaler), in micro-batches of at most `max_tokens` padded tokens (a pack's hold one copy per
+    member); returns (those losses, real tokens in the batch)."""
+    loss_sum, tokens = [0.0] * len(members), 0
     for piece in micro_batches(data.lengths, index, max_tokens, pad_to):
-        result, real = forward(model, data, piece, pad_id, pad_to, device, amp)
-        loss = result.loss * (scale * len(piece) / len(index))
-        (scaler.scale(loss) if scaler is not None else loss).backward()
-        loss_sum += loss.item()
+        losses, _, real = forward(model, members, data, piece, pad_id, pad_to, device, amp)
+        losses = losses * (len(piece) / len(index) / grad_accum)
+        scaled = losses if scalers is None else torch.stack([s.scale(x) for s, x in zip(scalers, losses)])
+        # each member's tensors reach only its own loss: the sum's gradient is every member's own
+        scaled.sum().backward()
+        loss_sum = [a + b for a, b in zip(loss_sum, losses.tolist())]
         tokens += real
     return loss_sum, tokens
 
 
 def forward(
     model: nn.Module,
+    members: list[int],
     data: Encoded,
     index: np.ndarray,
     pad_id: int,
     pad_to: Optional[int],
     device: torch.device,
     amp: Optional[torch.dtype],
-) -> tuple[Any, int]:
-    """The model's output on the examples `index`, and how many real (non-pad) tokens they hold."""
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Each member's mean loss and logits on the examples `index`, and how many real tokens they hold."""
     batch = {k: v.to(device) for k, v in collate(data, index, pad_id, pad_to).items()}
     with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
-        return model(**batch), int(batch["attention_mask"].sum())
+        if isinstance(model, PackedModel):
+            model.slots.active = members
+            losses, logits = model(**batch)
+        else:
+            result = model(**batch)
+            losses, logits = result.loss.unsqueeze(0), result.logits.unsqueeze(0)
+    return losses, logits, int(batch["attention_mask"].sum())
 
 
 def lr_factor(step: int, warmup: int, total: int, kind: str) -> float:
@@ -280,53 +384,3 @@ def check_divergence(state: TrainState, loss: float, factor: float) -> tuple[Sta
                 f"{state.loss_start:.4g} (step {state.step})",
             )
     return Status.RUNNING, None
-
-
-def record_eval(
-    state: TrainState,
-    model: nn.Module,
-    evals: dict[str, Encoded],
-    task: TaskConfig,
-    cfg: RunConfig,
-    pad_id: int,
-    device: torch.device,
-    amp: Optional[torch.dtype],
-    log: Callable[[dict[str, float], int], None],
-    epoch: float,
-) -> None:
-    tic = time.perf_counter()
-    metrics = evaluate(model, evals, task, cfg, pad_id, device, amp)
-    state.eval_s += time.perf_counter() - tic
-    state.history.append({"step": state.step, "epoch": round(epoch, 4), "metrics": metrics})
-    log({f"eval/{k}": v for k, v in metrics.items()}, state.step)
-
-
-def save_checkpoint(
-    path: Path, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, state: TrainState
-) -> None:
-    """Trainable tensors, optimizer, scheduler, RNG and progress, written atomically."""
-    blob = {
-        "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "state": asdict(state),
-        "rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-    atomic_write(path, lambda f: torch.save(blob, f))
-
-
-def load_checkpoint(path: Path, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any) -> TrainState:
-    blob = torch.load(path, map_location="cpu", weights_only=False)
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in blob["trainable"].items():
-            params[name].copy_(value)
-    optimizer.load_state_dict(blob["optimizer"])
-    scheduler.load_state_dict(blob["scheduler"])
-    scaler.load_state_dict(blob["scaler"])
-    torch.set_rng_state(blob["rng"])
-    if blob["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(blob["cuda_rng"])
-    return TrainState(**blob["state"])

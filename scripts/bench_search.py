@@ -1,16 +1,19 @@
 """Successive halving against the full grid: does the search find the grid's best cell, for how much?
 
-Runs, each as one sweep process with W&B disabled, into two fresh stores under --out:
+Runs, each as one sweep process with W&B disabled, into one fresh store under --out:
 
-- the full (eta_QK, eta_V) grid on qv x seeds (`-m lr=... lr_v=... seed=...`);
-- the halving search on the same grid and seeds (`hydra.sweeper.search=halving`).
+1. the halving search on the (eta_QK, eta_V) grid on qv x seeds (`hydra.sweeper.search=halving`);
+2. the full grid (`-m lr=... lr_v=... seed=...`) into the same store: the cells the search finished
+   are skipped and the ones it paused go on from their checkpoints, so every cell ends at the full
+   budget for the grid's compute, not the grid's plus the search's. A resumed run is the run that
+   was never paused (tests/test_resume.py), so these are the fresh grid's records.
 
 Then prints the grid's best cell and its seed-mean, the search's pick and its seed-mean at the full
-budget (re-run there on the same seeds if the search did not finish that cell), their paired
-difference over seeds with its standard error, and the search's training samples and wall time as
-fractions of the grid's.
+budget, their paired difference over seeds with its standard error, and the search's training
+samples and wall time as fractions of the grid's (the grid's wall time: the search's plus the
+completion's, which includes the pauses and resumes a fresh grid would not pay for).
 
-    python scripts/bench_search.py --glue ../shared/data/glue --task sst2 --samples 2000
+    python scripts/bench_search.py --glue ../shared/data/glue --task sst2 --samples 3000 --epochs 2
     python scripts/bench_search.py --model tiny-bert --lr 1e-2,3e-2 --lr-v 3e-2,1e-1 --seeds 0,1   # smoke
 """
 
@@ -103,51 +106,48 @@ def main() -> None:
     args = parser.parse_args()
     args.task = args.task or ("sst2" if args.glue else "synthetic")
     args.out = (args.out or Path(tempfile.mkdtemp(prefix="bench-search-"))).absolute()
-    grid_dir, search_dir = args.out / "grid", args.out / "search"
 
-    grid_s = sweep(args, grid_dir)
+    results = args.out / "results"
     search_s = sweep(
         args,
-        search_dir,
+        results,
         "hydra.sweeper.search=halving",
         f"hydra.sweeper.halving.eta={args.eta}",
         f"hydra.sweeper.halving.min_fraction={args.min_fraction}",
     )
-    (answer_file,) = (search_dir / "searches").glob("*.json")
+    (answer_file,) = (results / "searches").glob("*.json")
     answer: dict[str, Any] = json.loads(answer_file.read_text())
     metric = answer["metric"]
     (group,) = answer["groups"]
     seeds = [int(s) for s in args.seeds.split(",")]
+    completion_s = sweep(args, results)
 
-    grid = full_budget(records(grid_dir), metric)
+    recs = records(results)
+    grid = full_budget(recs, metric)
     means = {c: statistics.mean(v.values()) for c, v in grid.items() if len(v) == len(seeds)}
     best = max(sorted(means), key=lambda c: means[c])
     pick: Cell = (group["pick"]["lr"], group["pick"]["lr_v"]) if group["pick"] else best
-    searched = full_budget(records(search_dir), metric)
-    if len(searched.get(pick, {})) < len(seeds):  # not finished by the search: run it to the end
-        one_cell = argparse.Namespace(**{**vars(args), "lr": repr(pick[0]), "lr_v": repr(pick[1])})
-        search_s += sweep(one_cell, search_dir)
-        searched = full_budget(records(search_dir), metric)
-
-    diffs = [grid[best][s] - searched[pick][s] for s in seeds]
+    diffs = [grid[best][s] - grid[pick][s] for s in seeds]
     se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
-    grid_samples = sum(r.samples for r in records(grid_dir))
-    search_samples = sum(r.samples for r in records(search_dir))
+    spread = statistics.stdev(grid[best].values()) if len(seeds) > 1 else math.nan
+    grid_samples = sum(r.samples for r in recs)
+    grid_s = search_s + completion_s
+    print("seed-mean of every cell at the full budget (eta_QK \\ eta_V):")
+    for qk in sorted({c[0] for c in means}, reverse=True):
+        row = "  ".join(f"{means[(qk, v)]:.4f}" for v in sorted({c[1] for c in means}))
+        print(f"  {qk:g}: {row}")
     print(
         f"grid best:   eta_QK={best[0]:g} eta_V={best[1]:g}: {metric} {means[best]:.4f} "
-        f"(mean of {len(seeds)} seeds)"
+        f"(mean of {len(seeds)} seeds, sd {spread:.4f})"
     )
-    print(
-        f"search pick: eta_QK={pick[0]:g} eta_V={pick[1]:g}: {metric} "
-        f"{statistics.mean(searched[pick][s] for s in seeds):.4f} at the full budget"
-    )
+    print(f"search pick: eta_QK={pick[0]:g} eta_V={pick[1]:g}: {metric} {means[pick]:.4f} at the full budget")
     print(
         f"grid best - search pick: {statistics.mean(diffs):+.4f} +- {se:.4f} "
         "(paired over seeds, standard error)"
     )
     print(
-        f"search compute: {search_samples} of {grid_samples} training samples "
-        f"({search_samples / grid_samples:.1%}); "
+        f"search compute: {answer['samples']:.0f} of {grid_samples} training samples "
+        f"({answer['samples'] / grid_samples:.1%}); "
         f"wall {search_s:.0f} s of {grid_s:.0f} s ({search_s / grid_s:.1%})  -> {args.out}"
     )
 

@@ -69,8 +69,8 @@ def test_micro_batches_give_the_gradient_of_the_whole_batch():
     for max_tokens in (None, 40):
         model = apply_method(load_model(cfg.model, 2, seed=0), cfg)
         model.eval()  # no dropout: the two gradients must agree to rounding
-        loss, _ = backward(
-            model, data, np.arange(12), tok.pad_token_id, None, max_tokens, torch.device("cpu")
+        (loss,), _ = backward(
+            model, [0], data, np.arange(12), tok.pad_token_id, None, max_tokens, torch.device("cpu")
         )
         grads.append((loss, [p.grad.clone() for p in model.parameters() if p.requires_grad]))
     (whole_loss, whole), (split_loss, split) = grads

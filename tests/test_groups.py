@@ -30,7 +30,7 @@ def test_roberta_base_counts(method, targets, rank):
         "model=roberta-base", "task=rte", f"method={method}", f"targets={targets}", f"rank={rank}"
     )
     model = apply_method(build_on_meta(cfg.model, cfg.task.num_labels), cfg)
-    table = group_table(model, param_groups(model, learning_rates(cfg)))
+    table = group_table(param_groups(model, learning_rates(cfg)), sum(p.numel() for p in model.parameters()))
     assert table["trainable"] == ROBERTA_COUNTS[(method, targets, rank)]
     assert {g["group"]: g["params"] for g in table["groups"]}["head"] == 592_130
 
@@ -130,7 +130,7 @@ def test_update_norms_track_lora_product():
 
     cfg = make_config("model=tiny-bert", "method=lora", "targets=qv", "rank=2")
     net = apply_method(load_model(cfg.model, 2, seed=0), cfg)
-    norms = UpdateNorms(net)
+    norms = UpdateNorms.of(net)
     assert norms() == {"q": 0.0, "k": 0.0, "v": 0.0}  # LoRA starts at B = 0
     expected = 0.0
     with torch.no_grad():

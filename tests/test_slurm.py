@@ -386,3 +386,33 @@ def test_halving_search_on_slurm_picks_from_its_records(tmp_path: Path, name: st
     means = {cell: sum(v) / len(v) for cell, v in done.items()}
     assert group["pick"]["score"] == pytest.approx(max(means.values()))
     assert means[(group["pick"]["lr"], group["pick"]["lr_v"])] == pytest.approx(max(means.values()))
+
+
+@pytest.mark.timeout(480)
+def test_packed_sweep_on_slurm_trains_each_pack_as_one_array_task(tmp_path: Path, name: str) -> None:
+    """A 2 x 2 grid in packs of 2: two array tasks, four records equal to a local unpacked sweep's."""
+    grid = [
+        "targets=qv",
+        "epochs=1",
+        "max_train_samples=128",
+        "max_eval_samples=64",
+        "attention_dropout=0",
+        "+model.arch.hidden_dropout_prob=0",
+        "lr=1e-2,3e-2",
+        "lr_v=3e-2,1e-1",
+    ]
+    sweep = tmp_path / "sweep-slurm"
+    r = run(
+        qvtune(tmp_path, "slurm", *grid, "hydra.sweeper.pack=2", *slurm(name, sweep)), tmp_path, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(array_tasks(sweep)) == 2
+    local = run(
+        qvtune(tmp_path, "local", *grid, f"hydra.sweep.dir={tmp_path / 'sweep-local'}"), tmp_path, 150
+    )
+    assert local.returncode == 0, local.stderr[-3000:]
+    on_slurm, alone = records(tmp_path / "slurm"), records(tmp_path / "local")
+    assert len(on_slurm) == 4 and set(on_slurm) == set(alone)
+    for key, rec in on_slurm.items():
+        assert rec["status"] == "completed" and len(rec["packed_with"]) == 1, rec["error"]
+        assert rec["final"] == pytest.approx(alone[key]["final"], rel=1e-5, abs=1e-7)

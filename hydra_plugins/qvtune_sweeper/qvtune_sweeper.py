@@ -1,5 +1,5 @@
 """qvtune's sweeper: Hydra's basic sweeper (so `-m`, `a=1,2`, `range(...)` and `glob(...)` work as
-usual) plus three things a grid of hundreds of fine-tuning runs needs:
+usual) plus what a grid of hundreds of fine-tuning runs needs:
 
 - `hydra.sweeper.grids`: a list of parameter maps whose cartesian products are joined, for
   experiments that are not one product (Table 2's rows); command-line sweeps multiply every grid.
@@ -10,6 +10,8 @@ usual) plus three things a grid of hundreds of fine-tuning runs needs:
   (qvtune.plan: the store lookup, the plan and the estimate);
 - `hydra.sweeper.search=halving`: successive halving over the grid's learning rates, one batch of
   jobs per rung through the configured launcher (qvtune.search: the arithmetic).
+- `hydra.sweeper.pack=K`: runs that differ only in learning rates or targets train as packs of up to
+  K, one launcher job each (qvtune.plan forms them, qvtune.pack trains them).
 
 Hydra imports this module outside sys.modules while scanning plugins: no `from __future__ import
 annotations` here, since dataclasses then cannot resolve their field types.
@@ -55,6 +57,9 @@ class QvtuneSweeperConf:
     grids: Optional[list[dict[str, Any]]] = None
     search: Optional[str] = None  # null: run the whole grid; halving: successive halving over it
     halving: HalvingConf = field(default_factory=HalvingConf)
+    # train up to this many runs that differ only in learning rates or targets as one pack, one
+    # job each (qvtune.pack); 1: every run is its own job
+    pack: int = 1
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="qvtune", node=QvtuneSweeperConf, provider="qvtune")
@@ -68,11 +73,13 @@ class QvtuneSweeper(BasicSweeper):
         grids: Optional[list[dict[str, str]]] = None,
         search: Optional[str] = None,
         halving: Optional[Mapping[str, Any]] = None,
+        pack: int = 1,
     ) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.grids = [dict(g) for g in grids or []]
         self.search = search
         self.halving = HalvingConf(**(halving or {}))
+        self.pack = pack
         self._composed: dict[tuple[str, ...], DictConfig] = {}
 
     def expand(self, arguments: list[str]) -> list[list[str]]:
@@ -138,10 +145,12 @@ class QvtuneSweeper(BasicSweeper):
         return cfg
 
     def sweep(self, arguments: list[str]) -> Any:
-        from qvtune.plan import launch_summary, print_plan, to_launch
+        from qvtune.plan import form_packs, launch_summary, print_packs, print_plan, to_launch
 
         assert self.config is not None and self.launcher is not None
         check_search(self.search, self.halving)
+        if self.pack < 1:
+            fail([f"hydra.sweeper.pack={self.pack}: expected the most runs per pack, an integer >= 1"])
         jobs = self.inspect(self.expand(arguments))
         if self.search is not None:
             if any(override_key(o) == "until" for j in jobs for o in j.overrides):
@@ -149,12 +158,30 @@ class QvtuneSweeper(BasicSweeper):
             return self.halving_search(jobs)
         if self.config.plan:
             print_plan(jobs)
+            if self.pack > 1:
+                print_packs(form_packs(to_launch(jobs), self.pack))
             return []
         todo = to_launch(jobs)
         log.info(launch_summary(jobs))
-        if not todo:
-            return []
-        return self.launch_all([j.overrides for j in todo], 0)
+        return self.launch_jobs(todo, 0, [])[0]
+
+    def launch_jobs(self, jobs: "list[Job]", index: int, extra: list[str]) -> tuple[list[Any], int]:
+        """Launch the jobs (with `extra` overrides) as packs of up to `pack` runs, one launcher job
+        each; returns the launcher's returns and the number of launcher jobs."""
+        from qvtune.plan import form_packs, pack_overrides
+
+        if not jobs:
+            return [], 0
+        packs = form_packs(jobs, self.pack) if self.pack > 1 else [[j] for j in jobs]
+        full = sum(j.config.method.name == "full" for j in jobs)
+        if self.pack > 1 and full:
+            log.info(
+                f"{full} method=full runs stay unpacked: each member would hold its own copy of the matrices"
+            )
+        if self.pack > 1:
+            log.info(f"{len(jobs)} runs in {len(packs)} jobs ({sum(len(p) > 1 for p in packs)} packs)")
+        overrides = [[*(pack_overrides(p) if len(p) > 1 else p[0].overrides), *extra] for p in packs]
+        return self.launch_all(overrides, index), len(overrides)
 
     def launch_all(self, overrides: list[list[str]], index: int) -> list[Any]:
         """Launch jobs through the configured launcher in batches of max_batch_size; job numbers
@@ -206,10 +233,10 @@ class QvtuneSweeper(BasicSweeper):
                 f"search rung {k + 1}/{len(fractions)} ({fraction:.3g} of the budget): "
                 f"{len(batch)} runs, {len(batch) - len(todo)} done already, launching {len(todo)}"
             )
-            if todo:
-                until_override = "until=null" if until is None else f"until={until!r}"
-                returns += self.launch_all([[*j.overrides, until_override] for j in todo], index)
-                index += len(todo)
+            until_override = "until=null" if until is None else f"until={until!r}"
+            launched, count = self.launch_jobs(todo, index, [until_override])
+            returns += launched
+            index += count
             for g, survivors in alive.items():
                 scores = {
                     c: search.seed_mean(

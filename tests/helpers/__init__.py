@@ -70,6 +70,16 @@ def records(results: Path) -> list[dict[str, Any]]:
 def train_on_synthetic(net: Any, groups: list[Any], cfg: Any, precision: str, checkpoint: Path) -> Any:
     """qvtune.train.train in this process on cfg's synthetic task, on the CPU: the training loop
     without the entry point, for tests that compare what training does under two settings."""
+    from qvtune.methods import UpdateNorms
+    from qvtune.train import Member
+
+    member = Member(groups, UpdateNorms.of(net), checkpoint, lambda values, step: None)
+    return train_members(net, [member], cfg, precision)[0]
+
+
+def train_members(net: Any, members: list[Any], cfg: Any, precision: str = "fp32") -> list[Any]:
+    """qvtune.train.train of one model's members (a lone run's one, a pack's K) on cfg's synthetic
+    task, in this process on the CPU; returns their TrainStates."""
     import torch
 
     from qvtune.data import encode
@@ -83,7 +93,7 @@ def train_on_synthetic(net: Any, groups: list[Any], cfg: Any, precision: str, ch
     evals = {"validation": encode(tok, task.evals["validation"], cfg.max_len)}
     return train(
         net,
-        groups,
+        members,
         data,
         evals,
         cfg.task,
@@ -91,6 +101,4 @@ def train_on_synthetic(net: Any, groups: list[Any], cfg: Any, precision: str, ch
         pad_id=tok.pad_token_id,
         device=torch.device("cpu"),
         precision=precision,
-        checkpoint=checkpoint,
-        log=lambda values, step: None,
     )

@@ -1,0 +1,244 @@
+"""Packed runs: K LoRA/DoRA runs that differ only in learning rates or targets train as one model, on
+one frozen base, in one forward pass over their concatenated batches.
+
+Why qvtune's own layer and not PEFT's: PEFT trains one adapter at a time (its mixed-batch forward
+refuses training mode: "Cannot pass `adapter_names` when the model is in training mode"), and the
+packs of a learning-rate grid need K adapters and K heads, each applied to its own slice of one
+batch. So PEFT stays the method of a lone run, and here it still initialises every member: each
+member's adapters and head are made by PEFT on the shared base from the random state a lone run
+would have (then PEFT is unloaded), so a member starts exactly where its lone run starts, with
+its tensors under the names its lone run gives them (its checkpoint and parameter groups are a
+lone run's). What this module adds is small: `PackedLinear` (a frozen nn.Linear plus one LoRA or
+DoRA adapter per member, computed as PEFT computes it, batched with bmm), `PackedHead` (one head
+per member) and `PackedModel` (replicates the batch, returns every member's loss and logits).
+
+The batch of a pack holds one copy of the data per active member, slot s for member
+`active[s]`: a member that diverged leaves `active` and costs nothing from then on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qvtune.config import RunConfig
+from qvtune.methods import UpdateNorms, apply_method, owners
+from qvtune.models import weight_type
+
+
+@dataclass
+class Slots:
+    """Which members the current batch holds, in order: shared by every packed layer of a model."""
+
+    active: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Adapter:
+    """One member's LoRA (DoRA: and magnitude) tensors on one projection, as PEFT made them."""
+
+    A: nn.Parameter  # r x d_in
+    B: nn.Parameter  # d_out x r
+    scaling: float
+    magnitude: Optional[nn.Parameter] = None  # DoRA's per-row magnitude, d_out
+
+
+@dataclass
+class Member:
+    """What a member trains: (name in its lone PEFT model, tensor, owning group) in that model's
+    order, and its adapters per base module name."""
+
+    named: list[tuple[str, nn.Parameter, str]]
+    adapters: dict[str, Adapter]
+    heads: dict[str, nn.Module]
+
+
+class PackedLinear(nn.Module):
+    """A frozen linear layer with each member's adapter applied to the member's slot of the batch.
+
+    LoRA: W x + s B A dropout(x). DoRA as PEFT computes it (its section 4.3: the row norm is
+    detached): with n = ||W + s B A||_row and g = m / n, W x + (g - 1) W x + g s B A x, the bias
+    kept once; with dropout, W x is recomputed on the dropped-out input for the DoRA term.
+    """
+
+    def __init__(self, base: nn.Linear, slots: Slots, dropout: float, scaling: float) -> None:
+        super().__init__()
+        self.base = base
+        self.slots = slots
+        self.dropout = dropout
+        self.scaling = scaling  # alpha / r: the members share rank and alpha
+        self.adapters: dict[int, Adapter] = {}
+        self._params = nn.ParameterList()  # registers the members' tensors (device moves, state)
+        self._index: dict[tuple[int, ...], torch.Tensor] = {}  # slot indices on the device, made once
+
+    def add(self, member: int, adapter: Adapter) -> None:
+        assert adapter.scaling == self.scaling, "the members of a pack share rank and alpha"
+        self.adapters[member] = adapter
+        self._params.extend(
+            [adapter.A, adapter.B] + ([adapter.magnitude] if adapter.magnitude is not None else [])
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base(x)
+        active = self.slots.active
+        slots = tuple(s for s, m in enumerate(active) if m in self.adapters)
+        if not slots:
+            return result
+        chosen = [self.adapters[active[s]] for s in slots]
+        every = len(slots) == len(active)
+        out = result.unflatten(0, (len(active), -1))  # (members, batch, ..., d_out)
+        xs = x.unflatten(0, (len(active), -1))
+        xs = (xs if every else xs[list(slots)]).flatten(1, -2).to(chosen[0].A.dtype)  # (k, rows, d_in)
+        if self.training and self.dropout:
+            xs = F.dropout(xs, self.dropout)
+        a = torch.stack([c.A for c in chosen])  # (k, r, d_in)
+        b = torch.stack([c.B for c in chosen])  # (k, d_out, r)
+        lora = (
+            torch.bmm(torch.bmm(xs, a.transpose(1, 2)), b.transpose(1, 2)) * self.scaling
+        )  # (k, rows, d_out)
+        if chosen[0].magnitude is not None:
+            lora = self._dora(xs, lora, a, b, chosen, (out if every else out[list(slots)]).flatten(1, -2))
+        delta = lora.view(len(slots), *out.shape[1:]).to(result.dtype)
+        if every:
+            return (out + delta).flatten(0, 1)
+        if slots not in self._index:
+            self._index[slots] = torch.tensor(slots, device=out.device)
+        return out.index_add(0, self._index[slots], delta).flatten(0, 1)
+
+    def _dora(
+        self,
+        xs: torch.Tensor,
+        lora: torch.Tensor,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        chosen: list[Adapter],
+        base_out: torch.Tensor,
+    ) -> torch.Tensor:
+        """The DoRA term added to the layer's output, from the LoRA term s B A x and W x + bias."""
+        weight = self.base.weight.to(xs.dtype)
+        norm = torch.linalg.norm(
+            weight + self.scaling * torch.bmm(b, a).detach(), dim=2
+        ).detach()  # (k, d_out)
+        magnitude = torch.stack([c.magnitude for c in chosen if c.magnitude is not None])
+        gain = (magnitude / norm).unsqueeze(1)  # (k, 1, d_out)
+        if self.training and self.dropout:
+            plain = xs @ weight.T  # W x on the dropped-out input
+        else:
+            bias = self.base.bias
+            plain = base_out.to(xs.dtype) - (bias.to(xs.dtype) if bias is not None else 0)
+        return (gain - 1) * plain + gain * lora
+
+
+class PackedHead(nn.Module):
+    """One classification head per member, each on its member's slot of the batch."""
+
+    def __init__(self, heads: dict[int, nn.Module], slots: Slots) -> None:
+        super().__init__()
+        self.members = list(heads)
+        self.heads = nn.ModuleList(heads.values())
+        self.slots = slots
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        chunks = x.unflatten(0, (len(self.slots.active), -1))
+        heads = dict(zip(self.members, self.heads))
+        return torch.cat([heads[m](chunk, *args, **kwargs) for m, chunk in zip(self.slots.active, chunks)])
+
+
+class PackedModel(nn.Module):
+    """The frozen base with packed layers: `forward` returns each active member's mean loss and
+    logits, as the lone model's `loss` and `logits` (cross-entropy; mean squared error for one label)."""
+
+    def __init__(self, base: nn.Module, members: list[Member], dropout: float) -> None:
+        super().__init__()
+        self.base = base
+        self.members = members
+        self.slots = Slots(list(range(len(members))))
+        layers: dict[str, PackedLinear] = {}
+        heads: dict[str, dict[int, nn.Module]] = {}
+        for i, member in enumerate(members):
+            for name, adapter in member.adapters.items():
+                if name not in layers:
+                    linear = base.get_submodule(name)
+                    assert isinstance(linear, nn.Linear), f"{name} is a q/k/v projection"
+                    layers[name] = PackedLinear(linear, self.slots, dropout, adapter.scaling)
+                layers[name].add(i, adapter)
+            for name, head in member.heads.items():
+                heads.setdefault(name, {})[i] = head
+        for name, layer in layers.items():
+            _replace(base, name, layer)
+        for name, member_heads in heads.items():
+            _replace(base, name, PackedHead(member_heads, self.slots))
+        for member in members:
+            for _, p, _ in member.named:
+                p.requires_grad_(True)
+
+    def forward(self, labels: torch.Tensor, **inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(self.slots.active)
+        repeated = {k: v.repeat(n, *[1] * (v.dim() - 1)) for k, v in inputs.items()}
+        logits = self.base(**repeated).logits.unflatten(0, (n, -1))  # (members, batch, labels)
+        if logits.shape[-1] == 1:
+            losses = (logits.squeeze(-1).float() - labels.float()).pow(2).mean(1)
+        else:
+            flat = logits.flatten(0, 1).float()
+            losses = F.cross_entropy(flat, labels.repeat(n), reduction="none").view(n, -1).mean(1)
+        return losses, logits
+
+    def lone_size(self, member: int) -> int:
+        """The parameters of the member's lone PEFT model: the frozen base (its head kept frozen
+        beside the trained copy) and the member's trainable tensors."""
+        frozen = sum(p.numel() for p in self.base.parameters() if not p.requires_grad)
+        head = sum(p.numel() for h in self.members[member].heads.values() for p in h.parameters())
+        return frozen + head + sum(p.numel() for _, p, _ in self.members[member].named)
+
+    def update_norms(self, member: int) -> UpdateNorms:
+        adapters = self.members[member].adapters
+        return UpdateNorms(
+            [(kind, a.A, a.B, a.scaling) for name, a in adapters.items() if (kind := weight_type(name))]
+        )
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, module)
+
+
+def member_of(base: nn.Module, cfg: RunConfig, rng: torch.Tensor) -> Member:
+    """A member's adapters and head, made by PEFT on `base` from the random state `rng` that its
+    lone run has at the same point (after loading the model); PEFT is unloaded again."""
+    from peft.tuners.lora import LoraLayer
+    from peft.utils import ModulesToSaveWrapper
+
+    torch.set_rng_state(rng)
+    peft_model = apply_method(base, cfg)
+    group = owners(peft_model)
+    named = [(n, p, group[id(p)]) for n, p in peft_model.named_parameters() if p.requires_grad]
+    prefix = "base_model.model."
+    adapters, heads = {}, {}
+    for name, module in peft_model.named_modules():
+        layer = cast(Any, module)  # PEFT's layers: torch types their attributes as Tensor | Module
+        if isinstance(module, LoraLayer) and "default" in layer.lora_A:
+            dora = cfg.method.name == "dora"
+            adapters[name.removeprefix(prefix)] = Adapter(
+                layer.lora_A["default"].weight,
+                layer.lora_B["default"].weight,
+                float(layer.scaling["default"]),
+                layer.lora_magnitude_vector["default"].weight if dora else None,
+            )
+        elif isinstance(module, ModulesToSaveWrapper):
+            heads[name.removeprefix(prefix)] = layer.modules_to_save["default"]
+    cast(Any, peft_model).unload()
+    assert adapters, "a packed member has adapters (validate(): LoRA or DoRA)"
+    return Member(named, adapters, heads)
+
+
+def build_pack(base: nn.Module, configs: list[RunConfig]) -> PackedModel:
+    """The pack of `configs` (LoRA or DoRA, the same but for learning rates and targets) on `base`,
+    a freshly loaded model: every member starts from the state its lone run starts from."""
+    rng = torch.get_rng_state()
+    members = [member_of(base, cfg, rng) for cfg in configs]
+    base.requires_grad_(False)
+    return PackedModel(base, members, float(configs[0].dropout))

@@ -1,0 +1,141 @@
+"""Packs through the entry point and the sweeper: a packed sweep writes the records its runs write
+alone, under the same keys; a pack killed mid-run resumes every member, and a member finished
+elsewhere in the meantime is not trained again. Dropout is off, so packed and lone runs agree."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import records, run_cli
+from tests.test_resume import PER_EPOCH, TOTAL, start, tail
+
+REL = 1e-5
+BASE = [
+    "model=tiny-bert",
+    "+model.arch.hidden_dropout_prob=0",
+    "attention_dropout=0",
+    "task=synthetic",
+    "task.synthetic.eval_size=64",
+    "batch_size=32",
+    "threads=1",
+    "wandb.mode=disabled",
+]
+
+
+def store(root: Path, name: str) -> list[str]:
+    return [
+        f"results_dir={root / name}",
+        f"cache_dir={root / 'cache'}",
+        f"hydra.sweep.dir={root / ('sweep-' + name)}",
+    ]
+
+
+def by_key(results: Path) -> dict[str, dict]:
+    return {r["run_key"]: r for r in records(results)}
+
+
+def assert_same_record(got: dict, want: dict) -> None:
+    assert got["status"] == want["status"] and got["steps"] == want["steps"]
+    assert got["final"] == pytest.approx(want["final"], rel=REL)
+    assert [row[0] for row in got["train_loss"]] == [row[0] for row in want["train_loss"]]
+    for g, w in zip(got["train_loss"], want["train_loss"]):
+        assert g[1] == pytest.approx(w[1], rel=REL), f"loss at step {g[0]}"
+    for g, w in zip(got["update_norms"], want["update_norms"]):
+        assert g == pytest.approx(w, rel=REL, abs=1e-9), f"update norms at step {g[0]}"
+
+
+def test_a_packed_sweep_writes_the_records_of_its_runs_alone(tmp_path: Path) -> None:
+    grid = [
+        *BASE,
+        "task.synthetic.train_size=256",
+        "epochs=1",
+        "lr=1e-2,3e-2",
+        "lr_v=3e-2,1e-1",
+        "targets=qv",
+    ]
+    plan = run_cli("-m", *grid, *store(tmp_path, "packed"), "hydra.sweeper.pack=3", "plan=true", cwd=tmp_path)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    assert "4 runs to launch as 2 jobs: 2 packs, 0 alone" in plan.stdout
+    packed = run_cli("-m", *grid, *store(tmp_path, "packed"), "hydra.sweeper.pack=3", cwd=tmp_path)
+    assert packed.returncode == 0, packed.stderr[-3000:]
+    assert "training 2 runs as one pack" in packed.stderr + packed.stdout
+    alone = run_cli("-m", *grid, *store(tmp_path, "alone"), cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    got, want = by_key(tmp_path / "packed"), by_key(tmp_path / "alone")
+    assert sorted(got) == sorted(want) and len(got) == 4  # keyed as if alone
+    for key, record in got.items():
+        assert len(record["packed_with"]) == 1 and want[key]["packed_with"] is None
+        assert_same_record(record, want[key])
+    again = run_cli("-m", *grid, *store(tmp_path, "packed"), "hydra.sweeper.pack=3", cwd=tmp_path)
+    assert again.returncode == 0 and "skipping 4 completed" in again.stderr + again.stdout
+
+
+def test_each_member_of_a_pack_logs_to_its_own_wandb_run(tmp_path: Path) -> None:
+    args = [*BASE, "task.synthetic.train_size=64", "epochs=1", "wandb.mode=offline", *store(tmp_path, "r")]
+    proc = run_cli(*args, "pack=[{lr:0.01},{lr:0.02},{lr:0.03}]", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    keys = sorted(by_key(tmp_path / "r"))
+    assert len(keys) == 3
+    for key in keys:
+        (run,) = (tmp_path / "r" / key / "wandb").glob(f"offline-run-*-{key}")
+        assert list(run.glob(f"run-{key}.wandb")), f"no W&B log of run {key}"
+
+
+def test_full_fine_tunes_stay_unpacked(tmp_path: Path) -> None:
+    grid = [*BASE, "method=full", "lr=1e-3,2e-3", "epochs=1", "task.synthetic.train_size=64"]
+    plan = run_cli("-m", *grid, *store(tmp_path, "r"), "hydra.sweeper.pack=4", "plan=true", cwd=tmp_path)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    assert "2 runs to launch as 2 jobs: 0 packs, 2 alone" in plan.stdout
+
+
+KILLED = [*BASE, "task.synthetic.train_size=1280", "epochs=2", "eval_every=20", "checkpoint_minutes=0"]
+MEMBERS = "pack=[{lr:0.003,lam:2},{lr:0.01,lam:4},{lr:0.001,targets:v}]"
+ALONE = [["lr=0.003", "lam=2"], ["lr=0.01", "lam=4"], ["lr=0.001", "targets=v"]]
+
+
+def test_a_killed_pack_resumes_every_member_and_skips_one_finished_elsewhere(tmp_path: Path) -> None:
+    import os
+    import time
+
+    import torch
+
+    results = tmp_path / "results"
+    args = [*KILLED, *store(tmp_path, "results")]
+    proc = start([*args, MEMBERS], tmp_path)
+    deadline = time.monotonic() + 180
+    while True:  # kill once every member has a mid-epoch checkpoint (they are saved together)
+        assert proc.poll() is None, f"the pack ended before it was killed:\n{tail(tmp_path / 'err.txt')}"
+        assert time.monotonic() < deadline, "no mid-epoch checkpoints in time"
+        found = sorted(results.glob("*/checkpoint.pt"))
+        if len(found) == 3:
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                steps = {int(torch.load(f, weights_only=False)["state"]["step"]) for f in found}
+            except FileNotFoundError:
+                steps = set()
+            (step,) = steps if len(steps) == 1 else (0,)
+            if step >= 22 and step % PER_EPOCH and step < TOTAL:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+                break
+            os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(0.05)
+    assert {r["status"] for r in records(results)} == {"running"}
+    # the first member finishes alone in the meantime, from its pack checkpoint
+    first = run_cli(*args, *ALONE[0], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    relaunch = run_cli(*args, MEMBERS, cwd=tmp_path)
+    assert relaunch.returncode == 0, relaunch.stderr[-3000:]
+    log = relaunch.stderr + relaunch.stdout
+    assert "is already completed" in log and "training 2 runs as one pack" in log
+    assert log.count("(resuming)") == 2
+    for overrides in ALONE:
+        ref = run_cli(*[*KILLED, *store(tmp_path, "reference")], *overrides, cwd=tmp_path)
+        assert ref.returncode == 0, ref.stderr[-3000:]
+    got, want = by_key(results), by_key(tmp_path / "reference")
+    assert sorted(got) == sorted(want) and len(got) == 3
+    for key in got:
+        assert_same_record(got[key], want[key])
