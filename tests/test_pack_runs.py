@@ -139,3 +139,30 @@ def test_a_killed_pack_resumes_every_member_and_skips_one_finished_elsewhere(tmp
     assert sorted(got) == sorted(want) and len(got) == 3
     for key in got:
         assert_same_record(got[key], want[key])
+
+
+def test_a_halving_search_packs_each_rung(tmp_path: Path) -> None:
+    """2 x 2 cells x 2 seeds in packs of 4: rung 1 is two packs (one per seed), the best 2 cells go
+    on from their pack checkpoints as two packs of 2."""
+    grid = [*BASE, "task.synthetic.train_size=256", "epochs=2", "batch_size=16", "eval_every=8"]
+    search = [
+        "hydra.sweeper.search=halving",
+        "hydra.sweeper.halving.min_fraction=0.34",
+        "hydra.sweeper.pack=4",
+    ]
+    proc = run_cli(
+        "-m",
+        *grid,
+        "lr=1e-2,3e-2",
+        "lr_v=3e-2,1e-1",
+        "seed=0,1",
+        *search,
+        *store(tmp_path, "r"),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stderr + proc.stdout
+    assert log.count("training 4 runs as one pack") == 2 and log.count("training 2 runs as one pack") == 2
+    recs = list(by_key(tmp_path / "r").values())
+    assert sorted(r["status"] for r in recs) == ["completed"] * 4 + ["paused"] * 4
+    assert "pick: eta_QK=" in log
