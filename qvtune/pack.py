@@ -48,7 +48,7 @@ class Adapter:
 
 
 @dataclass
-class Member:
+class MemberWeights:
     """What a member trains: (name in its lone PEFT model, tensor, owning group) in that model's
     order, and its adapters per base module name."""
 
@@ -152,7 +152,7 @@ class PackedModel(nn.Module):
     """The frozen base with packed layers: `forward` returns each active member's mean loss and
     logits, as the lone model's `loss` and `logits` (cross-entropy; mean squared error for one label)."""
 
-    def __init__(self, base: nn.Module, members: list[Member], dropout: float) -> None:
+    def __init__(self, base: nn.Module, members: list[MemberWeights], dropout: float) -> None:
         super().__init__()
         self.base = base
         self.members = members
@@ -206,7 +206,7 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, leaf, module)
 
 
-def member_of(base: nn.Module, cfg: RunConfig, rng: torch.Tensor) -> Member:
+def member_of(base: nn.Module, cfg: RunConfig, rng: torch.Tensor) -> MemberWeights:
     """A member's adapters and head, made by PEFT on `base` from the random state `rng` that its
     lone run has at the same point (after loading the model); PEFT is unloaded again."""
     from peft.tuners.lora import LoraLayer
@@ -232,7 +232,7 @@ def member_of(base: nn.Module, cfg: RunConfig, rng: torch.Tensor) -> Member:
             heads[name.removeprefix(prefix)] = layer.modules_to_save["default"]
     cast(Any, peft_model).unload()
     assert adapters, "a packed member has adapters (validate(): LoRA or DoRA)"
-    return Member(named, adapters, heads)
+    return MemberWeights(named, adapters, heads)
 
 
 def build_pack(base: nn.Module, configs: list[RunConfig]) -> PackedModel:

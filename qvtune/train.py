@@ -192,8 +192,9 @@ def train(
     def evaluate_at(chosen: list[Learner], epoch: float) -> None:
         tic = time.perf_counter()
         metrics = evaluate(model, [c.index for c in chosen], evals, task, cfg, pad_id, device, amp)
+        elapsed = time.perf_counter() - tic  # one pass for every member evaluated
         for learner, values in zip(chosen, metrics):
-            learner.state.eval_s += time.perf_counter() - tic
+            learner.state.eval_s += elapsed
             learner.state.history.append({"step": step, "epoch": round(epoch, 4), "metrics": values})
             learner.member.log({f"eval/{k}": v for k, v in values.items()}, step)
 
@@ -238,8 +239,9 @@ def train(
             for learner, loss in zip(active, losses):
                 learner.step(loss, cfg)
             step += 1
+            elapsed = time.perf_counter() - tic  # the step of every active member
             for learner in active:
-                learner.state.train_s += time.perf_counter() - tic
+                learner.state.train_s += elapsed
             bar.update(1)
             bar.set_postfix(loss=f"{losses[0]:.4f}", refresh=False)
 
