@@ -63,6 +63,7 @@ bench-pack: install
 ## Successive halving against the full grid (README, Searching for lambda): SST-2 and the synthetic task
 bench-search: install
 	$(PY) scripts/bench_search.py --glue $(GLUE) --task sst2 --samples 3000 --epochs 2 --lr-v 1e-3,2e-3,4e-3,8e-3 --out bench-out/search-sst2
+	$(PY) scripts/bench_search.py --glue $(GLUE) --task mrpc --epochs 2 --lr-v 1e-3,2e-3,4e-3,8e-3 --optuna-trials 8 --out bench-out/search-mrpc
 	$(PY) scripts/bench_search.py --samples 2000 --out bench-out/search-synthetic
 
 theory: install

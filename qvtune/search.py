@@ -4,8 +4,9 @@ A cell is a job's overrides without its seed; it runs every seed of the sweep. C
 only in their learning rates (RATE_KEYS) form a group, and each group is one search: rung k trains
 its surviving cells to the fraction min_fraction * eta^k of the full budget (the last rung: all of
 it), scores each cell by the seed-mean of the headline metric at that rung, and keeps the best
-ceil(n / eta). A rung is a prefix of the full run (`until`), so a promoted run goes on from its
-checkpoint and the search's compute is that of each cell's last rung. The sweeper plugin
+ceil(n / eta) (equal scores: the lower seed-mean dev loss first). A rung is a prefix of the full
+run (`until`), so a promoted run goes on from its checkpoint and the search's compute is that of
+each cell's last rung. The sweeper plugin
 (hydra_plugins/qvtune_sweeper) launches the rungs and calls this; nothing heavy is imported.
 """
 
@@ -20,7 +21,7 @@ from typing import Optional
 from qvtune.config import until_step
 from qvtune.record import RunRecord, Status
 
-SEARCHES = ("halving",)
+SEARCHES = ("halving", "optuna")
 RATE_KEYS = ("lr", "lr_v", "lam", "head_lr")  # what a search chooses between, within a group
 Cell = tuple[str, ...]  # a job's overrides without its seed, in the sweep's order
 
@@ -72,22 +73,38 @@ def rungs(eta: float, min_fraction: float) -> list[float]:
     return [*fractions, 1.0]
 
 
-def ranked(cells: Sequence[Cell], scores: Mapping[Cell, Optional[float]]) -> list[Cell]:
-    """The cells with a score, best first, ties to the earlier cell in the sweep; a cell without a
-    score (a seed diverged, failed or did not reach the rung) is left out."""
+def ranked(
+    cells: Sequence[Cell],
+    scores: Mapping[Cell, Optional[float]],
+    losses: Optional[Mapping[Cell, Optional[float]]] = None,
+) -> list[Cell]:
+    """The cells with a score, best first; equal scores by the lower dev loss (at a small budget every
+    cell may still predict the majority class, and accuracy ties exactly), then the earlier cell in
+    the sweep. A cell without a score (a seed diverged, failed or did not reach the rung) is left out."""
     order = {cell: i for i, cell in enumerate(cells)}
     known = {c: s for c, s in scores.items() if c in order and s is not None}
-    return sorted(known, key=lambda c: (-known[c], order[c]))
+
+    def loss(c: Cell) -> float:
+        value = (losses or {}).get(c)
+        return math.inf if value is None else value
+
+    return sorted(known, key=lambda c: (-known[c], loss(c), order[c]))
 
 
-def promote(cells: Sequence[Cell], scores: Mapping[Cell, Optional[float]], eta: float) -> list[Cell]:
+def promote(
+    cells: Sequence[Cell],
+    scores: Mapping[Cell, Optional[float]],
+    eta: float,
+    losses: Optional[Mapping[Cell, Optional[float]]] = None,
+) -> list[Cell]:
     """The best ceil(n / eta) of a rung's n cells by score (see `ranked`)."""
-    return ranked(cells, scores)[: math.ceil(len(cells) / eta)]
+    return ranked(cells, scores, losses)[: math.ceil(len(cells) / eta)]
 
 
 def rung_score(record: Optional[RunRecord], fraction: float, metric: str) -> Optional[float]:
-    """A run's headline metric at the rung: its last dev evaluation at or before the rung's step.
-    None for a run that failed, diverged by then, or has not reached the rung."""
+    """A run's `metric` (the headline one, or the dev "loss") at the rung: its last dev evaluation at
+    or before the rung's step. None for a run that failed, diverged by then, or has not reached the
+    rung."""
     if record is None or record.planned_steps is None or record.status is Status.FAILED:
         return None
     step = until_step(fraction, record.planned_steps)

@@ -41,3 +41,48 @@ def test_hf_recipe_reports_a_run(glue_dir, tmp_path, batching):
     )
     mean_tokens = rec["tokens"] / rec["samples"]
     assert 20 < mean_tokens < 128  # real tokens only: RTE pairs average about 67, never the padded 128
+
+
+@pytest.mark.slow
+def test_search_benchmark_reports_both_searches_and_goes_on_from_its_timings(tmp_path):
+    """scripts/bench_search.py on tiny-bert: halving, the grid's completion and the optuna search
+    into one store; a re-run measures nothing again and prints the same comparison."""
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "bench_search.py"),
+        "--model",
+        "tiny-bert",
+        "--lr",
+        "1e-2,3e-2",
+        "--lr-v",
+        "3e-2,1e-1",
+        "--seeds",
+        "0,1",
+        "--optuna-trials",
+        "3",
+        "--optuna-batch",
+        "2",
+        "--out",
+        str(tmp_path / "bench"),
+        "task.synthetic.train_size=128",
+        "task.synthetic.eval_size=64",
+        "threads=1",
+    ]
+    env = {**os.environ, **OFFLINE_ENV}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    timings = json.loads((tmp_path / "bench" / "timings.json").read_text())
+    assert set(timings) == {"halving", "completion", "optuna"} and min(timings.values()) > 0
+    for line in ("grid best: ", "halving pick: ", "halving compute: ", "optuna pick: ", "optuna compute: "):
+        assert line in proc.stdout, proc.stdout
+    # the grid: 2 x 2 cells x 2 seeds, 1 epoch of 128 samples each
+    assert "1024 training samples" in proc.stdout
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "bench" / "timings.json").read_text()) == timings
+    sweeps = ("search ", "  rung ", "  trial ", "  pick: ")  # what the sweeps print as they run
+
+    def report(out: str) -> list[str]:
+        return [line for line in out.splitlines() if not line.startswith(sweeps)]
+
+    assert report(again.stdout) == report(proc.stdout)

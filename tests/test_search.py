@@ -62,6 +62,15 @@ def test_promote_breaks_ties_by_the_sweep_order_and_skips_cells_without_a_score(
     assert search.promote([A, B], {A: None, B: None}, 2) == []
 
 
+def test_equal_scores_go_to_the_lower_dev_loss_first() -> None:
+    # at a small budget every cell may predict the majority class: accuracy ties, the dev loss does not
+    scores = {A: 0.68, B: 0.68, C: 0.68, D: 0.5}
+    losses = {A: 0.66, B: 0.62, C: None, D: 0.1}
+    assert search.ranked([A, B, C, D], scores, losses) == [B, A, C, D]
+    assert search.promote([A, B, C, D], scores, 2, losses) == [B, A]
+    assert search.promote([A, B, C, D], scores, 4, {A: 0.66, B: 0.66}) == [A]  # then the sweep order
+
+
 def test_seed_mean_needs_every_seed() -> None:
     assert search.seed_mean([0.5, 0.7]) == pytest.approx(0.6)
     assert search.seed_mean([0.5, None]) is None and search.seed_mean([]) is None

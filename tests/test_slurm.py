@@ -388,6 +388,38 @@ def test_halving_search_on_slurm_picks_from_its_records(tmp_path: Path, name: st
     assert means[(group["pick"]["lr"], group["pick"]["lr_v"])] == pytest.approx(max(means.values()))
 
 
+@pytest.mark.timeout(600)
+def test_optuna_search_on_slurm_scores_each_trial_from_its_records(tmp_path: Path, name: str) -> None:
+    """4 trials on seed 0 in batches of 2 (each batch one launch: a job array), then the best on seed 1."""
+    grid = [
+        "targets=qv",
+        "epochs=1",
+        "max_train_samples=128",
+        "max_eval_samples=64",
+        "batch_size=16",
+        "lr=1e-2,3e-2",
+        "lam=1,10",
+        "seed=0,1",
+        "hydra.sweeper.search=optuna",
+        "hydra.sweeper.optuna.trials=4",
+        "hydra.sweeper.optuna.batch=2",
+        "hydra.sweeper.optuna.seeds=1",
+    ]
+    r = run(qvtune(tmp_path, "slurm", *grid, *slurm(name, tmp_path / "sweep")), tmp_path, timeout=540)
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = list(records(tmp_path / "slurm").values())
+    (found,) = (tmp_path / "slurm" / "searches").glob("*-optuna.json")
+    (group,) = json.loads(found.read_text())["groups"]
+    by_point = {(rec["config"]["lr"], rec["config"]["lam"], rec["config"]["seed"]): rec for rec in recs}
+    assert len(recs) == len({(t["lr"], t["lam"]) for t in group["trials"]}) + 1
+    for t in group["trials"]:
+        assert t["score"] == by_point[(t["lr"], t["lam"], 0)]["final"]["accuracy"]
+    pick = group["pick"]
+    scores = [by_point[(pick["lr"], pick["lam"], s)]["final"]["accuracy"] for s in (0, 1)]
+    assert pick["score"] == pytest.approx(sum(scores) / 2)
+    assert pick["trial"] == max(group["trials"], key=lambda t: (t["score"], -t["trial"]))["trial"]
+
+
 @pytest.mark.timeout(480)
 def test_packed_sweep_on_slurm_trains_each_pack_as_one_array_task(tmp_path: Path, name: str) -> None:
     """A 2 x 2 grid in packs of 2: two array tasks, four records equal to a local unpacked sweep's."""

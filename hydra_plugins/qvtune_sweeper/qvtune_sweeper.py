@@ -10,6 +10,8 @@ usual) plus what a grid of hundreds of fine-tuning runs needs:
   (qvtune.plan: the store lookup, the plan and the estimate);
 - `hydra.sweeper.search=halving`: successive halving over the grid's learning rates, one batch of
   jobs per rung through the configured launcher (qvtune.search: the arithmetic).
+- `hydra.sweeper.search=optuna`: Optuna's TPE over log eta_QK and log lambda, each batch of trials
+  one launch (qvtune.optuna_search: the study).
 - `hydra.sweeper.pack=K`: runs that differ only in learning rates or targets train as packs of up to
   K, one launcher job each (qvtune.plan forms them, qvtune.pack trains them).
 
@@ -50,13 +52,27 @@ class HalvingConf:
 
 
 @dataclass
+class OptunaConf:
+    trials: int = 12  # trials per group of cells, each one (eta_QK, lambda) point at the full budget
+    batch: int = 4  # trials asked at once: one launch
+    # how many of the sweep's seeds a trial runs (null: all); the best trial then runs the rest
+    seeds: Optional[int] = None
+    lr: Optional[list[float]] = None  # [low, high] of eta_QK, searched on a log scale; null: the grid's range
+    lam: Optional[list[float]] = None  # [low, high] of lambda, on a log scale; null: the grid's range
+    startup: Optional[int] = None  # trials drawn at random before TPE models the rest; null: one batch
+    sampler_seed: int = 0
+
+
+@dataclass
 class QvtuneSweeperConf:
     _target_: str = "hydra_plugins.qvtune_sweeper.qvtune_sweeper.QvtuneSweeper"
     max_batch_size: Optional[int] = None
     params: Optional[dict[str, str]] = None
     grids: Optional[list[dict[str, Any]]] = None
-    search: Optional[str] = None  # null: run the whole grid; halving: successive halving over it
+    # null: run the whole grid; halving: successive halving over it; optuna: TPE within its ranges
+    search: Optional[str] = None
     halving: HalvingConf = field(default_factory=HalvingConf)
+    optuna: OptunaConf = field(default_factory=OptunaConf)
     # train up to this many runs that differ only in learning rates or targets as one pack, one
     # job each (qvtune.pack); 1: every run is its own job
     pack: int = 1
@@ -73,12 +89,14 @@ class QvtuneSweeper(BasicSweeper):
         grids: Optional[list[dict[str, str]]] = None,
         search: Optional[str] = None,
         halving: Optional[Mapping[str, Any]] = None,
+        optuna: Optional[Mapping[str, Any]] = None,
         pack: int = 1,
     ) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.grids = [dict(g) for g in grids or []]
         self.search = search
         self.halving = HalvingConf(**(halving or {}))
+        self.optuna = OptunaConf(**(optuna or {}))
         self.pack = pack
         self._composed: dict[tuple[str, ...], DictConfig] = {}
 
@@ -96,8 +114,9 @@ class QvtuneSweeper(BasicSweeper):
                     jobs.append(job)
         return jobs
 
-    def inspect(self, jobs: list[list[str]]) -> "list[Job]":
-        """Compose and validate every job's config, drop repeats of a run key, look keys up in the store."""
+    def inspect(self, jobs: list[list[str]], unique: bool = True) -> "list[Job]":
+        """Compose and validate every job's config, drop repeats of a run key (unless not `unique`),
+        look keys up in the store."""
         from qvtune.config import validate
         from qvtune.plan import Job, lookup
 
@@ -115,7 +134,7 @@ class QvtuneSweeper(BasicSweeper):
                 problems += [f"job {i} ({' '.join(overrides)}): {e}" for e in errors]
                 continue
             key, run = lookup(cfg, gpus)
-            if key in keys:  # two spellings of one run (lam=1 and lr_v=lr): run it once
+            if unique and key in keys:  # two spellings of one run (lam=1 and lr_v=lr): run it once
                 continue
             keys.add(key)
             inspected.append(Job(list(overrides), key, run, cfg))
@@ -148,13 +167,15 @@ class QvtuneSweeper(BasicSweeper):
         from qvtune.plan import form_packs, launch_summary, print_packs, print_plan, to_launch
 
         assert self.config is not None and self.launcher is not None
-        check_search(self.search, self.halving)
+        check_search(self.search, self.halving, self.optuna)
         if self.pack < 1:
             fail([f"hydra.sweeper.pack={self.pack}: expected the most runs per pack, an integer >= 1"])
         jobs = self.inspect(self.expand(arguments))
         if self.search is not None:
             if any(override_key(o) == "until" for j in jobs for o in j.overrides):
                 fail(["until: set by the search for each rung; leave it out of a search's overrides"])
+            if self.search == "optuna":
+                return self.optuna_search(jobs)
             return self.halving_search(jobs)
         if self.config.plan:
             print_plan(jobs)
@@ -209,18 +230,25 @@ class QvtuneSweeper(BasicSweeper):
 
         assert self.config is not None
         tic = time.monotonic()
-        cells: dict[search.Cell, list[Job]] = {}
-        for j in jobs:
-            cells.setdefault(search.cell_of(j.overrides), []).append(j)
-        groups: dict[search.Cell, list[search.Cell]] = {}
-        for cell in cells:
-            groups.setdefault(search.group_of(cell), []).append(cell)
+        cells, groups = cells_and_groups(jobs)
         fractions = search.rungs(self.halving.eta, self.halving.min_fraction)
         if self.config.plan:
             print_plan(jobs)
             print_search_cost(cells, groups, fractions, self.halving.eta)
             return []
         gpus = launcher_gives_gpus(self.config.hydra.launcher)
+
+        def at_rung(cell: search.Cell, fraction: float, name: Optional[str]) -> Optional[float]:
+            """The seed-mean of the cell's `name` (None: the headline metric) at the rung."""
+            return search.seed_mean(
+                [
+                    search.rung_score(
+                        lookup(j.config, gpus)[1].record, fraction, name or j.config.task.metric
+                    )
+                    for j in cells[cell]
+                ]
+            )
+
         alive = {g: list(cs) for g, cs in groups.items()}
         rungs: dict[search.Cell, list[dict[str, Any]]] = {g: [] for g in groups}
         returns, index = [], 0
@@ -238,22 +266,107 @@ class QvtuneSweeper(BasicSweeper):
             returns += launched
             index += count
             for g, survivors in alive.items():
-                scores = {
-                    c: search.seed_mean(
-                        [
-                            search.rung_score(
-                                lookup(j.config, gpus)[1].record, fraction, j.config.task.metric
-                            )
-                            for j in cells[c]
-                        ]
-                    )
-                    for c in survivors
-                }
-                promoted = survivors if last else search.promote(survivors, scores, self.halving.eta)
-                rungs[g].append({"fraction": fraction, "scores": scores, "promoted": promoted})
+                scores = {c: at_rung(c, fraction, None) for c in survivors}
+                losses = {c: at_rung(c, fraction, "loss") for c in survivors}
+                promoted = survivors if last else search.promote(survivors, scores, self.halving.eta, losses)
+                rungs[g].append(
+                    {"fraction": fraction, "scores": scores, "losses": losses, "promoted": promoted}
+                )
                 alive[g] = promoted
         wall_s = time.monotonic() - tic
         answer = search_answer(str(self.search), self.halving, fractions, cells, rungs, gpus, wall_s)
+        write_answer(answer, cells)
+        return returns
+
+    def optuna_search(self, jobs: "list[Job]") -> list[Any]:
+        """Optuna's TPE per group of cells: each batch of trials (every group's) one launch of their
+        (trial, seed) runs; then the best trial of each group on the sweep's other seeds, if trials
+        ran fewer. The study's journal and the store say what a re-launch has done already."""
+        from qvtune import optuna_search as tpe
+        from qvtune import search
+        from qvtune.plan import lookup, to_launch
+
+        assert self.config is not None
+        conf = self.optuna
+        tic = time.monotonic()
+        cells, groups = cells_and_groups(jobs)
+        seeds = seeds_of(cells[next(iter(cells))])
+        trial_seeds = seeds[: conf.seeds] if conf.seeds else seeds
+        names = search.labels(list(groups))
+        spaces = {g: optuna_space(conf, [_rates(cells[c][0]) for c in cs]) for g, cs in groups.items()}
+        chosen = ("lr", "lr_v", "lam", "sweep_name")
+        base = {g: [o for o in cs[0] if override_key(o) not in chosen] for g, cs in groups.items()}
+        if self.config.plan:
+            print_optuna_cost(conf, cells, groups, spaces, names, len(seeds), len(trial_seeds))
+            return []
+        gpus = launcher_gives_gpus(self.config.hydra.launcher)
+        first = next(iter(cells.values()))[0].config
+        name = f"{answer_name(first, cells, seeds)}-optuna"
+        journal = Path(first.results_dir).expanduser().absolute() / "searches" / f"{name}.journal"
+        studies = {
+            g: tpe.open_study(journal, names[g], conf.sampler_seed, conf.startup or conf.batch)
+            for g in groups
+        }
+
+        def trial_jobs(g: Any, point: "tpe.Point", on: list[str]) -> "list[Job]":
+            # the trials are their own sweep: their own W&B group, and their own heatmap in the collector
+            lr = [f"lr={point.lr!r}", f"lam={point.lam!r}", "lr_v=null", f"sweep_name={name}"]
+            return self.inspect([[*base[g], *lr, f"seed={s}"] for s in on], unique=False)
+
+        def launch(batch: "list[Job]", index: int) -> tuple[list[Any], int]:
+            todo = to_launch(list({j.key: j for j in batch}.values()))  # two trials may round to one point
+            log.info(f"search: {len(batch)} runs, launching {len(todo)}")
+            return self.launch_jobs(todo, index, [])
+
+        def value(batch: "list[Job]") -> Optional[float]:
+            return search.seed_mean(
+                [
+                    search.rung_score(lookup(j.config, gpus)[1].record, 1.0, j.config.task.metric)
+                    for j in batch
+                ]
+            )
+
+        returns: list[Any] = []
+        index = 0
+        while True:
+            todo = {
+                g: tpe.next_batch(study, conf.trials, conf.batch, *spaces[g]) for g, study in studies.items()
+            }
+            batch = {(g, p): trial_jobs(g, p, trial_seeds) for g, points in todo.items() for p in points}
+            if not batch:
+                break
+            launched, count = launch([j for js in batch.values() for j in js], index)
+            returns, index = returns + launched, index + count
+            for (g, p), js in batch.items():
+                tpe.tell(studies[g], p.number, value(js))
+        picks = {g: tpe.best(study) for g, study in studies.items()}
+        confirm = {g: trial_jobs(g, p, seeds) for g, p in picks.items() if p is not None}
+        launched, _ = launch([j for js in confirm.values() for j in js], index)
+        returns += launched
+        ran = [j for g in groups for p, _ in tpe.told(studies[g]) for j in trial_jobs(g, p, trial_seeds)]
+        answer = {
+            "search": "optuna",
+            "name": name,
+            "metric": first.task.metric,
+            "seeds": seeds,
+            "trial_seeds": trial_seeds,
+            "trials": conf.trials,
+            "batch": conf.batch,
+            "startup": conf.startup,
+            "sampler_seed": conf.sampler_seed,
+            "groups": [
+                {
+                    "group": names[g],
+                    "lr_range": list(spaces[g][0]),
+                    "lam_range": list(spaces[g][1]),
+                    "pick": None if picks[g] is None else optuna_point(picks[g], value(confirm[g])),
+                    "trials": [optuna_point(p, v) for p, v in tpe.told(studies[g])],
+                }
+                for g in groups
+            ],
+            **search_compute(cells, ran + [j for js in confirm.values() for j in js], gpus),
+            "wall_s": time.monotonic() - tic,
+        }
         write_answer(answer, cells)
         return returns
 
@@ -272,7 +385,7 @@ def fail(problems: list[str]) -> None:
     sys.exit(2)
 
 
-def check_search(name: Optional[str], halving: HalvingConf) -> None:
+def check_search(name: Optional[str], halving: HalvingConf, optuna: OptunaConf) -> None:
     from qvtune.search import SEARCHES, validate
 
     problems = (
@@ -282,9 +395,98 @@ def check_search(name: Optional[str], halving: HalvingConf) -> None:
             f"hydra.sweeper.search={name}: expected one of {', '.join(SEARCHES)}, or null for the whole grid"
         ]
     )
-    problems += validate(halving.eta, halving.min_fraction) if name is not None else []
+    problems += validate(halving.eta, halving.min_fraction) if name == "halving" else []
+    if name == "optuna":
+        from qvtune.optuna_search import validate as validate_optuna
+
+        problems += validate_optuna(
+            optuna.trials, optuna.batch, optuna.seeds, optuna.startup, {"lr": optuna.lr, "lam": optuna.lam}
+        )
     if problems:
         fail(problems)
+
+
+def cells_and_groups(jobs: "list[Job]") -> "tuple[dict[Any, list[Job]], dict[Any, list[Any]]]":
+    """A search's cells (a job's overrides but its seed -> the jobs of its seeds) and its groups (the
+    overrides that are not learning rates -> the cells that share them)."""
+    from qvtune import search
+
+    cells: dict[search.Cell, list[Job]] = {}
+    for j in jobs:
+        cells.setdefault(search.cell_of(j.overrides), []).append(j)
+    groups: dict[search.Cell, list[search.Cell]] = {}
+    for cell in cells:
+        groups.setdefault(search.group_of(cell), []).append(cell)
+    return cells, groups
+
+
+def seeds_of(jobs: "list[Job]") -> list[str]:
+    """The seeds of a cell's jobs, in the sweep's order."""
+    return [str(j.config.seed) for j in jobs]
+
+
+def answer_name(first: "RunConfig", cells: dict[Any, Any], seeds: list[str]) -> str:
+    """The search's answer file's name: the sweep's name and a hash of its grid and seeds."""
+    from qvtune.search import grid_name
+
+    grid_id = grid_name(list(cells), sorted(seeds))
+    return f"{first.sweep_name}-{grid_id}" if first.sweep_name else grid_id
+
+
+def optuna_space(conf: OptunaConf, rates: list[dict[str, float]]) -> tuple[tuple[float, float], ...]:
+    """The ranges of eta_QK and lambda a group's study searches: the configured ones, else the range
+    of the group's cells."""
+    space = []
+    for name in ("lr", "lam"):
+        given = getattr(conf, name)
+        if given is not None:
+            space.append((float(given[0]), float(given[1])))
+            continue
+        low, high = min(r[name] for r in rates), max(r[name] for r in rates)
+        if not low < high:
+            fail(
+                [
+                    f"hydra.sweeper.optuna.{name}=null: the grid has the one value {low:g} to take the range "
+                    f"from; give the range, e.g. hydra.sweeper.optuna.{name}=[{low / 4:g},{low * 4:g}]"
+                ]
+            )
+        space.append((low, high))
+    return tuple(space)
+
+
+def print_optuna_cost(
+    conf: OptunaConf,
+    cells: dict[Any, "list[Job]"],
+    groups: dict[Any, list[Any]],
+    spaces: dict[Any, tuple[tuple[float, float], ...]],
+    names: dict[Any, str],
+    n_seeds: int,
+    n_trial_seeds: int,
+) -> None:
+    """The search's worst case (every trial on its seeds at the full budget, and its pick on the
+    rest) against the grid's."""
+    from qvtune.plan import estimate_seconds, train_samples
+
+    spent, grid, seconds, timed = 0.0, 0.0, 0.0, True
+    for g, group_cells in groups.items():
+        cfg = cells[group_cells[0]][0].config
+        runs = conf.trials * n_trial_seeds + n_seeds - n_trial_seeds
+        samples = train_samples(cfg) or 0.0
+        est = estimate_seconds(cfg)
+        timed = timed and est is not None
+        seconds += (est or 0.0) * runs
+        spent += samples * runs
+        grid += samples * len(group_cells) * n_seeds
+        (lr, lam) = spaces[g]
+        rest = f", then the pick on {n_seeds - n_trial_seeds} more" if n_seeds > n_trial_seeds else ""
+        print(
+            f"search {names[g]}: {conf.trials} trials x {n_trial_seeds} seeds in batches of "
+            f"{conf.batch}{rest}; "
+            f"eta_QK in [{lr[0]:g}, {lr[1]:g}], lambda in [{lam[0]:g}, {lam[1]:g}] (log scale)"
+        )
+    share = spent / grid if grid else math.nan
+    time_part = f"; estimated {seconds / 3600:.2f} h of compute" if timed else ""
+    print(f"search worst case: {spent:.0f} training samples, {share:.1%} of the grid's {grid:.0f}{time_part}")
 
 
 def _rates(job: "Job") -> dict[str, float]:
@@ -339,19 +541,12 @@ def search_answer(
     """The search's result as JSON: per group its pick and every rung's cells and scores, the
     training samples spent against the full grid's, and this launch's wall time."""
     from qvtune import search
-    from qvtune.plan import lookup, train_samples
 
-    spent, grid = 0.0, 0.0
-    for jobs in cells.values():
-        for j in jobs:
-            record = lookup(j.config, gpus)[1].record
-            spent += record.samples if record is not None else 0
-            grid += search.full_samples(record) or train_samples(j.config) or 0.0
     out_groups = []
     names = search.labels(list(rungs))
     for g, history in rungs.items():
         final = history[-1]["scores"]
-        best = search.ranked(list(final), final)
+        best = search.ranked(list(final), final, history[-1]["losses"])
         pick = None
         if best:
             pick = {"cell": list(best[0]), **_rates(cells[best[0]][0]), "score": final[best[0]]}
@@ -367,6 +562,7 @@ def search_answer(
                                 "cell": list(c),
                                 **_rates(cells[c][0]),
                                 "score": s,
+                                "loss": h["losses"][c],
                                 "promoted": c in h["promoted"],
                             }
                             for c, s in h["scores"].items()
@@ -377,29 +573,43 @@ def search_answer(
             }
         )
     first = next(iter(cells.values()))[0].config
-    seeds = sorted(
-        {
-            o.split("=", 1)[1]
-            for jobs in cells.values()
-            for j in jobs
-            for o in j.overrides
-            if override_key(o) == "seed"
-        }
-    )
-    grid_id = search.grid_name(list(cells), seeds)
+    seeds = seeds_of(next(iter(cells.values())))
     return {
         "search": name,
-        "name": f"{first.sweep_name}-{grid_id}" if first.sweep_name else grid_id,
+        "name": answer_name(first, cells, seeds),
         "metric": first.task.metric,
         "eta": halving.eta,
         "min_fraction": halving.min_fraction,
         "rungs": fractions,
         "seeds": seeds,
         "groups": out_groups,
-        "samples": spent,
-        "grid_samples": grid,
-        "samples_share": spent / grid if grid else None,
+        **search_compute(cells, [j for jobs in cells.values() for j in jobs], gpus),
         "wall_s": wall_s,
+    }
+
+
+def search_compute(cells: dict[Any, "list[Job]"], ran: "list[Job]", gpus: bool) -> dict[str, Any]:
+    """The training samples of the search's runs (`ran`, each key once) against the grid's: every
+    cell's runs at the full budget."""
+    from qvtune import search
+    from qvtune.plan import lookup, train_samples
+
+    records = {j.key: lookup(j.config, gpus)[1].record for j in ran}
+    spent = float(sum(r.samples for r in records.values() if r is not None))
+    grid = 0.0
+    for jobs in cells.values():
+        for j in jobs:
+            grid += search.full_samples(lookup(j.config, gpus)[1].record) or train_samples(j.config) or 0.0
+    return {"samples": spent, "grid_samples": grid, "samples_share": spent / grid if grid else None}
+
+
+def optuna_point(point: Any, score: Optional[float]) -> dict[str, Any]:
+    return {
+        "trial": point.number,
+        "lr": point.lr,
+        "lr_v": point.lr * point.lam,
+        "lam": point.lam,
+        "score": score,
     }
 
 
@@ -419,7 +629,9 @@ def write_answer(answer: dict[str, Any], cells: dict[Any, "list[Job]"]) -> None:
     metric = answer["metric"]
     for g in answer["groups"]:
         print(f"search {g['group']}:")
-        for k, r in enumerate(g["rungs"]):
+        for t in g.get("trials", []):
+            print(f"  trial {t['trial']}: eta_QK={t['lr']:g} lambda={t['lam']:g}: {_score(t['score'])}")
+        for k, r in enumerate(g.get("rungs", [])):
             shown = "  ".join(
                 f"{c['lr']:g}/{c['lr_v']:g}: {_score(c['score'])}{'*' if c['promoted'] else ''}"
                 for c in r["cells"]
@@ -431,7 +643,7 @@ def write_answer(answer: dict[str, Any], cells: dict[Any, "list[Job]"]) -> None:
         else:
             print(
                 f"  pick: eta_QK={p['lr']:g} eta_V={p['lr_v']:g} lambda={p['lam']:g}: "
-                f"{metric} {p['score']:.4f} (seed-mean)"
+                f"{metric} {_score(p['score'])} (seed-mean)"
             )
     share = answer["samples_share"]
     print(
