@@ -22,6 +22,7 @@ PAPER = {
     "heatmap-llama": "paper-llama",
     "demo": "fast",
     "search": "fast",
+    "search-optuna": "fast",
 }
 
 
