@@ -68,8 +68,7 @@ def validate(
         if not ok:
             errors.append(
                 f"hydra.sweeper.optuna.{name}=[{','.join(f'{b:g}' for b in bounds)}]: expected [low, high] "
-                "with 0 < low < high, "
-                "or null for the grid's range"
+                "with 0 < low < high, or null for the grid's range"
             )
     return errors
 

@@ -238,17 +238,6 @@ class QvtuneSweeper(BasicSweeper):
             return []
         gpus = launcher_gives_gpus(self.config.hydra.launcher)
 
-        def at_rung(cell: search.Cell, fraction: float, name: Optional[str]) -> Optional[float]:
-            """The seed-mean of the cell's `name` (None: the headline metric) at the rung."""
-            return search.seed_mean(
-                [
-                    search.rung_score(
-                        lookup(j.config, gpus)[1].record, fraction, name or j.config.task.metric
-                    )
-                    for j in cells[cell]
-                ]
-            )
-
         alive = {g: list(cs) for g, cs in groups.items()}
         rungs: dict[search.Cell, list[dict[str, Any]]] = {g: [] for g in groups}
         returns, index = [], 0
@@ -266,8 +255,8 @@ class QvtuneSweeper(BasicSweeper):
             returns += launched
             index += count
             for g, survivors in alive.items():
-                scores = {c: at_rung(c, fraction, None) for c in survivors}
-                losses = {c: at_rung(c, fraction, "loss") for c in survivors}
+                scores = {c: seed_mean_at(cells[c], fraction, gpus) for c in survivors}
+                losses = {c: seed_mean_at(cells[c], fraction, gpus, "loss") for c in survivors}
                 promoted = survivors if last else search.promote(survivors, scores, self.halving.eta, losses)
                 rungs[g].append(
                     {"fraction": fraction, "scores": scores, "losses": losses, "promoted": promoted}
@@ -284,7 +273,7 @@ class QvtuneSweeper(BasicSweeper):
         ran fewer. The study's journal and the store say what a re-launch has done already."""
         from qvtune import optuna_search as tpe
         from qvtune import search
-        from qvtune.plan import lookup, to_launch
+        from qvtune.plan import to_launch
 
         assert self.config is not None
         conf = self.optuna
@@ -318,14 +307,6 @@ class QvtuneSweeper(BasicSweeper):
             log.info(f"search: {len(batch)} runs, launching {len(todo)}")
             return self.launch_jobs(todo, index, [])
 
-        def value(batch: "list[Job]") -> Optional[float]:
-            return search.seed_mean(
-                [
-                    search.rung_score(lookup(j.config, gpus)[1].record, 1.0, j.config.task.metric)
-                    for j in batch
-                ]
-            )
-
         returns: list[Any] = []
         index = 0
         while True:
@@ -338,7 +319,7 @@ class QvtuneSweeper(BasicSweeper):
             launched, count = launch([j for js in batch.values() for j in js], index)
             returns, index = returns + launched, index + count
             for (g, p), js in batch.items():
-                tpe.tell(studies[g], p.number, value(js))
+                tpe.tell(studies[g], p.number, seed_mean_at(js, 1.0, gpus))
         picks = {g: tpe.best(study) for g, study in studies.items()}
         confirm = {g: trial_jobs(g, p, seeds) for g, p in picks.items() if p is not None}
         launched, _ = launch([j for js in confirm.values() for j in js], index)
@@ -359,7 +340,9 @@ class QvtuneSweeper(BasicSweeper):
                     "group": names[g],
                     "lr_range": list(spaces[g][0]),
                     "lam_range": list(spaces[g][1]),
-                    "pick": None if picks[g] is None else optuna_point(picks[g], value(confirm[g])),
+                    "pick": None
+                    if picks[g] is None
+                    else optuna_point(picks[g], seed_mean_at(confirm[g], 1.0, gpus)),
                     "trials": [optuna_point(p, v) for p, v in tpe.told(studies[g])],
                 }
                 for g in groups
@@ -418,6 +401,19 @@ def cells_and_groups(jobs: "list[Job]") -> "tuple[dict[Any, list[Job]], dict[Any
     for cell in cells:
         groups.setdefault(search.group_of(cell), []).append(cell)
     return cells, groups
+
+
+def seed_mean_at(
+    jobs: "list[Job]", fraction: float, gpus: bool, name: Optional[str] = None
+) -> Optional[float]:
+    """The seed-mean over the runs of a cell (or a trial) of `name` (None: the headline metric) at a
+    fraction of the budget, from their records; None while any run has no score there."""
+    from qvtune.plan import lookup
+    from qvtune.search import rung_score, seed_mean
+
+    return seed_mean(
+        [rung_score(lookup(j.config, gpus)[1].record, fraction, name or j.config.task.metric) for j in jobs]
+    )
 
 
 def seeds_of(jobs: "list[Job]") -> list[str]:
