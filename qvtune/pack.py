@@ -14,10 +14,18 @@ per member) and `PackedModel` (replicates the batch, returns every member's loss
 
 The batch of a pack holds one copy of the data per active member, slot s for member
 `active[s]`: a member that diverged leaves `active` and costs nothing from then on.
+
+Dropout: the runs of a pack that differ only in learning rates draw the same random numbers alone
+(same seed, same initialisation, same batches), so each of them draws the same dropout masks. A
+pack draws each mask once, at a lone batch's shape and with the call a lone run makes, and applies
+it to every member's slot (`SharedDropout`, and the same in `PackedLinear`), or runs the step
+that draws it on each slot from the same random state (`PackedHead`; `per_member_attention`, where
+SDPA draws the attention mask inside its kernel): each member sees the masks of its lone run.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Optional, cast
 
@@ -27,7 +35,7 @@ from torch import nn
 
 from qvtune.config import RunConfig
 from qvtune.methods import UpdateNorms, apply_method, owners
-from qvtune.models import weight_type
+from qvtune.models import ATTENTION_DROPOUT_KEYS, weight_type
 
 
 @dataclass
@@ -55,6 +63,76 @@ class MemberWeights:
     named: list[tuple[str, nn.Parameter, str]]
     adapters: dict[str, Adapter]
     heads: dict[str, nn.Module]
+
+
+PER_MEMBER_SDPA = "qvtune_per_member_sdpa"  # the attention implementation a pack with attention dropout uses
+
+
+def same_random_state(device: torch.device, again: bool) -> contextlib.AbstractContextManager[Any]:
+    """With `again`, the random state is put back afterwards: the next member draws what this one drew."""
+    if not again:
+        return contextlib.nullcontext()
+    cpu = device.type == "cpu"
+    return torch.random.fork_rng([] if cpu else [device], device_type=device.type)
+
+
+def shared_dropout(x: torch.Tensor, p: float, members: int) -> torch.Tensor:
+    """Dropout on a pack's batch (`members` slots along the first dimension) with one mask, drawn as
+    F.dropout draws it on one slot: the mask each member's lone run draws at this point."""
+    if p == 0:
+        return x
+    mask = F.dropout(x.new_ones(x.shape[0] // members, *x.shape[1:]), p)
+    return (x.unflatten(0, (members, -1)) * mask).flatten(0, 1)
+
+
+class SharedDropout(nn.Module):
+    """The base's nn.Dropout in a pack (see the module docstring); `p` is kept for the models that
+    read it (BERT passes its attention dropout's `p` to the attention kernel)."""
+
+    def __init__(self, p: float, slots: Slots) -> None:
+        super().__init__()
+        self.p, self.slots = p, slots
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return shared_dropout(x, self.p, len(self.slots.active)) if self.training else x
+
+
+def per_member_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Optional[torch.Tensor],
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' SDPA attention; with attention dropout it runs once per member's slot, each
+    from the same random state, so each draws the mask its lone run's kernel draws."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    shared = getattr(module, "dropout", None)  # BERT/RoBERTa keep their attention dropout here
+    if not dropout or not isinstance(shared, SharedDropout):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, **kwargs)
+    n = len(shared.slots.active)
+    masks = (
+        attention_mask.chunk(n) if attention_mask is not None and len(attention_mask) == len(query) else None
+    )
+    out = []
+    for i, (q, k, v) in enumerate(zip(query.chunk(n), key.chunk(n), value.chunk(n))):
+        with same_random_state(query.device, again=i < n - 1):
+            mask = masks[i] if masks is not None else attention_mask
+            out.append(sdpa_attention_forward(module, q, k, v, mask, dropout=dropout, **kwargs)[0])
+    return torch.cat(out), None
+
+
+def use_per_member_attention(base: nn.Module) -> None:
+    """Registers `per_member_attention` with transformers (SDPA's masks) and lets `base` use it."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(PER_MEMBER_SDPA, per_member_attention)
+    AttentionMaskInterface.register(PER_MEMBER_SDPA, sdpa_mask)
+    cast(Any, base).set_attn_implementation(PER_MEMBER_SDPA)
 
 
 class PackedLinear(nn.Module):
@@ -92,9 +170,10 @@ class PackedLinear(nn.Module):
         every = len(slots) == len(active)
         out = result.unflatten(0, (len(active), -1))  # (members, batch, ..., d_out)
         xs = x.unflatten(0, (len(active), -1))
-        xs = (xs if every else xs[list(slots)]).flatten(1, -2).to(chosen[0].A.dtype)  # (k, rows, d_in)
-        if self.training and self.dropout:
-            xs = F.dropout(xs, self.dropout)
+        xs = (xs if every else xs[list(slots)]).to(chosen[0].A.dtype)
+        if self.training and self.dropout:  # one mask for every member, as PEFT draws it alone
+            xs = shared_dropout(xs.flatten(0, 1), self.dropout, len(slots)).view(xs.shape)
+        xs = xs.flatten(1, -2)  # (k, rows, d_in)
         a = torch.stack([c.A for c in chosen])  # (k, r, d_in)
         b = torch.stack([c.B for c in chosen])  # (k, d_out, r)
         lora = (
@@ -134,7 +213,8 @@ class PackedLinear(nn.Module):
 
 
 class PackedHead(nn.Module):
-    """One classification head per member, each on its member's slot of the batch."""
+    """One classification head per member, each on its member's slot of the batch; in training every
+    head starts from the same random state, so a head's dropout draws the mask of its lone run."""
 
     def __init__(self, heads: dict[int, nn.Module], slots: Slots) -> None:
         super().__init__()
@@ -145,7 +225,11 @@ class PackedHead(nn.Module):
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         chunks = x.unflatten(0, (len(self.slots.active), -1))
         heads = dict(zip(self.members, self.heads))
-        return torch.cat([heads[m](chunk, *args, **kwargs) for m, chunk in zip(self.slots.active, chunks)])
+        out = []
+        for i, (m, chunk) in enumerate(zip(self.slots.active, chunks)):
+            with same_random_state(x.device, again=self.training and i < len(chunks) - 1):
+                out.append(heads[m](chunk, *args, **kwargs))
+        return torch.cat(out)
 
 
 class PackedModel(nn.Module):
@@ -172,6 +256,14 @@ class PackedModel(nn.Module):
             _replace(base, name, layer)
         for name, member_heads in heads.items():
             _replace(base, name, PackedHead(member_heads, self.slots))
+        for name, module in list(base.named_modules()):
+            inside_head = any(name.startswith(f"{head}.") for head in heads)  # PackedHead does those
+            if isinstance(module, nn.Dropout) and not inside_head:
+                _replace(base, name, SharedDropout(module.p, self.slots))
+        config = cast(Any, base).config
+        attention_dropout = any(getattr(config, key, 0) for key in ATTENTION_DROPOUT_KEYS)
+        if attention_dropout and config._attn_implementation == "sdpa":
+            use_per_member_attention(base)
         for member in members:
             for _, p, _ in member.named:
                 p.requires_grad_(True)

@@ -8,8 +8,10 @@ start, model loads, data, training and dev evaluations of all runs) and its spee
 each run's training samples/s (median over runs: a packed run trains at its pack's pace), the
 grid's aggregate training samples/s, real-token FLOP utilisation (scripts/bench.py's FLOPs per
 real token over the matmul peak measured here), peak memory, and every run's dev metric in every
-mode side by side: with the model's own dropout on, packed and lone runs draw different dropout
-masks, so their metrics differ by seed-like noise (docs/packing.md).
+mode side by side: a packed run draws its lone run's dropout masks, so they agree to rounding
+(docs/packing.md). This machine's speed drifts between minutes, so the modes run `--repeats`
+times, interleaved (K = 1, 3, 9, then 9, 3, 1, ...), and each figure is the median over repeats,
+the wall times of every repeat beside it.
 
     python scripts/bench_pack.py --glue ../shared/data/glue                   # CPU: SST-2, RTE
     python scripts/bench_pack.py --device cuda --packs 1,4,8,16               # GPU: roberta-base-sized
@@ -77,7 +79,7 @@ def sweep(args: list[str], results: Path) -> tuple[list[dict[str, Any]], float]:
 
 
 def summary(records: list[dict[str, Any]], wall: float) -> dict[str, Any]:
-    """One mode's figures: a pack's members share its training time, counted once."""
+    """One mode's figures in one repeat: a pack's members share its training time, counted once."""
     packs: dict[frozenset[str], float] = {}
     for r in records:
         packs[frozenset([r["run_key"], *(r.get("packed_with") or [])])] = r["timing"]["train_s"]
@@ -118,13 +120,24 @@ def bench_task(task: str, opts: argparse.Namespace, work: Path, peak: float) -> 
         *opts.extra,
     ]
     sweep([*common, "epochs=0", "lr=1e-3"], work / f"{task}-warm")  # tokenizes: no mode pays for it
-    out = {}
-    for k in opts.packs:
-        grid = [*common, "epochs=1", f"lr={lr}", f"lr_v={lr_v}", f"hydra.sweeper.pack={k}"]
-        records, wall = sweep(grid, work / f"{task}-k{k}")
-        out[k] = summary(records, wall)
-        out[k]["flop_utilisation"] = out[k]["train_flops_per_s"] / peak
-        print(f"  {task} K={k}: {out[k]['wall_s']} s, {out[k]['jobs']} jobs", flush=True)
+    repeats: dict[int, list[dict[str, Any]]] = {k: [] for k in opts.packs}
+    for r in range(opts.repeats):
+        for k in opts.packs if r % 2 == 0 else opts.packs[::-1]:
+            grid = [*common, "epochs=1", f"lr={lr}", f"lr_v={lr_v}", f"hydra.sweeper.pack={k}"]
+            records, wall = sweep(grid, work / f"{task}-k{k}-r{r}")
+            repeats[k].append(summary(records, wall))
+            print(f"  {task} K={k} repeat {r}: {round(wall, 1)} s, {repeats[k][-1]['jobs']} jobs", flush=True)
+    return {k: median_of(runs, peak) for k, runs in repeats.items()}
+
+
+def median_of(repeats: list[dict[str, Any]], peak: float) -> dict[str, Any]:
+    """The median of each figure over the repeats of one mode, every repeat's wall time, and the dev
+    metrics of the first repeat (the same in every repeat: one seed, deterministic on a CPU)."""
+    figures = ("wall_s", "train_s", "per_run_samples_per_s", "grid_samples_per_s", "train_flops_per_s")
+    out = {**repeats[0], **{f: statistics.median(r[f] for r in repeats) for f in figures}}
+    out["walls_s"] = [r["wall_s"] for r in repeats]
+    out["peak_memory_mb"] = max(r["peak_memory_mb"] for r in repeats)
+    out["flop_utilisation"] = out["train_flops_per_s"] / peak
     return out
 
 
@@ -133,13 +146,14 @@ def print_task(task: str, modes: dict[int, dict[str, Any]]) -> None:
     print(f"\n{task}: {base['runs']} runs")
     print(
         f"{'K':>3} {'jobs':>5} {'wall s':>8} {'speed-up':>9} {'run smp/s':>10} {'grid smp/s':>11}"
-        f" {'util':>6} {'peak MB':>8}"
+        f" {'util':>6} {'peak MB':>8}  wall s of each repeat"
     )
     for k, m in modes.items():
         print(
-            f"{k:>3} {m['jobs']:>5} {m['wall_s']:>8} {base['wall_s'] / m['wall_s']:>8.2f}x "
-            f"{m['per_run_samples_per_s']:>10} {m['grid_samples_per_s']:>11} {m['flop_utilisation']:>6.1%} "
-            f"{m['peak_memory_mb']:>8.0f}"
+            f"{k:>3} {m['jobs']:>5} {m['wall_s']:>8.1f} {base['wall_s'] / m['wall_s']:>8.2f}x "
+            f"{m['per_run_samples_per_s']:>10.1f} {m['grid_samples_per_s']:>11.1f} "
+            f"{m['flop_utilisation']:>6.1%} "
+            f"{m['peak_memory_mb']:>8.0f}  {' '.join(f'{w:.1f}' for w in m['walls_s'])}"
         )
     print("dev metric per run (eta_QK, eta_V): " + " ".join(f"K={k}" for k in modes))
     for cell in sorted(base["metrics"]):
@@ -147,6 +161,8 @@ def print_task(task: str, modes: dict[int, dict[str, Any]]) -> None:
             f"  {cell[0]:g}, {cell[1]:g}: "
             + " ".join(f"{m['metrics'].get(cell, float('nan')):.4f}" for m in modes.values())
         )
+    gap = max(abs(m["metrics"][c] - base["metrics"][c]) for m in modes.values() for c in base["metrics"])
+    print(f"largest difference of a run's dev metric from its lone run: {gap:.2g}")
 
 
 def main() -> None:
@@ -155,6 +171,7 @@ def main() -> None:
     parser.add_argument("--tasks", default=None, help="default: sst2,rte on a CPU, synthetic on a GPU")
     parser.add_argument("--samples", type=int, default=None, help="max_train_samples (1000 CPU, 3000 GPU)")
     parser.add_argument("--packs", default=None, help="pack sizes K (default 1,3,9 CPU; 1,4,8,16 GPU)")
+    parser.add_argument("--repeats", type=int, default=2, help="sweeps per K, interleaved (default 2)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--model", default=None, help="minilm on a CPU, roberta-base-random on a GPU")
     parser.add_argument("--out", type=Path, default=None, help="where results go (default: a temp dir)")

@@ -86,3 +86,26 @@ def test_search_benchmark_reports_both_searches_and_goes_on_from_its_timings(tmp
         return [line for line in out.splitlines() if not line.startswith(sweeps)]
 
     assert report(again.stdout) == report(proc.stdout)
+
+
+@pytest.mark.slow
+def test_pack_benchmark_runs_every_mode_twice_and_packed_runs_score_as_alone(tmp_path):
+    """scripts/bench_pack.py on tiny-bert with its own dropout on: K = 1 and 3, each twice; every
+    mode's figures are reported, and the packed runs score exactly as their lone runs."""
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "bench_pack.py"),
+        *("--tasks", "synthetic", "--model", "tiny-bert", "--samples", "64", "--packs", "1,3"),
+        *("--repeats", "2", "--out", str(tmp_path / "bench")),
+        "task.synthetic.eval_size=64",
+        "threads=1",
+    ]
+    env = {**os.environ, **OFFLINE_ENV}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    modes = json.loads((tmp_path / "bench" / "bench-pack.json").read_text())["tasks"]["synthetic"]
+    assert [(m["runs"], m["jobs"], len(m["walls_s"])) for m in modes.values()] == [(9, 9, 2), (9, 3, 2)]
+    assert all(m["statuses"] == ["completed"] and m["wall_s"] > 0 for m in modes.values())
+    # the bench reads and compares the metrics (the exact equivalence is tests/test_pack.py's)
+    assert modes["3"]["metrics"] == modes["1"]["metrics"]
+    assert "largest difference of a run's dev metric from its lone run: 0" in proc.stdout

@@ -94,6 +94,28 @@ def test_every_member_trains_as_it_would_alone(tmp_path, method, differ):
     assert len({round(s.train_loss[-1][1], 6) for s in together}) == len(configs)
 
 
+@pytest.mark.parametrize(
+    "model", ["tiny-bert", "tiny-roberta"]
+)  # the head's dropout in the base, in the head
+@pytest.mark.parametrize("method", ["lora", "dora"])
+@pytest.mark.parametrize("attention", ["0", "null"])  # null: the model's own 0.1, the paper's recipe
+def test_with_dropout_on_a_pack_that_differs_in_rates_draws_the_masks_of_its_lone_runs(
+    tmp_path, model, method, attention
+):
+    # the model's own hidden and head dropout (0.1), LoRA's, and the attention's: every mask is drawn
+    on = (*SMALL, f"model={model}", f"method={method}", f"attention_dropout={attention}", "dropout=0.2")
+    configs = [
+        make_config(*on, *d.split()) for d in ("lr=1e-2 lr_v=1e-2", "lr=1e-2 lr_v=4e-2", "lr=3e-3 lr_v=3e-2")
+    ]
+    together = packed(configs, tmp_path)
+    for i, cfg in enumerate(configs):
+        assert_same_run(together[i], alone(cfg, tmp_path / f"alone{i}.pt"))
+    # dropout really acts: with every dropout off the first run's losses are ten times the tolerance off
+    off = make_config(*on, *NO_DROPOUT, "dropout=0", "lr=1e-2", "lr_v=1e-2")
+    quiet = alone(off, tmp_path / "quiet.pt")
+    assert max(abs(x[1] / y[1] - 1) for x, y in zip(quiet.train_loss, together[0].train_loss)) > 1e-4
+
+
 def test_a_member_that_diverges_stops_alone_and_the_others_go_on(tmp_path):
     longer = "task.synthetic.train_size=448"  # 14 steps: the divergence check needs 10
     configs = [config(longer, "lr=1e-2"), config(longer, "lr=100"), config(longer, "lr=3e-3", "lam=4")]
@@ -128,7 +150,7 @@ def test_packed_layer_matches_peft_with_dropout_off_in_eval_and_train_modes():
         losses, logits = pack(input_ids=ids, attention_mask=mask, labels=labels)
         want = lone(input_ids=ids, attention_mask=mask, labels=labels)
         assert torch.allclose(logits[0], want.logits, rtol=1e-5, atol=1e-6)
-        assert float(losses[0]) == pytest.approx(float(want.loss), rel=1e-5)
+        assert float(losses[0].detach()) == pytest.approx(float(want.loss.detach()), rel=1e-5)
         pack.slots.active = [0]  # the first member alone: the second's slot is gone, not zeroed
         alone_logits = pack(input_ids=ids, attention_mask=mask, labels=labels)[1]
         assert torch.allclose(alone_logits[0], want.logits, rtol=1e-5, atol=1e-6)
