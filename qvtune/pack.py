@@ -114,13 +114,12 @@ def per_member_attention(
     if not dropout or not isinstance(shared, SharedDropout):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, **kwargs)
     n = len(shared.slots.active)
-    masks = (
-        attention_mask.chunk(n) if attention_mask is not None and len(attention_mask) == len(query) else None
-    )
+    masks: Any = [attention_mask] * n  # a mask that broadcasts over the batch, or none
+    if attention_mask is not None and len(attention_mask) == len(query):
+        masks = attention_mask.chunk(n)
     out = []
-    for i, (q, k, v) in enumerate(zip(query.chunk(n), key.chunk(n), value.chunk(n))):
+    for i, (q, k, v, mask) in enumerate(zip(query.chunk(n), key.chunk(n), value.chunk(n), masks)):
         with same_random_state(query.device, again=i < n - 1):
-            mask = masks[i] if masks is not None else attention_mask
             out.append(sdpa_attention_forward(module, q, k, v, mask, dropout=dropout, **kwargs)[0])
     return torch.cat(out), None
 
