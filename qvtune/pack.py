@@ -20,7 +20,9 @@ Dropout: the runs of a pack that differ only in learning rates draw the same ran
 pack draws each mask once, at a lone batch's shape and with the call a lone run makes, and applies
 it to every member's slot (`SharedDropout`, and the same in `PackedLinear`), or runs the step
 that draws it on each slot from the same random state (`PackedHead`; `per_member_attention`, where
-SDPA draws the attention mask inside its kernel): each member sees the masks of its lone run.
+SDPA draws the attention mask inside its kernel, for every family that keeps its attention in one
+module: a `dropout` module in BERT and RoBERTa, a float in Llama and Mistral): each member sees the
+masks of its lone run.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class MemberWeights:
 
 
 PER_MEMBER_SDPA = "qvtune_per_member_sdpa"  # the attention implementation a pack with attention dropout uses
+PACK_SLOTS = "qvtune_pack_slots"  # the attribute by which an attention module knows its pack's slots
 
 
 def same_random_state(device: torch.device, again: bool) -> contextlib.AbstractContextManager[Any]:
@@ -110,10 +113,10 @@ def per_member_attention(
     from the same random state, so each draws the mask its lone run's kernel draws."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    shared = getattr(module, "dropout", None)  # BERT/RoBERTa keep their attention dropout here
-    if not dropout or not isinstance(shared, SharedDropout):
+    slots = getattr(module, PACK_SLOTS, None)  # set by PackedModel on the modules holding q, k, v
+    if not dropout or not isinstance(slots, Slots):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, **kwargs)
-    n = len(shared.slots.active)
+    n = len(slots.active)
     masks: Any = [attention_mask] * n  # a mask that broadcasts over the batch, or none
     if attention_mask is not None and len(attention_mask) == len(query):
         masks = attention_mask.chunk(n)
@@ -262,6 +265,9 @@ class PackedModel(nn.Module):
         config = cast(Any, base).config
         attention_dropout = any(getattr(config, key, 0) for key in ATTENTION_DROPOUT_KEYS)
         if attention_dropout and config._attn_implementation == "sdpa":
+            for name, _ in base.named_modules():
+                if weight_type(name):  # its parent computes the attention
+                    setattr(base.get_submodule(name.rpartition(".")[0]), PACK_SLOTS, self.slots)
             use_per_member_attention(base)
         for member in members:
             for _, p, _ in member.named:

@@ -94,13 +94,22 @@ def test_every_member_trains_as_it_would_alone(tmp_path, method, differ):
     assert len({round(s.train_loss[-1][1], 6) for s in together}) == len(configs)
 
 
-@pytest.mark.parametrize("model", ["tiny-bert", "tiny-roberta"])  # head dropout: in the base, in the head
+# head dropout in the base (BERT), in the head (RoBERTa); Llama keeps its attention dropout as a float
+@pytest.mark.parametrize(
+    "model, attention",
+    [
+        ("tiny-bert", "0"),
+        ("tiny-bert", "null"),  # null: the model's own 0.1, the paper's recipe
+        ("tiny-roberta", "0"),
+        ("tiny-roberta", "null"),
+        ("tiny-llama", "0.1"),  # no hidden dropout: the attention's is the only mask in its base
+    ],
+)
 @pytest.mark.parametrize("method", ["lora", "dora"])
-@pytest.mark.parametrize("attention", ["0", "null"])  # null: the model's own 0.1, the paper's recipe
 def test_with_dropout_on_a_pack_that_differs_in_rates_draws_the_masks_of_its_lone_runs(
     tmp_path, model, method, attention
 ):
-    # the model's own hidden and head dropout (0.1), LoRA's, and the attention's: every mask is drawn
+    # the model's own hidden and head dropout, LoRA's, and the attention's: every mask is drawn
     on = (*SMALL, f"model={model}", f"method={method}", f"attention_dropout={attention}", "dropout=0.2")
     rates = ("lr=1e-2 lr_v=1e-2", "lr=1e-2 lr_v=4e-2", "lr=3e-3 lr_v=3e-2")
     configs = [make_config(*on, *d.split()) for d in rates]
