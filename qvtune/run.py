@@ -12,6 +12,7 @@ recorded in result.json instead of stopping a sweep.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -144,6 +145,7 @@ def execute(runs: list[Planned], store: ResultsStore, runtime: Runtime) -> list[
                     [store.run_dir(p.key) for p in part],
                     runtime,
                     [trackers[i].log for i in chosen],
+                    store.write,
                 )
             exit_code = 0
         except Exception as e:  # recorded, never raised: one bad run must not stop a sweep
@@ -205,9 +207,11 @@ def fine_tune(
     run_dirs: list[Path],
     runtime: Runtime,
     logs: list[Callable[[dict[str, float], int], None]],
+    write: Callable[[RunRecord], None],
 ) -> None:
-    """Model -> method and groups -> data -> training loop; fills in each record's results. One
-    config is a lone run through PEFT; several are a pack on one frozen base (qvtune.pack)."""
+    """Model -> method and groups -> data -> training loop; fills in and writes each record as its
+    run ends. One config is a lone run through PEFT; several are a pack on one frozen base
+    (qvtune.pack), whose member that diverges has its record written then, not at the pack's end."""
     wall = time.perf_counter()  # imports included: the first run of a process pays for them
     import torch
 
@@ -224,7 +228,7 @@ def fine_tune(
     from qvtune.pack import build_pack
     from qvtune.runtime import peak_memory_mb, set_threads
     from qvtune.tasks import load_task
-    from qvtune.train import Member, train
+    from qvtune.train import Member, TrainState, train
 
     cfg = configs[0]  # the members of a pack share everything but PACK_KEYS
     threads = set_threads(cfg)
@@ -232,14 +236,26 @@ def fine_tune(
     for c in configs:
         apply_method(build_on_meta(c.model, c.task.num_labels), c)  # structure errors before weights load
 
+    checkpoints = [d / CHECKPOINT_FILE for d in run_dirs]
+    timings: dict[str, float] = {}  # setup_s, load_s, data_s
+    finished: set[int] = set()
+
+    def finish(i: int, state: TrainState) -> None:
+        """Member i's record from its final state, written."""
+        if state.status is not Status.PAUSED:  # a paused run keeps its checkpoint to go on from
+            checkpoints[i].unlink(missing_ok=True)
+        setup = {"wall_s": time.perf_counter() - wall, **timings}
+        records[i].finish(state, tables[i], setup, peak_memory_mb(device.type), str(device), threads)
+        write(records[i])
+        finished.add(i)
+
     tic = time.perf_counter()
     tokenizer = load_tokenizer(cfg.model)
     model: torch.nn.Module = load_model(cfg.model, cfg.task.num_labels, cfg.seed, cfg.attention_dropout)
-    checkpoints = [d / CHECKPOINT_FILE for d in run_dirs]
     if len(configs) == 1:
         model = apply_method(model, cfg).to(device)
         groups = [param_groups(model, learning_rates(cfg), cfg.optim.grouping)]
-        members = [Member(groups[0], UpdateNorms.of(model), checkpoints[0], logs[0])]
+        norms = [UpdateNorms.of(model)]
         tables = [group_table(groups[0], sum(p.numel() for p in model.parameters()))]
     else:
         pack = build_pack(model, configs)
@@ -247,11 +263,15 @@ def fine_tune(
         groups = [
             group_params(m.named, learning_rates(c), c.optim.grouping) for m, c in zip(pack.members, configs)
         ]
-        members = [Member(g, pack.update_norms(i), checkpoints[i], logs[i]) for i, g in enumerate(groups)]
+        norms = [pack.update_norms(i) for i in range(len(configs))]
         tables = [group_table(g, pack.lone_size(i)) for i, g in enumerate(groups)]
+    members = [
+        Member(g, n, c, lg, functools.partial(finish, i))
+        for i, (g, n, c, lg) in enumerate(zip(groups, norms, checkpoints, logs))
+    ]
     for table in tables:
         log.info("\n" + format_group_table(table))
-    load_s = time.perf_counter() - tic
+    timings["load_s"] = time.perf_counter() - tic
 
     tic = time.perf_counter()
     task = load_task(cfg.task, cfg.data_dir)
@@ -259,8 +279,8 @@ def fine_tune(
     train_data, evals = encode_task(tokenizer, task, cfg.task.name, cfg.max_len, cache)
     train_data = train_data.subset(cfg.max_train_samples)
     evals = {name: data.subset(cfg.max_eval_samples) for name, data in evals.items()}
-    data_s = time.perf_counter() - tic
-    setup_s = time.perf_counter() - wall
+    timings["data_s"] = time.perf_counter() - tic
+    timings["setup_s"] = time.perf_counter() - wall
 
     states = train(
         model,
@@ -273,16 +293,12 @@ def fine_tune(
         device=device,
         precision=runtime.precision,
     )
-    for state, checkpoint in zip(states, checkpoints):
-        if state.status is not Status.PAUSED:  # a paused run keeps its checkpoint to go on from
-            checkpoint.unlink(missing_ok=True)
     if cfg.output_dir and states[0].status is not Status.PAUSED:  # validate(): never for a pack
         # a transformers or PEFT model: torch types the attributes it does not know as Tensor | Module
         cast(Any, model).save_pretrained(Path(cfg.output_dir).expanduser() / run_dirs[0].name)
-    setup = {"wall_s": time.perf_counter() - wall, "setup_s": setup_s, "load_s": load_s, "data_s": data_s}
-    memory = peak_memory_mb(device.type)
-    for record, state, table in zip(records, states, tables):
-        record.finish(state, table, setup, memory, str(device), threads)
+    for i, state in enumerate(states):
+        if i not in finished:
+            finish(i, state)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,9 @@ class Member:
     norms: UpdateNorms  # made before its checkpoint loads: the updates count from the loaded model
     checkpoint: Path
     log: Callable[[dict[str, float], int], None]
+    # called with its final state as soon as it stops before the others (a diverged member of a
+    # pack), so that its record need not wait for the pack to end
+    ended: Callable[[TrainState], None] = lambda state: None
 
 
 class Learner:
@@ -252,6 +255,8 @@ def train(
             ended = [learner for learner in active if not learner.running]  # diverged: evaluated now
             if due or ended:
                 evaluate_at(active if due else ended, step * cfg.grad_accum / per_epoch)
+            for learner in ended:
+                learner.member.ended(learner.state)
             if time.monotonic() - last_save > cfg.checkpoint_minutes * 60:
                 for learner in learners:
                     if learner.running:
@@ -259,7 +264,8 @@ def train(
                 last_save = time.monotonic()
     except (KeyboardInterrupt, SystemExit):  # preempted, cancelled, Ctrl-C: keep the progress
         for learner in learners:
-            learner.save()
+            if learner.running:  # an ended one has had its `ended` call
+                learner.save()
         raise
     finally:
         bar.close()

@@ -141,6 +141,51 @@ def test_a_killed_pack_resumes_every_member_and_skips_one_finished_elsewhere(tmp
         assert_same_record(got[key], want[key])
 
 
+def test_a_member_that_diverges_has_its_record_written_then_and_a_kill_after_it_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    import json
+    import os
+    import time
+
+    results = tmp_path / "results"
+    args = [*KILLED, *store(tmp_path, "results")]
+    pack = "pack=[{lr:0.003},{lr:100},{lr:0.001,lam:4}]"  # the second diverges long before step 80
+    proc = start([*args, pack], tmp_path)
+    deadline = time.monotonic() + 180
+    while True:  # kill the pack once the diverged member's record says so
+        assert proc.poll() is None, (
+            f"the pack ended before its diverged member was recorded:\n{tail(tmp_path / 'err.txt')}"
+        )
+        assert time.monotonic() < deadline, "no diverged record in time"
+        try:
+            statuses = [json.loads(p.read_text())["status"] for p in results.glob("*/result.json")]
+        except (json.JSONDecodeError, FileNotFoundError):
+            statuses = []
+        if "diverged" in statuses:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            break
+        time.sleep(0.05)
+    assert sorted(r["status"] for r in records(results)) == ["diverged", "running", "running"]
+    assert len(list(results.glob("*/checkpoint.pt"))) == 2  # the diverged member keeps none
+    relaunch = run_cli(*args, pack, cwd=tmp_path)
+    assert relaunch.returncode == 0, relaunch.stderr[-3000:]
+    log = relaunch.stderr + relaunch.stdout
+    assert "is already diverged" in log and "training 2 runs as one pack" in log
+    assert log.count("(resuming)") == 2
+    got = list(by_key(results).values())
+    assert sorted(r["status"] for r in got) == ["completed", "completed", "diverged"]
+    assert [r["steps"] for r in got if r["status"] == "completed"] == [TOTAL, TOTAL]
+    # the diverged record is its lone run's (the resumed members' are checked in the test above)
+    ref = run_cli(*[*KILLED, *store(tmp_path, "reference")], "lr=100", cwd=tmp_path)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    ((key, want),) = by_key(tmp_path / "reference").items()
+    diverged = by_key(results)[key]
+    # at lr = 100 rounding grows fast: the same run diverges at the same step
+    assert diverged["status"] == want["status"] == "diverged" and diverged["steps"] == want["steps"]
+
+
 def test_a_halving_search_packs_each_rung(tmp_path: Path) -> None:
     """2 x 2 cells x 2 seeds in packs of 4: rung 1 is two packs (one per seed), the best 2 cells go
     on from their pack checkpoints as two packs of 2."""
