@@ -9,9 +9,11 @@ each run's training samples/s (median over runs: a packed run trains at its pack
 grid's aggregate training samples/s, real-token FLOP utilisation (scripts/bench.py's FLOPs per
 real token over the matmul peak measured here), peak memory, and every run's dev metric in every
 mode side by side: a packed run draws its lone run's dropout masks, so they agree to rounding
-(docs/packing.md). This machine's speed drifts between minutes, so the modes run `--repeats`
-times, interleaved (K = 1, 3, 9, then 9, 3, 1, ...), and each figure is the median over repeats,
-the wall times of every repeat beside it.
+(docs/packing.md). Last, it times one lone run's training step per sample at K times its batch:
+the most a pack's taller batch can give per sample here, the figure that bounds the speed-up.
+This machine's speed drifts between minutes, so the modes run `--repeats` times, interleaved
+(K = 1, 3, 9, then 9, 3, 1, ...), and each figure is the median over repeats, the wall times of
+every repeat beside it.
 
     python scripts/bench_pack.py --glue ../shared/data/glue                   # CPU: SST-2, RTE
     python scripts/bench_pack.py --device cuda --packs 1,4,8,16               # GPU: roberta-base-sized
@@ -78,6 +80,57 @@ def sweep(args: list[str], results: Path) -> tuple[list[dict[str, Any]], float]:
     return [RunRecord.read(p).to_dict() for p in sorted(results.rglob(RESULT_FILE))], wall
 
 
+def batch_scaling(overrides: list[str], length: int, packs: list[int], device: str) -> dict[int, float]:
+    """Milliseconds per sample of one lone run's training step (forward, backward, AdamW; the
+    model's dropout on) at batch K x batch_size of random `length`-token sequences, median of 5:
+    a pack's base runs at K times a lone run's batch, so this is the most its taller batch can
+    give per sample on this machine, before the shared setup and dropout draws."""
+    import time
+
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from qvtune.config import config_dir, learning_rates, register_configs
+    from qvtune.methods import apply_method, param_groups
+    from qvtune.models import load_model
+    from qvtune.runtime import set_threads
+
+    register_configs()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("run", overrides=[o for o in overrides if not o.startswith("hydra.")])
+    set_threads(cfg)
+    net = load_model(cfg.model, cfg.task.num_labels, cfg.seed, cfg.attention_dropout)
+    vocab = net.config.vocab_size
+    net = apply_method(net, cfg).to(device)
+    groups = param_groups(net, learning_rates(cfg), cfg.optim.grouping)
+    optimizer = torch.optim.AdamW(
+        [{"params": [p for _, p in g.params], "lr": g.lr} for g in groups if g.params]
+    )
+    net.train()
+
+    def step(batch: int) -> None:
+        ids = torch.randint(vocab // 10, vocab, (batch, length), device=device)  # no special tokens
+        labels = torch.randint(0, max(cfg.task.num_labels, 2), (batch,), device=device)
+        net(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    out = {}
+    for k in packs:
+        batch, steps = k * cfg.batch_size, max(1, max(packs) // k)  # about as many samples per K
+        step(batch)
+        times = []
+        for _ in range(5):
+            tic = time.perf_counter()
+            for _ in range(steps):
+                step(batch)
+            times.append((time.perf_counter() - tic) / (steps * batch))
+        out[k] = 1000 * statistics.median(times)
+    return out
+
+
 def summary(records: list[dict[str, Any]], wall: float) -> dict[str, Any]:
     """One mode's figures in one repeat: a pack's members share its training time, counted once."""
     packs: dict[frozenset[str], float] = {}
@@ -86,7 +139,7 @@ def summary(records: list[dict[str, Any]], wall: float) -> dict[str, Any]:
     train_s = sum(packs.values())
     samples = sum(r["samples"] for r in records)
     tokens = sum(r["tokens"] for r in records)
-    mean_len = tokens / samples
+    mean_len = tokens / samples  # real tokens per sample
     arch = records[0]["config"]["model"]["arch"]  # the shapes, as the run resolved them
     memory = [r["peak_gpu_mb"] or r["peak_rss_mb"] for r in records]
     return {
@@ -98,6 +151,7 @@ def summary(records: list[dict[str, Any]], wall: float) -> dict[str, Any]:
         "grid_samples_per_s": round(samples / train_s, 1),
         "train_flops_per_s": tokens / train_s * flops_per_token(arch, mean_len),
         "peak_memory_mb": round(max(memory), 0),
+        "mean_len": mean_len,
         "metrics": {(r["rates"]["qk"], r["rates"]["v"]): r["final"][r["metric"]] for r in records},
         "statuses": sorted({r["status"] for r in records}),
     }
@@ -127,7 +181,11 @@ def bench_task(task: str, opts: argparse.Namespace, work: Path, peak: float) -> 
             records, wall = sweep(grid, work / f"{task}-k{k}-r{r}")
             repeats[k].append(summary(records, wall))
             print(f"  {task} K={k} repeat {r}: {round(wall, 1)} s, {repeats[k][-1]['jobs']} jobs", flush=True)
-    return {k: median_of(runs, peak) for k, runs in repeats.items()}
+    modes = {k: median_of(runs, peak) for k, runs in repeats.items()}
+    length = round(modes[min(modes)]["mean_len"])
+    for k, ms in batch_scaling([*common, f"lr={lr.split(',')[0]}"], length, opts.packs, opts.device).items():
+        modes[k]["lone_step_ms_per_sample"] = ms
+    return modes
 
 
 def median_of(repeats: list[dict[str, Any]], peak: float) -> dict[str, Any]:
@@ -163,6 +221,14 @@ def print_task(task: str, modes: dict[int, dict[str, Any]]) -> None:
         )
     gap = max(abs(m["metrics"][c] - base["metrics"][c]) for m in modes.values() for c in base["metrics"])
     print(f"largest difference of a run's dev metric from its lone run: {gap:.2g}")
+    print(
+        f"a lone run's step per sample at K x its batch ({round(base['mean_len'])}-token sequences): "
+        + ", ".join(
+            f"K={k} {m['lone_step_ms_per_sample']:.2f} ms"
+            f" ({base['lone_step_ms_per_sample'] / m['lone_step_ms_per_sample']:.2f}x)"
+            for k, m in modes.items()
+        )
+    )
 
 
 def main() -> None:

@@ -109,3 +109,5 @@ def test_pack_benchmark_runs_every_mode_twice_and_packed_runs_score_as_alone(tmp
     # the bench reads and compares the metrics (the exact equivalence is tests/test_pack.py's)
     assert modes["3"]["metrics"] == modes["1"]["metrics"]
     assert "largest difference of a run's dev metric from its lone run: 0" in proc.stdout
+    assert all(m["lone_step_ms_per_sample"] > 0 for m in modes.values())  # the bound on the speed-up
+    assert "a lone run's step per sample at K x its batch" in proc.stdout

@@ -106,6 +106,41 @@ def test_rendered_image(grid: heatmap.Heatmap, tmp_path: Path) -> None:
     assert sorted(red) == ["0.801", "0.811", "0.831"]  # the diagonal and the best cell
 
 
+def test_a_continuous_search_is_drawn_as_a_scatter_of_its_trials(
+    tmp_path: Path, grid: heatmap.Heatmap
+) -> None:
+    rng = np.random.default_rng(0)
+    trials = [  # three significant digits: the collector keeps six, so they compare exactly
+        (float(f"{qk:.3g}"), float(f"{qk * lam:.3g}"))
+        for qk, lam in zip(10 ** rng.uniform(-4.5, -3, 12), 2 ** rng.uniform(0, 4, 12))
+    ]
+    for i, (qk, v) in enumerate(trials):  # 12 trials, each at its own rates; the fifth diverged
+        record = make_record(
+            lr=qk,
+            lam=None,
+            lr_v=v,
+            value=0.3 if i == 4 else 0.8 + 0.001 * i,
+            status="diverged" if i == 4 else "completed",
+            sweep="search-optuna",
+        )
+        write_record(tmp_path / "trials", record, "search-optuna")
+    (search,) = heatmap.find(load(tmp_path / "trials"))
+    assert search.sparse and not grid.sparse  # 12 of 144 cells, against 9 of 9
+    assert (search.best.lr, search.best.lr_v) == trials[-1]
+    fig = heatmap.draw(search)
+    ax = fig.axes[0]
+    assert (ax.get_xscale(), ax.get_yscale()) == ("log", "log") and not ax.images
+    points = ax.collections[0].get_offsets()
+    assert sorted(map(tuple, points.tolist())) == sorted(
+        (v, qk) for qk, v in trials
+    )  # eta_V right, eta_QK up
+    texts = [t.get_text() for t in ax.texts]
+    assert "0.300†" in texts and f"{0.8 + 0.011:.3f}" in texts
+    ring = ax.collections[-1].get_offsets().tolist()
+    assert ring == [[search.best.lr_v, search.best.lr]]
+    assert heatmap.save(search, tmp_path)[0].exists()
+
+
 def test_a_grid_holds_one_sweep_unless_pooled(tmp_path: Path) -> None:
     """Table 1's runs at (5e-4, 5e-4) join the grid as a row, a column and the best cell only when pooled."""
     root = grid_store(tmp_path / "results")

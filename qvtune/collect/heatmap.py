@@ -7,7 +7,9 @@ a row, a column or the best cell. Runs without a sweep name form their own grids
 sweep's runs in one. As in the paper, the best cell and the lambda = 1 diagonal are drawn in red, and
 cells below a floor are drawn in the floor's colour (their value is still written). A cell of a search
 (hydra.sweeper.search=halving) that stopped at an earlier rung shows its score there and the budget it
-reached ("@0.33"), in grey.
+reached ("@0.33"), in grey. A grid whose runs fill under half of its cells (a continuous search's
+trials, hydra.sweeper.search=optuna, each at its own pair of rates) is drawn as a scatter over
+(eta_V, eta_QK) instead, on log axes, with the same colours, the lambda = 1 line and the best run.
 """
 
 from __future__ import annotations
@@ -94,6 +96,11 @@ class Heatmap:
         """The runs (one per seed) behind one cell of this grid."""
         mine = self.members(runs)
         return mine[np.isclose(mine["lr"], cell.lr) & np.isclose(mine["lr_v"], cell.lr_v)]
+
+    @property
+    def sparse(self) -> bool:
+        """Its runs fill under half of its (eta_QK, eta_V) cells: too sparse to read as a heatmap."""
+        return len(self.cells) < 0.5 * self.cells["lr"].nunique() * self.cells["lr_v"].nunique()
 
     @property
     def gap(self) -> Optional[float]:
@@ -215,9 +222,16 @@ def default_floor(h: Heatmap) -> float:
     return max(float(values.min()), h.best.value - DEFAULT_DROP)
 
 
+# the light two thirds of Blues: black and red text stay readable on every cell
+CMAP = ListedColormap(matplotlib.colormaps["Blues"](np.linspace(0.0, 0.65, 256))).with_extremes(bad="#eeeeee")
+
+
 def draw(h: Heatmap, floor: Optional[float] = None) -> Figure:
-    """The figure (matplotlib, Agg): eta_QK up, eta_V right, values written, best and diagonal in red."""
+    """The figure (matplotlib, Agg): eta_QK up, eta_V right, values written, best and diagonal in red;
+    a sparse grid as a scatter (`draw_scatter`)."""
     floor = default_floor(h) if floor is None else floor
+    if h.sparse:
+        return draw_scatter(h, floor)
     grid = h.mean
     stats = h.cells.set_index(["lr", "lr_v"])
     rows, cols = list(grid.index), list(grid.columns)
@@ -225,14 +239,9 @@ def draw(h: Heatmap, floor: Optional[float] = None) -> Figure:
     fig = Figure(figsize=(max(7.0, 1.6 + 0.95 * len(cols)), max(4.0, 1.5 + 0.6 * len(rows))), dpi=100)
     ax = fig.add_axes((0.16, 0.2, 0.68, 0.68))
     cax = fig.add_axes((0.86, 0.2, 0.025, 0.68))
-    top = max(h.best.value, floor + 1e-6)
-    norm = Normalize(vmin=floor, vmax=top)
+    norm = Normalize(vmin=floor, vmax=max(h.best.value, floor + 1e-6))
     values = np.ma.masked_invalid(np.clip(grid.to_numpy(dtype=float), floor, None))
-    # the light two thirds of Blues: black and red text stay readable on every cell
-    cmap = ListedColormap(matplotlib.colormaps["Blues"](np.linspace(0.0, 0.65, 256))).with_extremes(
-        bad="#eeeeee"
-    )
-    image = ax.imshow(values, cmap=cmap, norm=norm, origin="lower", aspect="auto")
+    image = ax.imshow(values, cmap=CMAP, norm=norm, origin="lower", aspect="auto")
     fig.colorbar(image, cax=cax).set_label(f"{h.metric} (clipped at {floor:.3f})", fontsize=8)
     for i, lr in enumerate(rows):
         for j, lr_v in enumerate(cols):
@@ -273,6 +282,39 @@ def draw(h: Heatmap, floor: Optional[float] = None) -> Figure:
                 )
     ax.set_xticks(range(len(cols)), [labels.num(v) for v in cols], fontsize=8)
     ax.set_yticks(range(len(rows)), [labels.num(v) for v in rows], fontsize=8)
+    ax.set_xlabel("η_V (learning rate of W_v)")
+    ax.set_ylabel("η_QK (learning rate of W_q, W_k)")
+    ax.set_title(h.title, fontsize=10)
+    fig.text(0.5, 0.03, h.caption, ha="center", fontsize=8)
+    return fig
+
+
+def draw_scatter(h: Heatmap, floor: float) -> Figure:
+    """A sparse grid: one point per (eta_QK, eta_V) on log axes, coloured and labelled like a cell
+    (grey: no scored seed), the lambda = 1 line dashed red, the best point ringed in red."""
+    fig = Figure(figsize=(7.0, 5.0), dpi=100)
+    ax = fig.add_axes((0.14, 0.17, 0.7, 0.73))
+    cax = fig.add_axes((0.86, 0.17, 0.025, 0.73))
+    norm = Normalize(vmin=floor, vmax=max(h.best.value, floor + 1e-6))
+    cells = h.cells
+    scored = cells[cells["n"] > 0]
+    values = np.clip(scored["mean"].to_numpy(dtype=float), floor, None)
+    points = ax.scatter(scored["lr_v"], scored["lr"], c=values, cmap=CMAP, norm=norm, s=60, edgecolors="gray")
+    unscored = cells[cells["n"] == 0]
+    ax.scatter(unscored["lr_v"], unscored["lr"], color=CMAP.get_bad(), s=60, edgecolors="gray")
+    fig.colorbar(points, cax=cax).set_label(f"{h.metric} (clipped at {floor:.3f})", fontsize=8)
+    for c in cells.itertuples():
+        text = "-" if c.n == 0 else f"{c.mean:.3f}" + ("†" if c.diverged else "")
+        ax.annotate(text, (c.lr_v, c.lr), xytext=(5, 4), textcoords="offset points", fontsize=7)
+    ax.scatter([h.best.lr_v], [h.best.lr], s=160, facecolors="none", edgecolors=HIGHLIGHT, linewidths=2)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    low = min(cells["lr"].min(), cells["lr_v"].min()) / 1.5
+    high = max(cells["lr"].max(), cells["lr_v"].max()) * 1.5
+    ax.plot([low, high], [low, high], color=HIGHLIGHT, linestyle="--", linewidth=1, label="λ = 1")
+    ax.set_xlim(cells["lr_v"].min() / 1.5, cells["lr_v"].max() * 1.5)
+    ax.set_ylim(cells["lr"].min() / 1.5, cells["lr"].max() * 1.5)
+    ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("η_V (learning rate of W_v)")
     ax.set_ylabel("η_QK (learning rate of W_q, W_k)")
     ax.set_title(h.title, fontsize=10)
