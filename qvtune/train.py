@@ -49,12 +49,14 @@ class TrainState:
 
 
 def plan_steps(n_train: int, cfg: RunConfig) -> tuple[int, int]:
-    """(optimizer steps in the run, micro-batches per epoch)."""
-    per_epoch = math.ceil(n_train / cfg.batch_size)
+    """(optimizer steps in the run, optimizer steps per epoch). An epoch's micro-batches are taken
+    `grad_accum` at a time and its last step takes what is left, as HF Trainer's loop does: no step
+    mixes two epochs' batches, and `epochs` trains on every batch of each epoch."""
+    per_epoch = math.ceil(math.ceil(n_train / cfg.batch_size) / cfg.grad_accum)
     if cfg.max_steps is not None:
         return int(cfg.max_steps), per_epoch
-    # rounded first: 1.1 epochs x 100 batches is 110.00000000000001 in floating point, not 111 steps
-    return math.ceil(round(cfg.epochs * per_epoch / cfg.grad_accum, 9)), per_epoch
+    # rounded first: 1.1 epochs x 100 steps is 110.00000000000001 in floating point, not 111 steps
+    return math.ceil(round(cfg.epochs * per_epoch, 9)), per_epoch
 
 
 # The autocast dtype of each precision used (qvtune.identity.resolve_precision); trainable tensors stay fp32.
@@ -214,14 +216,14 @@ def train(
             active = [learner for learner in learners if learner.running]
             tic = time.perf_counter()
             losses = [0.0] * len(active)
-            for micro in range(cfg.grad_accum):
-                epoch, index_in_epoch = divmod(step * cfg.grad_accum + micro, per_epoch)
-                if epoch_batches[0] != epoch:
-                    batches = train_batches(
-                        train_data.lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length
-                    )
-                    epoch_batches = (epoch, batches)
-                index = epoch_batches[1][index_in_epoch]
+            epoch, step_in_epoch = divmod(step, per_epoch)
+            if epoch_batches[0] != epoch:
+                batches = train_batches(
+                    train_data.lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length
+                )
+                epoch_batches = (epoch, batches)
+            group = epoch_batches[1][step_in_epoch * cfg.grad_accum : (step_in_epoch + 1) * cfg.grad_accum]
+            for index in group:
                 micro_losses, tokens = backward(
                     model,
                     [learner.index for learner in active],
@@ -231,7 +233,7 @@ def train(
                     pad,
                     cfg.max_batch_tokens,
                     device,
-                    cfg.grad_accum,
+                    len(group),
                     amp,
                     [learner.scaler for learner in active],
                 )
@@ -248,13 +250,12 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{losses[0]:.4f}", refresh=False)
 
-            epoch_now = step * cfg.grad_accum // per_epoch
-            epoch_done = epoch_now > (step - 1) * cfg.grad_accum // per_epoch
+            epoch_done = step % per_epoch == 0
             periodic = cfg.eval_every and step % cfg.eval_every == 0
             due = epoch_done or periodic or step in (stop, total_steps)
             ended = [learner for learner in active if not learner.running]  # diverged: evaluated now
             if due or ended:
-                evaluate_at(active if due else ended, step * cfg.grad_accum / per_epoch)
+                evaluate_at(active if due else ended, step / per_epoch)
             for learner in ended:
                 learner.member.ended(learner.state)
             if time.monotonic() - last_save > cfg.checkpoint_minutes * 60:
@@ -326,17 +327,17 @@ def backward(
     pad_to: Optional[int],
     max_tokens: Optional[int],
     device: torch.device,
-    grad_accum: int = 1,
+    batches_in_step: int = 1,
     amp: Optional[torch.dtype] = None,
     scalers: Optional[list[Any]] = None,
 ) -> tuple[list[float], int]:
-    """Accumulate each member's gradient of its batch's mean loss / grad_accum (scaled by its fp16
-    loss scaler), in micro-batches of at most `max_tokens` padded tokens (a pack's hold one copy per
-    member); returns (those losses, real tokens in the batch)."""
+    """Accumulate each member's gradient of its batch's mean loss / the batches accumulated into this
+    optimizer step (scaled by its fp16 loss scaler), in micro-batches of at most `max_tokens` padded
+    tokens (a pack's hold one copy per member); returns (those losses, real tokens in the batch)."""
     loss_sum, tokens = [0.0] * len(members), 0
     for piece in micro_batches(data.lengths, index, max_tokens, pad_to):
         losses, _, real = forward(model, members, data, piece, pad_id, pad_to, device, amp)
-        losses = losses * (len(piece) / len(index) / grad_accum)
+        losses = losses * (len(piece) / len(index) / batches_in_step)
         scaled = losses if scalers is None else torch.stack([s.scale(x) for s, x in zip(scalers, losses)])
         # each member's tensors reach only its own loss: the sum's gradient is every member's own
         scaled.sum().backward()

@@ -155,3 +155,42 @@ def test_dynamic_padding_trains_exactly_as_padding_to_max_len_without_dropout(tm
         assert a == pytest.approx(b, rel=1e-5), step
     assert dynamic.history[-1]["metrics"] == pytest.approx(padded.history[-1]["metrics"], rel=1e-5)
     assert dynamic.tokens == padded.tokens  # real tokens: the pads are not counted in either
+
+
+def test_accumulated_steps_never_mix_two_epochs_batches(tmp_path):
+    """80 examples in batches of 16 are 5 a epoch: grad_accum=3 takes 3, then the last 2, so each step
+    is one batch of 48 then one of 32 of the same shuffle, and the run trains as batch_size=48 does
+    (dropout off, no length grouping): the same loss at every step, the same samples, the same metric."""
+    from qvtune.config import learning_rates
+    from qvtune.methods import apply_method, param_groups
+    from qvtune.models import load_model
+    from tests.helpers import make_config, train_on_synthetic
+
+    def run(batch_size: int, grad_accum: int):
+        cfg = make_config(
+            "model=tiny-bert",
+            "targets=qv",
+            "lr=3e-3",
+            "dropout=0",
+            "attention_dropout=0",
+            "group_by_length=false",
+            "epochs=2",
+            f"batch_size={batch_size}",
+            f"grad_accum={grad_accum}",
+            "task.synthetic.train_size=80",
+            "task.synthetic.eval_size=32",
+        )
+        net = load_model(cfg.model, 2, seed=0, attention_dropout=0.0)
+        for module in net.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        net = apply_method(net, cfg)
+        groups = param_groups(net, learning_rates(cfg))
+        return train_on_synthetic(net, groups, cfg, "fp32", tmp_path / f"{batch_size}-{grad_accum}.pt")
+
+    accumulated, whole = run(16, 3), run(48, 1)
+    assert accumulated.step == whole.step == 4 and accumulated.samples == whole.samples == 160
+    for (step, a), (_, b) in zip(accumulated.train_loss, whole.train_loss, strict=True):
+        assert a == pytest.approx(b, rel=1e-5), step
+    assert [h["epoch"] for h in accumulated.history] == [1.0, 2.0]
+    assert accumulated.history[-1]["metrics"] == pytest.approx(whole.history[-1]["metrics"], rel=1e-5)

@@ -155,7 +155,7 @@ def test_noisy_but_bounded_loss_never_diverges() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# plan_steps(n_train, cfg) -> (optimizer steps, micro-batches per epoch)
+# plan_steps(n_train, cfg) -> (optimizer steps, optimizer steps per epoch)
 
 
 def plan(
@@ -172,18 +172,20 @@ def test_one_epoch_with_a_short_last_batch() -> None:
 
 
 @pytest.mark.parametrize(
-    ("grad_accum", "expected"),
+    ("grad_accum", "per_epoch"),
     [
-        (2, 48),  # 3 epochs x 32 batches = 96 micro-batches; 96 / 2
-        (4, 24),  # 96 / 4
-        (5, 20),  # ceil(96 / 5) = ceil(19.2)
-        (7, 14),  # ceil(96 / 7) = ceil(13.71)
-        (96, 1),
-        (100, 1),  # ceil(0.96)
+        (2, 16),  # 32 batches an epoch, 2 a step
+        (4, 8),
+        (5, 7),  # 6 steps of 5 batches, a 7th of the last 2: no step reaches into the next epoch
+        (7, 5),  # 4 x 7 + 4
+        (32, 1),
+        (100, 1),  # one step of the epoch's 32 batches
     ],
 )
-def test_grad_accum_divides_micro_batches_rounding_up(grad_accum: int, expected: int) -> None:
-    assert plan(1000, 32, 3, grad_accum) == (expected, 32)
+def test_grad_accum_groups_each_epochs_batches_the_last_step_taking_what_is_left(
+    grad_accum: int, per_epoch: int
+) -> None:
+    assert plan(1000, 32, 3, grad_accum) == (3 * per_epoch, per_epoch)
 
 
 @pytest.mark.parametrize(
@@ -191,13 +193,13 @@ def test_grad_accum_divides_micro_batches_rounding_up(grad_accum: int, expected:
     [
         (0.5, 1, 16),  # 0.5 x 32
         (1.3, 1, 42),  # ceil(41.6)
-        (2.5, 3, 27),  # ceil(80 / 3) = ceil(26.67)
+        (2.5, 3, 28),  # ceil(32 / 3) = 11 steps an epoch; ceil(2.5 x 11) = ceil(27.5)
         (0.01, 1, 1),  # ceil(0.32): a sliver of an epoch still trains one step
         (0, 1, 0),
     ],
 )
 def test_fractional_epochs(epochs: float, grad_accum: int, expected: int) -> None:
-    assert plan(1000, 32, epochs, grad_accum) == (expected, 32)
+    assert plan(1000, 32, epochs, grad_accum)[0] == expected
 
 
 def test_fractional_epochs_that_come_to_whole_steps_are_not_rounded_up() -> None:
@@ -206,16 +208,19 @@ def test_fractional_epochs_that_come_to_whole_steps_are_not_rounded_up() -> None
 
 
 @pytest.mark.parametrize(
-    ("max_steps", "epochs", "grad_accum"), [(7, 3, 1), (7, 0.1, 4), (500, 1, 1), (0, 3, 2)]
+    ("max_steps", "epochs", "grad_accum", "per_epoch"),
+    [(7, 3, 1, 32), (7, 0.1, 4, 8), (500, 1, 1, 32), (0, 3, 2, 16)],
 )
-def test_max_steps_overrides_epochs_and_grad_accum(max_steps: int, epochs: float, grad_accum: int) -> None:
-    assert plan(1000, 32, epochs, grad_accum, max_steps) == (max_steps, 32)
+def test_max_steps_overrides_epochs_and_grad_accum(
+    max_steps: int, epochs: float, grad_accum: int, per_epoch: int
+) -> None:
+    assert plan(1000, 32, epochs, grad_accum, max_steps) == (max_steps, per_epoch)
 
 
 def test_composed_config() -> None:
-    # 320 examples / 16 = 20 batches per epoch; 2 epochs = 40 micro-batches; ceil(40 / 3) = 14 steps
+    # 320 examples / 16 = 20 batches per epoch; 3 at a time: 7 steps an epoch (the last of 2); 2 epochs
     cfg = make_config("model=tiny-bert", "task=synthetic", "batch_size=16", "grad_accum=3", "epochs=2")
-    assert plan_steps(320, cfg) == (14, 20)
+    assert plan_steps(320, cfg) == (14, 7)
     cfg = make_config("model=tiny-bert", "task=synthetic", "batch_size=16", "epochs=2", "max_steps=5")
     assert plan_steps(320, cfg) == (5, 20)
     # the CLI's own default (batch 32, 3 epochs, no accumulation) on 320 examples: 3 x 10 steps
