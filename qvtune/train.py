@@ -50,8 +50,9 @@ class TrainState:
 
 def plan_steps(n_train: int, cfg: RunConfig) -> tuple[int, int]:
     """(optimizer steps in the run, optimizer steps per epoch). An epoch's micro-batches are taken
-    `grad_accum` at a time and its last step takes what is left, as HF Trainer's loop does: no step
-    mixes two epochs' batches, and `epochs` trains on every batch of each epoch."""
+    `grad_accum` at a time and its last step takes what is left, its loss averaged over those, as HF
+    Trainer's loop does (the paper's 4.50.3 divided by `grad_accum`: README, The paper's recipe): no
+    step mixes two epochs' batches, and `epochs` trains on every batch of each epoch."""
     per_epoch = math.ceil(math.ceil(n_train / cfg.batch_size) / cfg.grad_accum)
     if cfg.max_steps is not None:
         return int(cfg.max_steps), per_epoch
