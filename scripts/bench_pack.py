@@ -10,7 +10,8 @@ grid's aggregate training samples/s, real-token FLOP utilisation (scripts/bench.
 real token over the matmul peak measured here), peak memory, and every run's dev metric in every
 mode side by side: a packed run draws its lone run's dropout masks, so they agree to rounding
 (docs/packing.md). Last, it times one lone run's training step per sample at K times its batch:
-the most a pack's taller batch can give per sample here, the figure that bounds the speed-up.
+about the most a pack's taller batch can give per sample here, a rough bound on the speed-up
+(fixed-length random tokens, where real batches are padded each to its own longest input).
 This machine's speed drifts between minutes, so the modes run `--repeats` times, interleaved
 (K = 1, 3, 9, then 9, 3, 1, ...), and each figure is the median over repeats, the wall times of
 every repeat beside it.
@@ -83,8 +84,8 @@ def sweep(args: list[str], results: Path) -> tuple[list[dict[str, Any]], float]:
 def batch_scaling(overrides: list[str], length: int, packs: list[int], device: str) -> dict[int, float]:
     """Milliseconds per sample of one lone run's training step (forward, backward, AdamW; the
     model's dropout on) at batch K x batch_size of random `length`-token sequences, median of 5:
-    a pack's base runs at K times a lone run's batch, so this is the most its taller batch can
-    give per sample on this machine, before the shared setup and dropout draws."""
+    a pack's base runs at K times a lone run's batch, so this is about the most its taller batch
+    can give per sample on this machine, before the shared setup and dropout draws."""
     import time
 
     import torch
