@@ -112,26 +112,35 @@ def test_tokenizer_fingerprint_is_stable_across_processes():
     assert len(prints) == 1
 
 
+def train_without_dropout(checkpoint, *overrides: str):
+    """A LoRA qv run of the synthetic task, trained in this process with every dropout off (the
+    model's hidden-state dropout too), so that two settings can be compared step by step."""
+    from qvtune.config import learning_rates
+    from qvtune.methods import apply_method, param_groups
+    from qvtune.models import load_model
+    from tests.helpers import make_config, train_on_synthetic
+
+    cfg = make_config("method=lora", "targets=qv", "lr=3e-3", "dropout=0", "attention_dropout=0", *overrides)
+    net = load_model(cfg.model, 2, seed=0, attention_dropout=0.0)
+    for module in net.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    net = apply_method(net, cfg)
+    return train_on_synthetic(net, param_groups(net, learning_rates(cfg)), cfg, "fp32", checkpoint)
+
+
 @pytest.mark.parametrize("model", ["tiny-bert", "tiny-llama"])
 def test_dynamic_padding_trains_exactly_as_padding_to_max_len_without_dropout(tmp_path, model):
     """With every dropout off, padding to 128 and padding to the batch's longest input give the same
     loss at every step and the same dev metric: pad positions are masked out of attention, so
     `padding` only changes speed. With dropout on, the two draw different dropout masks (their
     shapes differ): the same experiment, other random draws (README, The paper's recipe)."""
-    from qvtune.config import learning_rates
-    from qvtune.methods import apply_method, param_groups
-    from qvtune.models import load_model
-    from tests.helpers import make_config, train_on_synthetic
 
     def run(padding: str):
-        cfg = make_config(
+        return train_without_dropout(
+            tmp_path / f"{padding}.pt",
             f"model={model}",
-            "method=lora",
-            "targets=qv",
-            "lr=3e-3",
             "lam=4",
-            "dropout=0",
-            "attention_dropout=0",
             f"padding={padding}",
             "group_by_length=false",
             "max_len=32",
@@ -139,14 +148,6 @@ def test_dynamic_padding_trains_exactly_as_padding_to_max_len_without_dropout(tm
             "batch_size=16",
             "task.synthetic.train_size=96",
             "task.synthetic.eval_size=32",
-        )
-        net = load_model(cfg.model, 2, seed=0, attention_dropout=0.0)
-        for module in net.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0  # the hidden-state dropout too
-        net = apply_method(net, cfg)
-        return train_on_synthetic(
-            net, param_groups(net, learning_rates(cfg)), cfg, "fp32", tmp_path / f"{padding}.pt"
         )
 
     dynamic, padded = run("dynamic"), run("max")
@@ -158,21 +159,14 @@ def test_dynamic_padding_trains_exactly_as_padding_to_max_len_without_dropout(tm
 
 
 def test_accumulated_steps_never_mix_two_epochs_batches(tmp_path):
-    """80 examples in batches of 16 are 5 a epoch: grad_accum=3 takes 3, then the last 2, so each step
-    is one batch of 48 then one of 32 of the same shuffle, and the run trains as batch_size=48 does
-    (dropout off, no length grouping): the same loss at every step, the same samples, the same metric."""
-    from qvtune.config import learning_rates
-    from qvtune.methods import apply_method, param_groups
-    from qvtune.models import load_model
-    from tests.helpers import make_config, train_on_synthetic
+    """80 examples in batches of 16 are 5 an epoch: grad_accum=3 takes 3, then the last 2, so each
+    step is one batch of 48 then one of 32 of the same shuffle, and the run trains as batch_size=48
+    does (dropout off, no length grouping): the same loss at every step, samples and metric."""
 
     def run(batch_size: int, grad_accum: int):
-        cfg = make_config(
+        return train_without_dropout(
+            tmp_path / f"{batch_size}-{grad_accum}.pt",
             "model=tiny-bert",
-            "targets=qv",
-            "lr=3e-3",
-            "dropout=0",
-            "attention_dropout=0",
             "group_by_length=false",
             "epochs=2",
             f"batch_size={batch_size}",
@@ -180,13 +174,6 @@ def test_accumulated_steps_never_mix_two_epochs_batches(tmp_path):
             "task.synthetic.train_size=80",
             "task.synthetic.eval_size=32",
         )
-        net = load_model(cfg.model, 2, seed=0, attention_dropout=0.0)
-        for module in net.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
-        net = apply_method(net, cfg)
-        groups = param_groups(net, learning_rates(cfg))
-        return train_on_synthetic(net, groups, cfg, "fp32", tmp_path / f"{batch_size}-{grad_accum}.pt")
 
     accumulated, whole = run(16, 3), run(48, 1)
     assert accumulated.step == whole.step == 4 and accumulated.samples == whole.samples == 160
