@@ -1,7 +1,7 @@
 """`python -m qvtune.rekey RESULTS_DIR`: move a results store written by an earlier qvtune to today's
 run keys, so that re-launched sweeps find its finished runs instead of running them again.
 
-A run key is a hash of the settings that decide a result (qvtune.identity); when that set changes
+A run key is a hash of the settings that decide a result (qvtune.store.identity); when that set changes
 (the precision became the one used, eval_every and eval_at_start joined it, task.train_size left
 it), every folder of an older store is under a key nobody asks for. This recomputes each record's
 key from its own config (fields it predates take the schema's defaults, which is what that version
@@ -20,9 +20,11 @@ from typing import Optional, cast
 
 from omegaconf import OmegaConf
 
-from qvtune.config import RunConfig
-from qvtune.identity import resolve_precision, run_key
-from qvtune.record import RESULT_FILE, RunRecord, result_files
+from qvtune.config.schema import RunConfig
+from qvtune.store.identity import run_key
+from qvtune.store.record import RESULT_FILE, RunRecord
+from qvtune.store.store import result_files
+from qvtune.train.runtime import resolve_precision
 
 
 def precision_used(record: RunRecord, cfg: RunConfig) -> Optional[str]:

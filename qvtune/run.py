@@ -30,21 +30,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from qvtune.config import (
-    RunConfig,
-    config_dir,
-    has_rank,
-    learning_rates,
-    member_configs,
-    parse_targets,
-    register_configs,
-    validate,
-)
-from qvtune.identity import run_key
-from qvtune.record import CHECKPOINT_FILE, RESULT_FILE, ResultsStore, RunRecord, State, Status
+from qvtune.config.rates import learning_rates
+from qvtune.config.schema import RunConfig, config_dir, has_rank, parse_targets, register_configs
+from qvtune.config.validate import member_configs, validate
+from qvtune.status import State, Status
+from qvtune.store.identity import run_key
+from qvtune.store.record import CHECKPOINT_FILE, RESULT_FILE, RunRecord
+from qvtune.store.store import ResultsStore
 
 if TYPE_CHECKING:
-    from qvtune.runtime import Runtime
+    from qvtune.train.runtime import Runtime
 
 log = logging.getLogger("qvtune")
 register_configs()
@@ -60,7 +55,7 @@ def main(composed: DictConfig) -> Optional[Union[RunRecord, dict[str, Any]]]:
         sys.exit(2)
     if cfg.dry_run:
         return dry_run(cfg)
-    from qvtune.runtime import detect
+    from qvtune.train.runtime import detect
 
     runtime = detect(cfg)
     store = ResultsStore(Path(cfg.results_dir).expanduser().absolute())
@@ -102,8 +97,8 @@ class Planned:
 
 def dry_run(cfg: RunConfig) -> dict[str, Any]:
     """The parameter groups and exact counts of this config, from the model's structure alone."""
-    from qvtune.methods import apply_method, format_group_table, group_table, param_groups
-    from qvtune.models import build_on_meta
+    from qvtune.model.load import build_on_meta
+    from qvtune.model.methods import apply_method, format_group_table, group_table, param_groups
 
     model = apply_method(build_on_meta(cfg.model, cfg.task.num_labels), cfg)
     groups = param_groups(model, learning_rates(cfg), cfg.optim.grouping)
@@ -133,7 +128,7 @@ def execute(runs: list[Planned], store: ResultsStore, runtime: Runtime) -> list[
             log.info(f"training {len(runs)} runs as one pack: {' '.join(r.key for r in runs)}")
         exit_on_sigterm()
         try:
-            from qvtune.tracking import Tracker
+            from qvtune.track.tracker import Tracker
 
             for r in runs:
                 trackers.append(Tracker(r.cfg, r.key, learning_rates(r.cfg), store.run_dir(r.key)))
@@ -172,7 +167,7 @@ def by_checkpoint_step(runs: list[Planned], store: ResultsStore) -> list[list[Pl
     pack re-formed around members that were interrupted at different steps."""
     if len(runs) == 1:
         return [runs]
-    from qvtune.train import checkpoint_step
+    from qvtune.train.loop import checkpoint_step
 
     groups: dict[int, list[Planned]] = {}
     for r in runs:
@@ -211,12 +206,14 @@ def fine_tune(
 ) -> None:
     """Model -> method and groups -> data -> training loop; fills in and writes each record as its
     run ends. One config is a lone run through PEFT; several are a pack on one frozen base
-    (qvtune.pack), whose member that diverges has its record written then, not at the pack's end."""
+    (qvtune.model.pack), whose member that diverges has its record written then, not at the pack's end."""
     wall = time.perf_counter()  # imports included: the first run of a process pays for them
     import torch
 
-    from qvtune.data import encode_task
-    from qvtune.methods import (
+    from qvtune.data.encode import encode_task
+    from qvtune.data.tasks import load_task
+    from qvtune.model.load import build_on_meta, load_model, load_tokenizer
+    from qvtune.model.methods import (
         UpdateNorms,
         apply_method,
         format_group_table,
@@ -224,11 +221,9 @@ def fine_tune(
         group_table,
         param_groups,
     )
-    from qvtune.models import build_on_meta, load_model, load_tokenizer
-    from qvtune.pack import build_pack
-    from qvtune.runtime import peak_memory_mb, set_threads
-    from qvtune.tasks import load_task
-    from qvtune.train import Member, TrainState, train
+    from qvtune.model.pack import build_pack
+    from qvtune.train.loop import Member, TrainState, train
+    from qvtune.train.runtime import peak_memory_mb, set_threads
 
     cfg = configs[0]  # the members of a pack share everything but PACK_KEYS
     threads = set_threads(cfg)

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from qvtune.record import RESULT_FILE, RunRecord
+from qvtune.store.record import RESULT_FILE, RunRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = {"sst2": "SST-2", "rte": "RTE", "mrpc": "MRPC"}
@@ -337,7 +337,8 @@ def main() -> None:
 
     from omegaconf import OmegaConf
 
-    from qvtune.config import available_cpus, config_dir
+    from qvtune.config.schema import config_dir
+    from qvtune.train.runtime import available_cpus
 
     arch = OmegaConf.to_container(OmegaConf.load(config_dir() / "model" / "minilm.yaml").arch)
     threads = available_cpus()

@@ -3,7 +3,7 @@
     python scripts/bench_collect.py [--records 10000] [--repeat 1] [--keep DIR]
                                     [--json bench-out/collect.json]
 
-Writes the records (qvtune.sample_records, as a run writes them: result.json, ~2 kB, and curves.json
+Writes the records (tests/helpers/sample_records.py, as a run writes them: result.json, ~2 kB, and curves.json
 with 200 loss points, ~13 kB) into a temporary folder, then times the command in a fresh process, so
 imports count, W&B off. The goal: under 10 seconds for 10,000 records. Prints what it measured and
 writes it as JSON.
@@ -23,8 +23,10 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from qvtune.record import CURVES_FILE, RESULT_FILE, RunRecord
-from qvtune.sample_records import bench_records, write_record
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the sample records are the tests' helpers
+
+from qvtune.store.record import CURVES_FILE, RESULT_FILE, RunRecord  # noqa: E402
+from tests.helpers.sample_records import bench_records, write_record  # noqa: E402
 
 GOAL_S = 10.0
 

@@ -33,7 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import flops_per_token, matmul_peak, timed  # noqa: E402
 
-from qvtune.record import RESULT_FILE, RunRecord  # noqa: E402
+from qvtune.store.record import RESULT_FILE, RunRecord  # noqa: E402
 
 CPU_GRID = ("2.5e-4,5e-4,1e-3", "5e-4,1e-3,2e-3")  # the demo's 3 x 3 (eta_QK, eta_V) grid
 GPU_GRID = ("1e-4,2e-4,4e-4,8e-4", "2e-4,4e-4,8e-4,1.6e-3")  # 16 runs: up to K = 16
@@ -91,10 +91,11 @@ def batch_scaling(overrides: list[str], length: int, packs: list[int], device: s
     import torch
     from hydra import compose, initialize_config_dir
 
-    from qvtune.config import config_dir, learning_rates, register_configs
-    from qvtune.methods import apply_method, param_groups
-    from qvtune.models import load_model
-    from qvtune.runtime import set_threads
+    from qvtune.config.rates import learning_rates
+    from qvtune.config.schema import config_dir, register_configs
+    from qvtune.model.load import load_model
+    from qvtune.model.methods import apply_method, param_groups
+    from qvtune.train.runtime import set_threads
 
     register_configs()
     with initialize_config_dir(str(config_dir()), version_base="1.3"):

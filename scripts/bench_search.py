@@ -38,7 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from qvtune.record import RESULT_FILE, RunRecord, Status
+from qvtune.status import Status
+from qvtune.store.record import RESULT_FILE, RunRecord
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
 Cell = tuple[float, float]

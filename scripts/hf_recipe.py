@@ -29,9 +29,10 @@ START = time.perf_counter()
 import numpy as np  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from qvtune.config import available_cpus, config_dir, register_configs  # noqa: E402
-from qvtune.models import resolve_source  # noqa: E402
-from qvtune.tasks import compute_metrics, load_task  # noqa: E402
+from qvtune.config.schema import config_dir, register_configs  # noqa: E402
+from qvtune.data.tasks import compute_metrics, load_task  # noqa: E402
+from qvtune.model.load import resolve_source  # noqa: E402
+from qvtune.train.runtime import available_cpus  # noqa: E402
 
 BATCHINGS = ("padded", "dynamic", "grouped")
 

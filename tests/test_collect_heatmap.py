@@ -11,7 +11,7 @@ from matplotlib.image import imread
 
 from qvtune.collect import curves, figures, heatmap
 from qvtune.collect.records import load
-from qvtune.sample_records import make_record, write_record
+from tests.helpers.sample_records import make_record, write_record
 
 QK = (1e-4, 2e-4, 4e-4)
 V = (1e-4, 4e-4, 8e-4)

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from qvtune.collect.records import load, parse_filters
-from qvtune.record import CURVES_FILE, RESULT_FILE, result_files
-from qvtune.sample_records import make_record, write_record
+from qvtune.store.record import CURVES_FILE, RESULT_FILE
+from qvtune.store.store import result_files
+from tests.helpers.sample_records import make_record, write_record
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 
 from qvtune.collect import render, tables
 from qvtune.collect.records import load
-from qvtune.sample_records import make_record, write_record
+from tests.helpers.sample_records import make_record, write_record
 
 FIXTURES = Path(__file__).parent / "fixtures" / "collect"
 T1 = dict(model="roberta-base", task="mnli", rank=8, sweep="table1")

@@ -12,7 +12,7 @@ import pytest
 
 from qvtune.collect import heatmap, verdicts
 from qvtune.collect.records import load
-from qvtune.sample_records import HEATMAP_QK, HEATMAP_V, make_record, write_record
+from tests.helpers.sample_records import HEATMAP_QK, HEATMAP_V, make_record, write_record
 
 REPLICATIONS = 200
 SEEDS = 3  # as in the paper

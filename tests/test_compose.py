@@ -17,7 +17,7 @@ from hydra.types import HydraContext, RunMode
 from hydra.version import VersionBase
 from omegaconf import DictConfig, OmegaConf
 
-from qvtune.config import config_dir
+from qvtune.config.schema import config_dir
 from tests.helpers import ROOT
 
 SWEEPS = sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml"))

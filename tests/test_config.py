@@ -4,7 +4,9 @@ import time
 
 import pytest
 
-from qvtune.config import learning_rates, parse_targets, validate
+from qvtune.config.rates import learning_rates
+from qvtune.config.schema import parse_targets
+from qvtune.config.validate import validate
 from tests.helpers import make_config, run_cli
 
 
@@ -113,7 +115,7 @@ def test_validation_imports_no_torch():
     import sys
 
     code = (
-        "import sys; from qvtune.config import validate; from tests.helpers import make_config; "
+        "import sys; from qvtune.config.validate import validate; from tests.helpers import make_config; "
         "validate(make_config('task=rte')); assert 'torch' not in sys.modules, 'torch imported'"
     )
     proc = subprocess.run(

@@ -6,9 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from qvtune.data import collate, encode, encode_cached, micro_batches, tokenizer_fingerprint, train_batches
-from qvtune.tasks import Split
-from qvtune.vocab import builtin_tokenizer
+from qvtune.data.encode import (
+    collate,
+    encode,
+    encode_cached,
+    micro_batches,
+    tokenizer_fingerprint,
+    train_batches,
+)
+from qvtune.data.tasks import Split
+from qvtune.data.vocab import builtin_tokenizer
 
 
 def test_length_grouped_batches_cover_every_example_once_and_group_lengths():
@@ -52,9 +59,9 @@ def test_micro_batches_bound_padded_tokens_and_cover_the_batch():
 
 
 def test_micro_batches_give_the_gradient_of_the_whole_batch():
-    from qvtune.methods import apply_method
-    from qvtune.models import load_model
-    from qvtune.train import backward
+    from qvtune.model.load import load_model
+    from qvtune.model.methods import apply_method
+    from qvtune.train.loop import backward
     from tests.helpers import make_config
 
     cfg = make_config("model=tiny-bert", "targets=qv", "attention_dropout=0")
@@ -85,7 +92,7 @@ def test_cache_is_reused_and_keyed(tmp_path, monkeypatch):
     files = list(tmp_path.iterdir())
     assert len(files) == 1 and not [f for f in files if f.name.startswith(".")]  # no temp file left
     calls = []
-    monkeypatch.setattr("qvtune.data.encode", lambda *a: calls.append(a))
+    monkeypatch.setattr("qvtune.data.encode.encode", lambda *a: calls.append(a))
     reads = []
     again = encode_cached(tok, lambda: reads.append(1) or split, 32, tmp_path, "k1")
     assert calls == [] and reads == []  # a warm cache neither tokenizes nor reads the data
@@ -101,8 +108,8 @@ def test_tokenizer_fingerprint_is_stable_across_processes():
     import sys
 
     code = (
-        "from qvtune.models import load_tokenizer; from tests.helpers import make_config; "
-        "from qvtune.data import tokenizer_fingerprint; "
+        "from qvtune.model.load import load_tokenizer; from tests.helpers import make_config; "
+        "from qvtune.data.encode import tokenizer_fingerprint; "
         "print(tokenizer_fingerprint(load_tokenizer(make_config().model)))"
     )
     prints = {
@@ -115,9 +122,9 @@ def test_tokenizer_fingerprint_is_stable_across_processes():
 def train_without_dropout(checkpoint, *overrides: str):
     """A LoRA qv run of the synthetic task, trained in this process with every dropout off (the
     model's hidden-state dropout too), so that two settings can be compared step by step."""
-    from qvtune.config import learning_rates
-    from qvtune.methods import apply_method, param_groups
-    from qvtune.models import load_model
+    from qvtune.config.rates import learning_rates
+    from qvtune.model.load import load_model
+    from qvtune.model.methods import apply_method, param_groups
     from tests.helpers import make_config, train_on_synthetic
 
     cfg = make_config("method=lora", "targets=qv", "lr=3e-3", "dropout=0", "attention_dropout=0", *overrides)

@@ -4,9 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from qvtune.config import learning_rates, parse_targets
-from qvtune.methods import apply_method, group_table, param_groups
-from qvtune.models import ModelError, attention_modules, build_on_meta, load_model
+from qvtune.config.rates import learning_rates
+from qvtune.config.schema import parse_targets
+from qvtune.model.load import build_on_meta, load_model
+from qvtune.model.methods import apply_method, group_table, param_groups
+from qvtune.model.weights import ModelError, attention_modules
 from tests.helpers import make_config
 
 # Trainable parameter counts of roberta-base with 2 labels (head 592,130 counted once).
@@ -126,7 +128,7 @@ def test_full_finetune_leaves_other_weights_frozen():
 
 
 def test_update_norms_track_lora_product():
-    from qvtune.methods import UpdateNorms
+    from qvtune.model.methods import UpdateNorms
 
     cfg = make_config("model=tiny-bert", "method=lora", "targets=qv", "rank=2")
     net = apply_method(load_model(cfg.model, 2, seed=0), cfg)

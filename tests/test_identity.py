@@ -6,15 +6,9 @@ import typing
 
 import pytest
 
-from qvtune.config import RunConfig
-from qvtune.identity import (
-    IDENTITY,
-    expected_precisions,
-    keyed_fields,
-    resolve_precision,
-    run_identity,
-    run_key,
-)
+from qvtune.config.schema import RunConfig
+from qvtune.store.identity import IDENTITY, keyed_fields, run_identity, run_key
+from qvtune.train.runtime import expected_precisions, resolve_precision
 from tests.helpers import make_config
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from qvtune import optuna_search as tpe
+from qvtune.sweep.search import tpe
 from tests.helpers import OFFLINE_ENV, records, run_cli
 
 # ---------------------------------------------------------------------------------------------

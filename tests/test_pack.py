@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from qvtune.config import learning_rates, member_configs, validate
-from qvtune.methods import UpdateNorms, apply_method, group_params, param_groups
-from qvtune.models import load_model
-from qvtune.pack import build_pack
-from qvtune.record import Status
-from qvtune.train import Member
+from qvtune.config.rates import learning_rates
+from qvtune.config.validate import member_configs, validate
+from qvtune.model.load import load_model
+from qvtune.model.methods import UpdateNorms, apply_method, group_params, param_groups
+from qvtune.model.pack import build_pack
+from qvtune.status import Status
+from qvtune.train.loop import Member
 from tests.helpers import make_config, train_members
 
 NO_DROPOUT = ("attention_dropout=0", "+model.arch.hidden_dropout_prob=0")

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from qvtune.config import learning_rates, wandb_mode
-from qvtune.methods import apply_method, param_groups
-from qvtune.models import build_on_meta, load_model
+from qvtune.config.rates import learning_rates
+from qvtune.config.schema import wandb_mode
+from qvtune.model.load import build_on_meta, load_model
+from qvtune.model.methods import apply_method, param_groups
 from tests.helpers import make_config, train_on_synthetic
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"

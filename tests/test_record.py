@@ -12,22 +12,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from qvtune import plan
 from qvtune.collect import curves
 from qvtune.collect.records import load
-from qvtune.files import atomic_write
-from qvtune.record import (
-    CURVES_FILE,
-    RESULT_FILE,
-    SCHEMA_VERSION,
-    InvalidRecord,
-    ResultsStore,
-    RunRecord,
-    State,
-    Status,
-)
-from qvtune.sample_records import make_record, write_record
+from qvtune.common.files import atomic_write
+from qvtune.status import State, Status
+from qvtune.store.record import CURVES_FILE, RESULT_FILE, SCHEMA_VERSION, InvalidRecord, RunRecord
+from qvtune.store.store import ResultsStore
+from qvtune.sweep.plan import estimate_seconds
 from tests.helpers import ROOT, make_config
+from tests.helpers.sample_records import make_record, write_record
 
 
 def trained_state(**kw: object) -> SimpleNamespace:
@@ -136,7 +129,7 @@ def test_schema_1_records_load_everywhere(tmp_path: Path) -> None:
         "grad_accum=1",
         f"results_dir={results}",
     )
-    assert plan.estimate_seconds(cfg) == pytest.approx(100 * 32 / 100.0 + 20.0)
+    assert estimate_seconds(cfg) == pytest.approx(100 * 32 / 100.0 + 20.0)
 
 
 @pytest.mark.parametrize(
@@ -169,7 +162,7 @@ def test_status_words_read_as_strings() -> None:
 
 HOLD = """
 import sys, time
-from qvtune.record import ResultsStore
+from qvtune.store.store import ResultsStore
 with ResultsStore(sys.argv[1]).claim("k") as mine:
     print("mine" if mine else "taken", flush=True)
     time.sleep(60)
@@ -200,7 +193,7 @@ def test_collector_and_store_work_without_fcntl(tmp_path: Path) -> None:
         "import sys; sys.modules['fcntl'] = None\n"
         "import qvtune.collect\n"
         "from qvtune.collect.records import load\n"
-        "from qvtune.record import ResultsStore\n"
+        "from qvtune.store.store import ResultsStore\n"
         f"root = {str(tmp_path)!r}\n"
         "coll = load(root)\n"
         "store = ResultsStore(root)\n"

@@ -3,8 +3,8 @@
 import json
 import shutil
 
-from qvtune.identity import run_key
 from qvtune.rekey import rekey
+from qvtune.store.identity import run_key
 from tests.helpers import make_config, records, run_cli
 
 ARGS = [

@@ -15,12 +15,16 @@ from typing import Any, Optional
 
 import pytest
 
-from qvtune import search
 from qvtune.collect import heatmap
 from qvtune.collect.records import load
-from qvtune.config import validate
-from qvtune.identity import run_key
-from qvtune.record import RunRecord, RunState, State, Status
+from qvtune.config.validate import validate
+from qvtune.status import State, Status
+from qvtune.store.identity import run_key
+from qvtune.store.record import RunRecord
+from qvtune.store.store import RunState
+from qvtune.sweep.search.cells import cell_of, full_samples, group_of, labels, rung_score, seed_mean
+from qvtune.sweep.search.halving import cost_fraction, promote, ranked, rungs, worst_case
+from qvtune.sweep.search.halving import validate as validate_halving
 from tests.helpers import OFFLINE_ENV, make_config, records, run_cli
 
 # ---------------------------------------------------------------------------------------------
@@ -28,20 +32,20 @@ from tests.helpers import OFFLINE_ENV, make_config, records, run_cli
 
 
 def test_rungs_grow_by_eta_up_to_the_full_budget() -> None:
-    assert search.rungs(3, 1 / 9) == pytest.approx([1 / 9, 1 / 3, 1.0])
-    assert search.rungs(3, 0.111) == pytest.approx([0.111, 0.333, 1.0])  # 0.999 is the full budget
-    assert search.rungs(2, 0.25) == [0.25, 0.5, 1.0]
-    assert search.rungs(3, 1.0) == [1.0]
-    assert search.rungs(4, 0.5) == [0.5, 1.0]
+    assert rungs(3, 1 / 9) == pytest.approx([1 / 9, 1 / 3, 1.0])
+    assert rungs(3, 0.111) == pytest.approx([0.111, 0.333, 1.0])  # 0.999 is the full budget
+    assert rungs(2, 0.25) == [0.25, 0.5, 1.0]
+    assert rungs(3, 1.0) == [1.0]
+    assert rungs(4, 0.5) == [0.5, 1.0]
 
 
 def test_validate_names_each_bad_option() -> None:
-    assert search.validate(3, 0.1) == []
-    assert [e.split("=")[0] for e in search.validate(1, 0)] == [
+    assert validate_halving(3, 0.1) == []
+    assert [e.split("=")[0] for e in validate_halving(1, 0)] == [
         "hydra.sweeper.halving.eta",
         "hydra.sweeper.halving.min_fraction",
     ]
-    assert search.validate(math.nan, 1.5) and search.validate(3, math.inf)
+    assert validate_halving(math.nan, 1.5) and validate_halving(3, math.inf)
 
 
 A, B, C, D = (("lr=1",), ("lr=2",), ("lr=3",), ("lr=4",))
@@ -49,40 +53,40 @@ A, B, C, D = (("lr=1",), ("lr=2",), ("lr=3",), ("lr=4",))
 
 def test_promote_keeps_the_best_ceil_n_over_eta() -> None:
     scores = {A: 0.5, B: 0.9, C: 0.7, D: 0.6}
-    assert search.promote([A, B, C, D], scores, 3) == [B, C]  # ceil(4 / 3) = 2
-    assert search.promote([A, B, C, D], scores, 4) == [B]
-    assert search.promote([A, B, C, D], scores, 1.5) == [B, C, D]
+    assert promote([A, B, C, D], scores, 3) == [B, C]  # ceil(4 / 3) = 2
+    assert promote([A, B, C, D], scores, 4) == [B]
+    assert promote([A, B, C, D], scores, 1.5) == [B, C, D]
 
 
 def test_promote_breaks_ties_by_the_sweep_order_and_skips_cells_without_a_score() -> None:
-    assert search.promote([A, B, C], {A: 0.5, B: 0.8, C: 0.8}, 2) == [B, C]
-    assert search.promote([C, B, A], {A: 0.5, B: 0.8, C: 0.8}, 3) == [C]
+    assert promote([A, B, C], {A: 0.5, B: 0.8, C: 0.8}, 2) == [B, C]
+    assert promote([C, B, A], {A: 0.5, B: 0.8, C: 0.8}, 3) == [C]
     # a diverged cell has no score: it is not promoted even when fewer cells than ceil(n / eta) remain
-    assert search.promote([A, B, C], {A: None, B: None, C: 0.1}, 1.5) == [C]
-    assert search.promote([A, B], {A: None, B: None}, 2) == []
+    assert promote([A, B, C], {A: None, B: None, C: 0.1}, 1.5) == [C]
+    assert promote([A, B], {A: None, B: None}, 2) == []
 
 
 def test_equal_scores_go_to_the_lower_dev_loss_first() -> None:
     # at a small budget every cell may predict the majority class: accuracy ties, the dev loss does not
     scores = {A: 0.68, B: 0.68, C: 0.68, D: 0.5}
     losses = {A: 0.66, B: 0.62, C: None, D: 0.1}
-    assert search.ranked([A, B, C, D], scores, losses) == [B, A, C, D]
-    assert search.promote([A, B, C, D], scores, 2, losses) == [B, A]
-    assert search.promote([A, B, C, D], scores, 4, {A: 0.66, B: 0.66}) == [A]  # then the sweep order
+    assert ranked([A, B, C, D], scores, losses) == [B, A, C, D]
+    assert promote([A, B, C, D], scores, 2, losses) == [B, A]
+    assert promote([A, B, C, D], scores, 4, {A: 0.66, B: 0.66}) == [A]  # then the sweep order
 
 
 def test_seed_mean_needs_every_seed() -> None:
-    assert search.seed_mean([0.5, 0.7]) == pytest.approx(0.6)
-    assert search.seed_mean([0.5, None]) is None and search.seed_mean([]) is None
+    assert seed_mean([0.5, 0.7]) == pytest.approx(0.6)
+    assert seed_mean([0.5, None]) is None and seed_mean([]) is None
 
 
 def test_cells_and_groups_leave_out_seeds_and_learning_rates() -> None:
     job = ["task=rte", "lr=1e-4", "lr_v=4e-4", "seed=2", "+model.arch.x=1"]
-    assert search.cell_of(job) == ("task=rte", "lr=1e-4", "lr_v=4e-4", "+model.arch.x=1")
-    assert search.group_of(search.cell_of(job)) == ("task=rte", "+model.arch.x=1")
+    assert cell_of(job) == ("task=rte", "lr=1e-4", "lr_v=4e-4", "+model.arch.x=1")
+    assert group_of(cell_of(job)) == ("task=rte", "+model.arch.x=1")
     groups = [("task=rte", "a=1"), ("task=mnli", "a=1")]
-    assert search.labels(groups) == {groups[0]: "task=rte", groups[1]: "task=mnli"}
-    assert search.labels([("a=1",)]) == {("a=1",): "all"}
+    assert labels(groups) == {groups[0]: "task=rte", groups[1]: "task=mnli"}
+    assert labels([("a=1",)]) == {("a=1",): "all"}
 
 
 def record(status: Status, steps: int, planned: int, history: list[tuple[int, float]]) -> RunRecord:
@@ -97,12 +101,12 @@ def record(status: Status, steps: int, planned: int, history: list[tuple[int, fl
 
 def test_rung_score_is_the_last_evaluation_at_or_before_the_rung() -> None:
     paused = record(Status.PAUSED, 11, 32, [(11, 0.6)])
-    assert search.rung_score(paused, 1 / 3, "accuracy") == 0.6  # ceil(32 / 3) = 11
-    assert search.rung_score(paused, 1.0, "accuracy") is None  # has not reached it
+    assert rung_score(paused, 1 / 3, "accuracy") == 0.6  # ceil(32 / 3) = 11
+    assert rung_score(paused, 1.0, "accuracy") is None  # has not reached it
     done = record(Status.COMPLETED, 32, 32, [(11, 0.6), (16, 0.7), (32, 0.8)])
-    assert [search.rung_score(done, f, "accuracy") for f in (1 / 3, 0.5, 1.0)] == [0.6, 0.7, 0.8]
-    assert search.rung_score(None, 1 / 3, "accuracy") is None
-    assert search.rung_score(record(Status.FAILED, 0, 32, []), 1 / 3, "accuracy") is None
+    assert [rung_score(done, f, "accuracy") for f in (1 / 3, 0.5, 1.0)] == [0.6, 0.7, 0.8]
+    assert rung_score(None, 1 / 3, "accuracy") is None
+    assert rung_score(record(Status.FAILED, 0, 32, []), 1 / 3, "accuracy") is None
 
 
 def test_a_paused_run_needs_a_launch_only_past_the_step_it_reached() -> None:
@@ -126,18 +130,18 @@ def test_until_is_not_in_the_run_key() -> None:
 
 def test_a_run_diverged_by_the_rung_has_no_score_there() -> None:
     late = record(Status.DIVERGED, 20, 32, [(11, 0.6), (20, 0.5)])
-    assert search.rung_score(late, 1 / 3, "accuracy") == 0.6  # it diverged after the first rung
-    assert search.rung_score(late, 1.0, "accuracy") is None
-    assert search.rung_score(record(Status.DIVERGED, 11, 32, [(11, 0.5)]), 1 / 3, "accuracy") is None
+    assert rung_score(late, 1 / 3, "accuracy") == 0.6  # it diverged after the first rung
+    assert rung_score(late, 1.0, "accuracy") is None
+    assert rung_score(record(Status.DIVERGED, 11, 32, [(11, 0.5)]), 1 / 3, "accuracy") is None
 
 
 def test_worst_case_cost_counts_each_cell_at_its_last_rung() -> None:
-    costs = search.worst_case(16, 3, [1 / 9, 1 / 3, 1.0])
+    costs = worst_case(16, 3, [1 / 9, 1 / 3, 1.0])
     assert [c.cells for c in costs] == [16, 6, 2]
     # 16 x 1/9 + 6 x (1/3 - 1/9) + 2 x (1 - 1/3) = 40/9 cell budgets of 16
-    assert search.cost_fraction(costs, 16) == pytest.approx(40 / 9 / 16)
-    assert search.cost_fraction(search.worst_case(5, 3, [1.0]), 5) == 1.0
-    assert search.full_samples(record(Status.PAUSED, 11, 33, [])) == pytest.approx(16 * 33)
+    assert cost_fraction(costs, 16) == pytest.approx(40 / 9 / 16)
+    assert cost_fraction(worst_case(5, 3, [1.0]), 5) == 1.0
+    assert full_samples(record(Status.PAUSED, 11, 33, [])) == pytest.approx(16 * 33)
 
 
 # ---------------------------------------------------------------------------------------------

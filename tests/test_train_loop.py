@@ -10,7 +10,8 @@ from typing import Optional
 import numpy as np
 import pytest
 
-from qvtune.train import LOSS_WINDOW, TrainState, check_divergence, lr_factor, plan_steps
+from qvtune.config.budget import plan_steps
+from qvtune.train.loop import LOSS_WINDOW, TrainState, check_divergence, lr_factor
 from tests.helpers import make_config
 
 # ---------------------------------------------------------------------------------------------

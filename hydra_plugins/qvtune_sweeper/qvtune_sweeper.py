@@ -39,8 +39,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 if TYPE_CHECKING:
-    from qvtune.config import RunConfig
-    from qvtune.plan import Job
+    from qvtune.config.schema import RunConfig
+    from qvtune.sweep.plan import Job
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +117,8 @@ class QvtuneSweeper(BasicSweeper):
     def inspect(self, jobs: list[list[str]], unique: bool = True) -> "list[Job]":
         """Compose and validate every job's config, drop repeats of a run key (unless not `unique`),
         look keys up in the store."""
-        from qvtune.config import validate
-        from qvtune.plan import Job, lookup
+        from qvtune.config.validate import validate
+        from qvtune.sweep.plan import Job, lookup
 
         assert self.hydra_context is not None and self.config is not None
         gpus = launcher_gives_gpus(self.config.hydra.launcher)
@@ -164,7 +164,8 @@ class QvtuneSweeper(BasicSweeper):
         return cfg
 
     def sweep(self, arguments: list[str]) -> Any:
-        from qvtune.plan import form_packs, launch_summary, print_packs, print_plan, to_launch
+        from qvtune.sweep.packs import form_packs, print_packs
+        from qvtune.sweep.plan import launch_summary, print_plan, to_launch
 
         assert self.config is not None and self.launcher is not None
         check_search(self.search, self.halving, self.optuna)
@@ -189,7 +190,7 @@ class QvtuneSweeper(BasicSweeper):
     def launch_jobs(self, jobs: "list[Job]", index: int, extra: list[str]) -> tuple[list[Any], int]:
         """Launch the jobs (with `extra` overrides) as packs of up to `pack` runs, one launcher job
         each; returns the launcher's returns and the number of launcher jobs."""
-        from qvtune.plan import form_packs, pack_overrides
+        from qvtune.sweep.packs import form_packs, pack_overrides
 
         if not jobs:
             return [], 0
@@ -225,13 +226,14 @@ class QvtuneSweeper(BasicSweeper):
     def halving_search(self, jobs: "list[Job]") -> list[Any]:
         """Successive halving: each rung one batch of every surviving (cell, seed) run with `until`
         set to the rung's fraction; the store says which rungs a re-launch has done already."""
-        from qvtune import search
-        from qvtune.plan import lookup, print_plan
+        from qvtune.sweep.plan import lookup, print_plan
+        from qvtune.sweep.search import cells as search_cells
+        from qvtune.sweep.search import halving as halving_rules
 
         assert self.config is not None
         tic = time.monotonic()
         cells, groups = cells_and_groups(jobs)
-        fractions = search.rungs(self.halving.eta, self.halving.min_fraction)
+        fractions = halving_rules.rungs(self.halving.eta, self.halving.min_fraction)
         if self.config.plan:
             print_plan(jobs)
             print_search_cost(cells, groups, fractions, self.halving.eta)
@@ -239,7 +241,7 @@ class QvtuneSweeper(BasicSweeper):
         gpus = launcher_gives_gpus(self.config.hydra.launcher)
 
         alive = {g: list(cs) for g, cs in groups.items()}
-        rungs: dict[search.Cell, list[dict[str, Any]]] = {g: [] for g in groups}
+        rungs: dict[search_cells.Cell, list[dict[str, Any]]] = {g: [] for g in groups}
         returns, index = [], 0
         for k, fraction in enumerate(fractions):
             last = k == len(fractions) - 1
@@ -257,7 +259,9 @@ class QvtuneSweeper(BasicSweeper):
             for g, survivors in alive.items():
                 scores = {c: seed_mean_at(cells[c], fraction, gpus) for c in survivors}
                 losses = {c: seed_mean_at(cells[c], fraction, gpus, "loss") for c in survivors}
-                promoted = survivors if last else search.promote(survivors, scores, self.halving.eta, losses)
+                promoted = (
+                    survivors if last else halving_rules.promote(survivors, scores, self.halving.eta, losses)
+                )
                 rungs[g].append(
                     {"fraction": fraction, "scores": scores, "losses": losses, "promoted": promoted}
                 )
@@ -271,9 +275,9 @@ class QvtuneSweeper(BasicSweeper):
         """Optuna's TPE per group of cells: each batch of trials (every group's) one launch of their
         (trial, seed) runs; then the best trial of each group on the sweep's other seeds, if trials
         ran fewer. The study's journal and the store say what a re-launch has done already."""
-        from qvtune import optuna_search as tpe
-        from qvtune import search
-        from qvtune.plan import to_launch
+        from qvtune.sweep.plan import to_launch
+        from qvtune.sweep.search import cells as search_cells
+        from qvtune.sweep.search import tpe
 
         assert self.config is not None
         conf = self.optuna
@@ -281,7 +285,7 @@ class QvtuneSweeper(BasicSweeper):
         cells, groups = cells_and_groups(jobs)
         seeds = seeds_of(cells[next(iter(cells))])
         trial_seeds = seeds[: conf.seeds] if conf.seeds else seeds
-        names = search.labels(list(groups))
+        names = search_cells.labels(list(groups))
         spaces = {g: optuna_space(conf, [_rates(cells[c][0]) for c in cs]) for g, cs in groups.items()}
         chosen = ("lr", "lr_v", "lam", "sweep_name")
         base = {g: [o for o in cs[0] if override_key(o) not in chosen] for g, cs in groups.items()}
@@ -355,7 +359,7 @@ class QvtuneSweeper(BasicSweeper):
 
 
 def override_key(override: str) -> str:
-    from qvtune.search import override_key as key
+    from qvtune.sweep.search.cells import override_key as key
 
     return key(override)
 
@@ -369,7 +373,8 @@ def fail(problems: list[str]) -> None:
 
 
 def check_search(name: Optional[str], halving: HalvingConf, optuna: OptunaConf) -> None:
-    from qvtune.search import SEARCHES, validate
+    from qvtune.sweep.search.cells import SEARCHES
+    from qvtune.sweep.search.halving import validate
 
     problems = (
         []
@@ -380,7 +385,7 @@ def check_search(name: Optional[str], halving: HalvingConf, optuna: OptunaConf) 
     )
     problems += validate(halving.eta, halving.min_fraction) if name == "halving" else []
     if name == "optuna":
-        from qvtune.optuna_search import validate as validate_optuna
+        from qvtune.sweep.search.tpe import validate as validate_optuna
 
         problems += validate_optuna(
             optuna.trials, optuna.batch, optuna.seeds, optuna.startup, {"lr": optuna.lr, "lam": optuna.lam}
@@ -392,14 +397,14 @@ def check_search(name: Optional[str], halving: HalvingConf, optuna: OptunaConf) 
 def cells_and_groups(jobs: "list[Job]") -> "tuple[dict[Any, list[Job]], dict[Any, list[Any]]]":
     """A search's cells (a job's overrides but its seed -> the jobs of its seeds) and its groups (the
     overrides that are not learning rates -> the cells that share them)."""
-    from qvtune import search
+    from qvtune.sweep.search import cells as search_cells
 
-    cells: dict[search.Cell, list[Job]] = {}
+    cells: dict[search_cells.Cell, list[Job]] = {}
     for j in jobs:
-        cells.setdefault(search.cell_of(j.overrides), []).append(j)
-    groups: dict[search.Cell, list[search.Cell]] = {}
+        cells.setdefault(search_cells.cell_of(j.overrides), []).append(j)
+    groups: dict[search_cells.Cell, list[search_cells.Cell]] = {}
     for cell in cells:
-        groups.setdefault(search.group_of(cell), []).append(cell)
+        groups.setdefault(search_cells.group_of(cell), []).append(cell)
     return cells, groups
 
 
@@ -408,8 +413,8 @@ def seed_mean_at(
 ) -> Optional[float]:
     """The seed-mean over the runs of a cell (or a trial) of `name` (None: the headline metric) at a
     fraction of the budget, from their records; None while any run has no score there."""
-    from qvtune.plan import lookup
-    from qvtune.search import rung_score, seed_mean
+    from qvtune.sweep.plan import lookup
+    from qvtune.sweep.search.cells import rung_score, seed_mean
 
     return seed_mean(
         [rung_score(lookup(j.config, gpus)[1].record, fraction, name or j.config.task.metric) for j in jobs]
@@ -423,7 +428,7 @@ def seeds_of(jobs: "list[Job]") -> list[str]:
 
 def answer_name(first: "RunConfig", cells: dict[Any, Any], seeds: list[str]) -> str:
     """The search's answer file's name: the sweep's name and a hash of its grid and seeds."""
-    from qvtune.search import grid_name
+    from qvtune.sweep.search.cells import grid_name
 
     grid_id = grid_name(list(cells), sorted(seeds))
     return f"{first.sweep_name}-{grid_id}" if first.sweep_name else grid_id
@@ -461,7 +466,8 @@ def print_optuna_cost(
 ) -> None:
     """The search's worst case (every trial on its seeds at the full budget, and its pick on the
     rest) against the grid's."""
-    from qvtune.plan import estimate_seconds, train_samples
+    from qvtune.config.budget import train_samples
+    from qvtune.sweep.plan import estimate_seconds
 
     spent, grid, seconds, timed = 0.0, 0.0, 0.0, True
     for g, group_cells in groups.items():
@@ -486,7 +492,7 @@ def print_optuna_cost(
 
 
 def _rates(job: "Job") -> dict[str, float]:
-    from qvtune.config import learning_rates
+    from qvtune.config.rates import learning_rates
 
     r = learning_rates(job.config)
     return {"lr": r.qk, "lr_v": r.v, "lam": r.lam}
@@ -496,14 +502,16 @@ def print_search_cost(
     cells: dict[Any, "list[Job]"], groups: dict[Any, list[Any]], fractions: list[float], eta: float
 ) -> None:
     """The search's worst case (every rung's runs at their budgets) against the grid's."""
-    from qvtune import search
-    from qvtune.plan import estimate_seconds, train_samples
+    from qvtune.config.budget import train_samples
+    from qvtune.sweep.plan import estimate_seconds
+    from qvtune.sweep.search import cells as search_cells
+    from qvtune.sweep.search import halving as halving_rules
 
     total: dict[str, float] = {"samples": 0.0, "grid": 0.0, "seconds": 0.0}
     timed = True
-    names = search.labels(list(groups))
+    names = search_cells.labels(list(groups))
     for g, group_cells in groups.items():
-        costs = search.worst_case(len(group_cells), eta, fractions)
+        costs = halving_rules.worst_case(len(group_cells), eta, fractions)
         jobs = cells[group_cells[0]]
         samples = train_samples(jobs[0].config) or 0.0
         before = 0.0
@@ -512,7 +520,7 @@ def print_search_cost(
             timed = timed and est is not None
             total["seconds"] += (est or 0.0) * c.cells * len(jobs)
             before = c.fraction
-        frac = search.cost_fraction(costs, len(group_cells))
+        frac = halving_rules.cost_fraction(costs, len(group_cells))
         total["samples"] += frac * samples * len(group_cells) * len(jobs)
         total["grid"] += samples * len(group_cells) * len(jobs)
         rungs = ", ".join(f"{c.cells} cells x {len(jobs)} seeds to {c.fraction:.3g}" for c in costs)
@@ -536,13 +544,14 @@ def search_answer(
 ) -> dict[str, Any]:
     """The search's result as JSON: per group its pick and every rung's cells and scores, the
     training samples spent against the full grid's, and this launch's wall time."""
-    from qvtune import search
+    from qvtune.sweep.search import cells as search_cells
+    from qvtune.sweep.search import halving as halving_rules
 
     out_groups = []
-    names = search.labels(list(rungs))
+    names = search_cells.labels(list(rungs))
     for g, history in rungs.items():
         final = history[-1]["scores"]
-        best = search.ranked(list(final), final, history[-1]["losses"])
+        best = halving_rules.ranked(list(final), final, history[-1]["losses"])
         pick = None
         if best:
             pick = {"cell": list(best[0]), **_rates(cells[best[0]][0]), "score": final[best[0]]}
@@ -587,15 +596,18 @@ def search_answer(
 def search_compute(cells: dict[Any, "list[Job]"], ran: "list[Job]", gpus: bool) -> dict[str, Any]:
     """The training samples of the search's runs (`ran`, each key once) against the grid's: every
     cell's runs at the full budget."""
-    from qvtune import search
-    from qvtune.plan import lookup, train_samples
+    from qvtune.config.budget import train_samples
+    from qvtune.sweep.plan import lookup
+    from qvtune.sweep.search import cells as search_cells
 
     records = {j.key: lookup(j.config, gpus)[1].record for j in ran}
     spent = float(sum(r.samples for r in records.values() if r is not None))
     grid = 0.0
     for jobs in cells.values():
         for j in jobs:
-            grid += search.full_samples(lookup(j.config, gpus)[1].record) or train_samples(j.config) or 0.0
+            grid += (
+                search_cells.full_samples(lookup(j.config, gpus)[1].record) or train_samples(j.config) or 0.0
+            )
     return {"samples": spent, "grid_samples": grid, "samples_share": spent / grid if grid else None}
 
 
@@ -615,7 +627,7 @@ def _score(value: Optional[float]) -> str:
 
 def write_answer(answer: dict[str, Any], cells: dict[Any, "list[Job]"]) -> None:
     """Print the search's answer and write it to results_dir/searches/<name>.json."""
-    from qvtune.files import atomic_write
+    from qvtune.common.files import atomic_write
 
     first = next(iter(cells.values()))[0].config
     path = Path(first.results_dir).expanduser().absolute() / "searches" / f"{answer['name']}.json"

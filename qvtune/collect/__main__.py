@@ -20,7 +20,7 @@ from qvtune.collect.commands import COMMANDS, run
 from qvtune.collect.records import PICKS, load, parse_filters
 from qvtune.collect.report import parse_formats
 from qvtune.collect.verdicts import DEFAULT_MARGIN
-from qvtune.config import WANDB_MODES
+from qvtune.config.schema import WANDB_MODES
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ from qvtune.collect import curves, heatmap, tables, verdicts
 from qvtune.collect.figures import Renderer
 from qvtune.collect.records import Collection, load, parse_filters
 from qvtune.collect.report import Report
-from qvtune.config import available_cpus
+from qvtune.train.runtime import available_cpus
 
 COMMANDS = ("table1", "table2", "heatmap", "curves", "all", "summary")
 

@@ -17,8 +17,9 @@ from matplotlib.figure import Figure
 from qvtune.collect import labels
 from qvtune.collect.heatmap import Heatmap
 from qvtune.collect.records import SCORED, SETTING_COLUMNS, Collection
-from qvtune.figures import save_figure
-from qvtune.record import Curves, RunRecord, Status
+from qvtune.common.figures import save_figure
+from qvtune.status import Status
+from qvtune.store.record import Curves, RunRecord
 
 MAX_SETTINGS = 8
 _SHOWN = {

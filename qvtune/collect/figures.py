@@ -1,4 +1,4 @@
-"""Drawing figures in worker processes when there are cores (qvtune.figures saves them).
+"""Drawing figures in worker processes when there are cores (qvtune.common.figures saves them).
 
 Drawing is the slowest part of a collection; a worker process draws while the main process builds
 the tables, so `collect all` takes about as long as the longer of the two.

@@ -30,7 +30,7 @@ from matplotlib.patches import Rectangle
 
 from qvtune.collect import labels
 from qvtune.collect.records import Collection, over_seeds
-from qvtune.figures import save_figure
+from qvtune.common.figures import save_figure
 
 DEFAULT_DROP = 0.10  # default floor: this far below the best cell (in metric units)
 HIGHLIGHT = "#d62728"  # the paper's red

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qvtune.formatting import num  # noqa: F401  (labels.num: how the tables write learning rates and ratios)
+from qvtune.common.formatting import num  # noqa: F401  (labels.num: how the tables write learning rates and ratios)
 
 MODEL_SHORT = {"roberta-base": "R", "llama3.1-8b": "L"}  # the paper's "MNLI(R)", "QQP(L)"
 MODEL_ORDER = ("roberta-base", "llama3.1-8b")

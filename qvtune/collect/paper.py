@@ -11,7 +11,7 @@ import math
 from importlib import resources
 from typing import Any, Optional
 
-from qvtune.config import has_rank
+from qvtune.config.schema import has_rank
 
 PAPER_MODEL = "roberta-base"  # Table 2 is roberta-base only
 

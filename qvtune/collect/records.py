@@ -19,9 +19,12 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from qvtune.config import available_cpus, has_rank, parse_targets
-from qvtune.identity import keyed_fields
-from qvtune.record import InvalidRecord, RunRecord, Status, result_files
+from qvtune.config.schema import has_rank, parse_targets
+from qvtune.status import Status
+from qvtune.store.identity import keyed_fields
+from qvtune.store.record import InvalidRecord, RunRecord
+from qvtune.store.store import result_files
+from qvtune.train.runtime import available_cpus
 
 # completed, diverged, running, failed: the preference order among duplicates. A paused run (a rung
 # of a search, stopped at `until`) is not finished: its row says running.
@@ -30,7 +33,7 @@ SCORED = (Status.COMPLETED, Status.DIVERGED)  # a diverged run counts with what 
 PICKS = ("final", "best")
 
 # Keyed config fields with their own column; every other top-level one that decides a result (see
-# qvtune.identity) goes, as JSON, into `extra`, the precision as the run used it.
+# qvtune.store.identity) goes, as JSON, into `extra`, the precision as the run used it.
 _EXPLICIT = {"targets", "rank", "alpha", "lr", "lam", "lr_v", "head_lr", "epochs", "seed"}
 _EXTRA_KEYS = tuple(k for k in keyed_fields() if k not in _EXPLICIT)
 # Columns that together name a setting: everything a run's result depends on except its seed.

@@ -15,7 +15,7 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from qvtune.collect.tables import Table
-from qvtune.record import Status
+from qvtune.status import Status
 
 SUPERSCRIPT = {1: "¹", 2: "²", 3: "³"}
 RICH_PLACE = {1: "bold", 2: "underline", 3: "underline2"}

@@ -18,7 +18,7 @@ from qvtune.collect import curves, heatmap, render, verdicts
 from qvtune.collect.figures import Renderer
 from qvtune.collect.records import STATUSES, Collection
 from qvtune.collect.tables import Table
-from qvtune.figures import figure_paths
+from qvtune.common.figures import figure_paths
 
 SECTIONS = ("records", "table1", "table2", "compare", "heatmaps", "curves", "verdicts")  # order in report.md
 FORMATS = {"md": "md", "markdown": "md", "latex": "latex", "tex": "latex", "csv": "csv"}

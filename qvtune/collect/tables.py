@@ -15,7 +15,7 @@ import pandas as pd
 
 from qvtune.collect import labels, paper
 from qvtune.collect.records import STATUSES, Collection, describe, of_sweep, over_seeds, pick_settings
-from qvtune.record import Status
+from qvtune.status import Status
 
 TABLE1_COLUMNS = ("q", "k", "v", "qk", "qv", "qkv")
 COMPARE_COLUMNS = ("q", "k", "v", "qv", "qkv")  # the demo summary's comparison

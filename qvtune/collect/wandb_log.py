@@ -11,7 +11,7 @@ from qvtune.collect import verdicts
 from qvtune.collect.report import Report
 
 if TYPE_CHECKING:
-    from qvtune.config import WandbMode
+    from qvtune.config.schema import WandbMode
 
 
 def log(report: Report, mode: WandbMode, project: str, command: str, filters: list[str]) -> Any:

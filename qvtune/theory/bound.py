@@ -24,8 +24,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
-from qvtune.config import config_dir
-from qvtune.figures import save_figure
+from qvtune.common.figures import save_figure
+from qvtune.config.schema import config_dir
 from qvtune.theory.report import text_table, write_csv, write_json
 
 TUNED = {"QV": "qv", "QKV": "qkv"}

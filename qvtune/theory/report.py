@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from qvtune.formatting import num
+from qvtune.common.formatting import num
 
 
 def loglog_slope(x: npt.ArrayLike, y: npt.ArrayLike) -> float:

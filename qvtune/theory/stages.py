@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from qvtune.figures import save_figure
+from qvtune.common.figures import save_figure
 from qvtune.theory.report import text_table, write_csv, write_json
 
 

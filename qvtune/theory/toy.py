@@ -31,7 +31,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogLocator
 
-from qvtune.figures import save_figure
+from qvtune.common.figures import save_figure
 from qvtune.theory.report import loglog_slope, text_table, write_csv, write_json
 
 INITS = {"a": "a~N(0,1/n), b=0", "b": "a=0, b~N(0,1)"}  # "a" is the paper's (LoRA) initialisation

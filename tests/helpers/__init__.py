@@ -13,8 +13,8 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from hydra.version import VersionBase
 
-from qvtune.config import config_dir, register_configs
-from qvtune.record import RESULT_FILE, Curves, RunRecord
+from qvtune.config.schema import config_dir, register_configs
+from qvtune.store.record import RESULT_FILE, Curves, RunRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 GLUE_DIR = Path(os.environ.get("QVTUNE_GLUE_DIR", ROOT.parent / "shared" / "data" / "glue"))
@@ -70,8 +70,8 @@ def records(results: Path) -> list[dict[str, Any]]:
 def train_on_synthetic(net: Any, groups: list[Any], cfg: Any, precision: str, checkpoint: Path) -> Any:
     """qvtune.train.train in this process on cfg's synthetic task, on the CPU: the training loop
     without the entry point, for tests that compare what training does under two settings."""
-    from qvtune.methods import UpdateNorms
-    from qvtune.train import Member
+    from qvtune.model.methods import UpdateNorms
+    from qvtune.train.loop import Member
 
     member = Member(groups, UpdateNorms.of(net), checkpoint, lambda values, step: None)
     return train_members(net, [member], cfg, precision)[0]
@@ -82,10 +82,10 @@ def train_members(net: Any, members: list[Any], cfg: Any, precision: str = "fp32
     task, in this process on the CPU; returns their TrainStates."""
     import torch
 
-    from qvtune.data import encode
-    from qvtune.models import load_tokenizer
-    from qvtune.tasks import synthetic_task
-    from qvtune.train import train
+    from qvtune.data.encode import encode
+    from qvtune.data.tasks import synthetic_task
+    from qvtune.model.load import load_tokenizer
+    from qvtune.train.loop import train
 
     tok = load_tokenizer(cfg.model)
     task = synthetic_task(cfg.task.synthetic)

@@ -9,7 +9,8 @@ from typing import Any, Optional, cast
 
 from omegaconf import OmegaConf
 
-from qvtune.config import LearningRates, RunConfig, has_rank, parse_targets, wandb_mode
+from qvtune.config.rates import LearningRates
+from qvtune.config.schema import RunConfig, has_rank, parse_targets, wandb_mode
 
 
 def run_name(cfg: RunConfig, rates: LearningRates) -> str:

@@ -13,8 +13,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from qvtune.files import atomic_write
-from qvtune.tasks import Split, TaskData
+from qvtune.common.files import atomic_write
+from qvtune.data.tasks import Split, TaskData
 
 PAD_MULTIPLE = 8
 

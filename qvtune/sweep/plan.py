@@ -1,22 +1,24 @@
 """A sweep's plan: every job's run key and state in the results store, what a launch skips and runs,
 and (`plan=true`) the list of runs with a cost estimate from the measured speed of finished runs
-like each. qvtune's sweeper (hydra_plugins/qvtune_sweeper) composes the jobs and calls this.
-
-Nothing heavy is imported: a plan is made on a login node, far from the GPUs.
-"""
+like each."""
 
 from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, cast
+from typing import TYPE_CHECKING, Any, Optional
 
-from qvtune.identity import expected_precisions, plain, run_key
-from qvtune.record import TO_RUN, ResultsStore, RunRecord, RunState, State, Status, result_files
+from qvtune.config.budget import train_samples
+from qvtune.status import TO_RUN, State, Status
+from qvtune.store.identity import run_key
+from qvtune.store.record import RunRecord
+from qvtune.store.store import ResultsStore, RunState, result_files
+from qvtune.train.runtime import expected_precisions
 
 if TYPE_CHECKING:
-    from qvtune.config import RunConfig
+    from qvtune.config.schema import RunConfig
+
 
 # the most advanced state first: a run that may have several keys is what its most advanced key says
 STATE_ORDER = (
@@ -100,17 +102,6 @@ def print_plan(jobs: list[Job]) -> None:
         print(f"to run: {len(todo)}; no estimate yet: no finished run of the same model, task and method")
 
 
-def train_samples(cfg: RunConfig) -> Optional[float]:
-    """The training samples of the whole run, from the task's size hint; None where it has none."""
-    size = cfg.task.synthetic.train_size if cfg.task.synthetic is not None else cfg.task.train_size
-    if size is None:
-        return None
-    if cfg.max_train_samples:
-        size = min(size, cfg.max_train_samples)
-    steps = cfg.max_steps
-    return float(steps * cfg.batch_size * cfg.grad_accum if steps is not None else size * cfg.epochs)
-
-
 def estimate_seconds(cfg: RunConfig, fraction: float = 1.0) -> Optional[float]:
     """Training samples of the run (a `fraction` of them: a rung) divided by the measured speed of
     finished runs like it, plus their time outside training."""
@@ -148,72 +139,3 @@ def _reference_speeds(root: str, kind: tuple[str, str, str]) -> tuple[list[float
                 continue
         _speed_cache[root] = table
     return _speed_cache[root].get(kind, ([], []))
-
-
-def form_packs(jobs: list[Job], size: int) -> list[list[Job]]:
-    """The jobs grouped into packs of at most `size` that may share a forward pass (the same config
-    but for PACK_KEYS), in sweep order and as even as the count allows; a method=full job, and one
-    without a partner, is a pack of one: a lone run."""
-    groups: dict[str, list[Job]] = {}
-    for j in jobs:
-        groups.setdefault(pack_signature(j.config) if j.config.method.name != "full" else j.key, []).append(j)
-    packs = []
-    for group in groups.values():
-        n = -(-len(group) // max(1, size))
-        packs += [group[i::n] for i in range(n)] if n > 1 else [group]
-    return packs
-
-
-def pack_signature(cfg: RunConfig) -> str:
-    """What the members of a pack share: the whole config but PACK_KEYS."""
-    import json
-
-    from omegaconf import DictConfig
-
-    from qvtune.config import PACK_KEYS
-
-    skip = (*PACK_KEYS, "pack", "hydra")
-    items = cast(DictConfig, cfg).items()  # a job's config is the DictConfig Hydra composed
-    return json.dumps({k: plain(v) for k, v in items if k not in skip}, sort_keys=True)
-
-
-def pack_overrides(pack: list[Job]) -> list[str]:
-    """The overrides of a pack's one job: the first member's without PACK_KEYS, and `pack=[...]`
-    with every member's PACK_KEYS values (qvtune.config.member_configs takes them apart)."""
-    from qvtune.config import PACK_KEYS
-    from qvtune.search import override_key
-
-    shared = [o for o in pack[0].overrides if override_key(o) not in PACK_KEYS]
-    members = []
-    for j in pack:
-        values = [f"{k}:{_override_value(plain(getattr(j.config, k)))}" for k in PACK_KEYS]
-        members.append("{" + ",".join(values) + "}")
-    return [*shared, f"pack=[{','.join(members)}]"]
-
-
-def _override_value(value: Any) -> str:
-    """A value in Hydra's override grammar."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_override_value(v) for v in value) + "]"
-    if isinstance(value, str):
-        return value if value.isalnum() else "'" + value.replace("'", "\\'") + "'"
-    return repr(value)
-
-
-def print_packs(packs: list[list[Job]]) -> None:
-    """One line per pack of several runs: its run keys and what sets its members apart."""
-    from qvtune.config import PACK_KEYS
-    from qvtune.search import override_key
-
-    for i, pack in enumerate(p for p in packs if len(p) > 1):
-        members = " | ".join(
-            " ".join(o for o in j.overrides if override_key(o) in PACK_KEYS) or j.key for j in pack
-        )
-        print(f"pack {i + 1} ({len(pack)} runs: {' '.join(j.key for j in pack)}): {members}")
-    lone = sum(len(p) == 1 for p in packs)
-    runs = sum(len(p) for p in packs)
-    print(f"{runs} runs to launch as {len(packs)} jobs: {len(packs) - lone} packs, {lone} alone")

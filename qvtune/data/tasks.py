@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from qvtune.vocab import WORDS
+from qvtune.data.vocab import WORDS
 
 if TYPE_CHECKING:
-    from qvtune.config import SyntheticSpec, TaskConfig
+    from qvtune.config.schema import SyntheticSpec, TaskConfig
 
 
 @dataclass

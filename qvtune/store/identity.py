@@ -17,9 +17,9 @@ import hashlib
 import json
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
-
-from qvtune.config import RunConfig, has_rank, learning_rates, parse_targets
+from qvtune.config.rates import _rate, learning_rates
+from qvtune.config.schema import RunConfig, has_rank, parse_targets, plain
+from qvtune.train.runtime import PRECISIONS_USED
 
 # Dotted schema paths (a field, or a nested config taken whole) -> in the key?
 IDENTITY: dict[str, bool] = {
@@ -87,48 +87,6 @@ IDENTITY: dict[str, bool] = {
     "pack": False,  # how runs are grouped to train; each member is keyed as its own run
     "wandb": False,
 }
-PRECISIONS_USED = ("fp32", "bf16", "fp16")
-
-
-def resolve_precision(
-    requested: str, device_type: str, bf16_supported: bool, weights: str = "float32"
-) -> str:
-    """The precision a run computes in. On a GPU: as requested, `auto` being bf16 where the GPU
-    supports it, else fp16. On a CPU: fp32. Frozen weights stored in half precision (`weights`,
-    model.dtype) are computed in their own dtype wherever fp32 was asked (on a CPU always), since the
-    trainable tensors are kept in fp32 and only autocast lets the two meet."""
-    half = {"bfloat16": "bf16", "float16": "fp16"}.get(weights)
-    if device_type != "cuda":
-        return half or "fp32"
-    if requested == "auto":
-        return "bf16" if bf16_supported else "fp16"
-    if requested == "fp32":
-        return half or "fp32"
-    return requested
-
-
-def expected_precisions(cfg: RunConfig, gpus: bool) -> list[str]:
-    """The precisions a run may use where it will be launched, for looking it up before it starts:
-    `gpus` says whether its launcher gives it a GPU. On a GPU, `auto` is bf16 or fp16 depending on the
-    card, which only the job itself sees; the job keys itself with the one it finds."""
-    weights = cfg.model.dtype
-    if cfg.device == "cpu" or not gpus:
-        return [resolve_precision(cfg.precision, "cpu", False, weights)]
-    return list(
-        dict.fromkeys(resolve_precision(cfg.precision, "cuda", bf16, weights) for bf16 in (True, False))
-    )
-
-
-def plain(value: Any) -> Any:
-    """A config value as plain Python, interpolations resolved (the hydra node is never touched)."""
-    return (
-        OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
-    )
-
-
-def _rate(x: float) -> float:
-    """A learning rate rounded to 12 significant digits, so lam = 3, lr = 1e-4 and lr_v = 3e-4 agree."""
-    return float(f"{x:.12g}")
 
 
 def keyed_fields(group: str = "") -> list[str]:

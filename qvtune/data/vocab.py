@@ -18,6 +18,7 @@ WORDS: tuple[str, ...] = tuple(
     sun moon star rain snow wind cloud fire ice stone king queen child doctor teacher farmer soldier artist
     driver nurse""".split()
 )
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 

@@ -15,7 +15,8 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from qvtune.record import RESULT_FILE, Curves, RunRecord, Status
+from qvtune.status import Status
+from qvtune.store.record import RESULT_FILE, Curves, RunRecord
 
 TASK_METRIC = {
     "rte": "accuracy",
@@ -28,6 +29,7 @@ TASK_METRIC = {
     "qnli": "accuracy",
     "synthetic": "accuracy",
 }
+
 TASK_BASE = {
     "rte": 0.72,
     "stsb": 0.90,
@@ -39,9 +41,13 @@ TASK_BASE = {
     "qnli": 0.88,
     "synthetic": 0.80,
 }
+
 TARGET_EFFECT = {"q": -0.07, "k": -0.09, "v": -0.015, "qk": -0.05, "qv": 0.0, "kv": -0.01, "qkv": 0.002}
+
 HEAD_PARAMS = 768 * 768 + 768 + 2 * 768 + 2  # roberta-base classification head, 2 labels
+
 ERRORS = {Status.FAILED: "RuntimeError: CUDA out of memory", Status.DIVERGED: "loss is nan at step 120"}
+
 WEIGHT_TYPES = ("q", "k", "v", "qk", "qv", "qkv")  # Table 1's rows
 
 
@@ -183,7 +189,9 @@ def write_record(root: Path, record: RunRecord, folder: Optional[str] = None) ->
 
 
 HEATMAP_QK = (2e-5, 5e-5, 1e-4, 2e-4, 4e-4, 8e-4)
+
 HEATMAP_V = (1e-4, 2e-4, 4e-4, 8e-4, 1e-3, 2e-3)
+
 GLUE = ("rte", "stsb", "mrpc", "cola", "mnli", "sst2", "qqp", "qnli")
 
 

@@ -16,13 +16,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from qvtune.config import RunConfig, TaskConfig, until_step
-from qvtune.data import Encoded, collate, eval_batches, micro_batches, train_batches
-from qvtune.files import atomic_write
-from qvtune.methods import ParamGroup, UpdateNorms
-from qvtune.pack import PackedModel
-from qvtune.record import Status
-from qvtune.tasks import compute_metrics
+from qvtune.common.files import atomic_write
+from qvtune.config.budget import plan_steps, until_step
+from qvtune.config.schema import RunConfig, TaskConfig
+from qvtune.data.encode import Encoded, collate, eval_batches, micro_batches, train_batches
+from qvtune.data.tasks import compute_metrics
+from qvtune.model.methods import ParamGroup, UpdateNorms
+from qvtune.model.pack import PackedModel
+from qvtune.status import Status
 
 LOSS_WINDOW = 10  # steps averaged when comparing the loss with its start
 
@@ -48,25 +49,13 @@ class TrainState:
     lr_trace: list[list[Optional[float]]] = field(default_factory=list)
 
 
-def plan_steps(n_train: int, cfg: RunConfig) -> tuple[int, int]:
-    """(optimizer steps in the run, optimizer steps per epoch). An epoch's micro-batches are taken
-    `grad_accum` at a time and its last step takes what is left, its loss averaged over those, as HF
-    Trainer's loop does (the paper's 4.50.3 divided by `grad_accum`: README, The paper's recipe): no
-    step mixes two epochs' batches, and `epochs` trains on every batch of each epoch."""
-    per_epoch = math.ceil(math.ceil(n_train / cfg.batch_size) / cfg.grad_accum)
-    if cfg.max_steps is not None:
-        return int(cfg.max_steps), per_epoch
-    # rounded first: 1.1 epochs x 100 steps is 110.00000000000001 in floating point, not 111 steps
-    return math.ceil(round(cfg.epochs * per_epoch, 9)), per_epoch
-
-
 # The autocast dtype of each precision used (qvtune.identity.resolve_precision); trainable tensors stay fp32.
 AUTOCAST: dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
 class Member:
-    """One run as the training loop takes it: a lone run is a list of one, a pack (qvtune.pack) of K
+    """One run as the training loop takes it: a lone run is a list of one, a pack (qvtune.model.pack) of K
     that share the model's forward pass, each with its own tensors, optimizer, checks and record."""
 
     groups: list[ParamGroup]

@@ -1,7 +1,7 @@
-"""The run record and the results store that holds one folder per run key.
+"""The run record: what a run was, how it went and what it scored.
 
-This module imports nothing heavy: the collector and `plan=true` read the store on a laptop far
-from the GPUs. `RunRecord` is the one place that builds, writes, reads and validates a record; its
+This module imports nothing heavy: the collector and `plan=true` read records on a laptop far from
+the GPUs. `RunRecord` is the one place that builds, writes, reads and validates a record; its
 fields are documented there. A run's folder holds
 
     result.json    the record without its per-step curves (schema 2): small, so that the collector
@@ -15,70 +15,35 @@ Records of schema 1 (the curves inline in result.json) are read everywhere, thei
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import socket
 import traceback
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union, cast, get_args, get_origin, get_type_hints
 
-from filelock import FileLock, Timeout
 from omegaconf import OmegaConf
 
 from qvtune import __version__
-from qvtune.config import RunConfig, learning_rates, until_step
-from qvtune.files import atomic_write
+from qvtune.common.files import atomic_write
+from qvtune.config.rates import learning_rates
+from qvtune.config.schema import RunConfig
+from qvtune.status import Status
 
 if TYPE_CHECKING:
-    from qvtune.train import TrainState
+    from qvtune.train.loop import TrainState
+
 
 SCHEMA_VERSION = 2
+
 RESULT_FILE = "result.json"
+
 CURVES_FILE = "curves.json"
+
 CHECKPOINT_FILE = "checkpoint.pt"
+
 LOCK_FILE = ".lock"
-
-
-class _Word(str, Enum):
-    """A status word: equal to its string, and printed as it (f-strings, JSON, pandas columns)."""
-
-    def __str__(self) -> str:
-        return self.value
-
-
-class Status(_Word):
-    """What a record says of its run, in the collector's order of preference among duplicates."""
-
-    COMPLETED = "completed"
-    DIVERGED = "diverged"  # stopped by the divergence check; it counts with what it scored
-    # stopped at `until` (a rung of a search) with its checkpoint: a launch with a larger one resumes it
-    PAUSED = "paused"
-    RUNNING = "running"  # at work, or killed: the store tells them apart by the run's lock
-    FAILED = "failed"  # an exception, its reason in `error`; a re-launch runs it again
-
-
-class State(_Word):
-    """What the store knows of a run key, from the most advanced: its record's status; interrupted
-    for a record that says running while nobody holds the run's lock, or one that cannot be used (a
-    killed run: it resumes from its checkpoint); pending when there is no record."""
-
-    COMPLETED = "completed"
-    DIVERGED = "diverged"
-    PAUSED = "paused"
-    RUNNING = "running"
-    INTERRUPTED = "interrupted"
-    FAILED = "failed"
-    PENDING = "pending"
-
-
-FINISHED = (State.COMPLETED, State.DIVERGED)  # a re-launch skips these
-# a launch runs these, and a paused run that has not reached the launch's `until` (see `reached`)
-TO_RUN = (State.PENDING, State.FAILED, State.INTERRUPTED)
 
 
 class InvalidRecord(ValueError):
@@ -134,7 +99,7 @@ class RunRecord:
     # {"qk": eta_QK, "v": eta_V, "head": the head's rate, "lam": lambda}
     rates: dict[str, float] = field(default_factory=dict)
     metric: str = ""  # the task's headline metric: accuracy, f1, matthews, pearson, spearman
-    precision: Optional[str] = None  # the precision used: fp32, bf16 or fp16 (see qvtune.identity)
+    precision: Optional[str] = None  # the precision used: fp32, bf16 or fp16 (see qvtune.store.identity)
     error: Optional[str] = None  # why it failed ("Type: message") or diverged
     traceback: Optional[str] = None  # a failure's traceback
     # the optimizer groups: {"total": int, "trainable": int, "groups": [{"group", "lr", "tensors", "params"}]}
@@ -156,7 +121,7 @@ class RunRecord:
     device: Optional[str] = None  # where it trained: cpu, cuda, cuda:1
     threads: Optional[int] = None  # torch's CPU threads
     sweep: Optional[str] = None  # the sweep's name (sweep_name), or None for a single run
-    # the run keys of the other members of the pack it trained in (qvtune.pack); None: trained alone
+    # the run keys of the other members of the pack it trained in (qvtune.model.pack); None: trained alone
     packed_with: Optional[list[str]] = None
     host: str = ""  # the machine it ran on
     started_at: str = ""  # ISO 8601, UTC: when this attempt started (a resumed run restarts it)
@@ -290,104 +255,6 @@ def _kinds(annotation: Any) -> tuple[type, ...]:
 
 
 _HINTS = get_type_hints(RunRecord)
+
 # field -> the JSON types it accepts, from RunRecord's annotations (status and curves are parsed apart)
 _KINDS = {f.name: _kinds(_HINTS[f.name]) for f in fields(RunRecord) if f.name not in ("status", "curves")}
-
-
-@dataclass(frozen=True)
-class RunState:
-    """What the store knows of one run key."""
-
-    state: State
-    record: Optional[RunRecord]
-
-    @property
-    def finished(self) -> bool:
-        return self.state in FINISHED
-
-    def reached(self, until: Optional[float]) -> bool:
-        """Whether the run needs no launch with this `until`: finished, or paused at or past it."""
-        if self.finished:
-            return True
-        if self.state is not State.PAUSED or self.record is None or self.record.planned_steps is None:
-            return False
-        return self.record.steps >= until_step(until, self.record.planned_steps)
-
-
-def result_files(root: Path) -> list[str]:
-    """Paths (relative to `root`, '/'-separated, sorted) of every result.json below it: in run
-    folders, and in sweep folders that hold run folders."""
-    found = []
-    prefix = len(str(root)) + 1
-    for folder, _, files in os.walk(root):
-        if RESULT_FILE in files:
-            rel = f"{folder[prefix:]}/{RESULT_FILE}" if len(folder) >= prefix else RESULT_FILE
-            found.append(rel.replace(os.sep, "/"))
-    return sorted(found)
-
-
-class ResultsStore:
-    """One folder per run key under `root`: result.json, curves.json, the run's log, its latest checkpoint.
-
-    A run holds an exclusive lock on its folder while it works, so two sweeps writing into one
-    store never run the same key twice at once, and a record that says "running" while nobody
-    holds the lock belongs to a run that was killed: it resumes from its checkpoint.
-    """
-
-    def __init__(self, root: str | os.PathLike[str]):
-        self.root = Path(root).expanduser()
-
-    def run_dir(self, key: str) -> Path:
-        return self.root / key
-
-    def read(self, key: str) -> Optional[RunRecord]:
-        """The key's record (without curves), None when there is none; raises ValueError when unusable."""
-        try:
-            return RunRecord.read(self.run_dir(key) / RESULT_FILE)
-        except FileNotFoundError:
-            return None
-
-    def write(self, record: RunRecord) -> None:
-        record.write(self.run_dir(record.run_key))
-
-    def state(self, key: str) -> RunState:
-        try:
-            record = self.read(key)
-        except ValueError:  # not JSON, or not a record: run it again
-            return RunState(State.INTERRUPTED, None)
-        if record is None:
-            return RunState(State.PENDING, None)
-        if record.status is Status.RUNNING:
-            return RunState(State.RUNNING if self.is_locked(key) else State.INTERRUPTED, record)
-        return RunState(State(record.status.value), record)
-
-    def _lock(self, key: str) -> FileLock:
-        """The run's lock, taken without waiting (timeout 0): the caller learns at once who holds it."""
-        return FileLock(self.run_dir(key) / LOCK_FILE, timeout=0)
-
-    def is_locked(self, key: str) -> bool:
-        """Whether a run of the key holds its lock (in another process, or in this one's `claim`)."""
-        if not (self.run_dir(key) / LOCK_FILE).exists():
-            return False
-        lock = self._lock(key)
-        try:
-            lock.acquire()
-        except Timeout:
-            return True
-        lock.release()
-        return False
-
-    @contextlib.contextmanager
-    def claim(self, key: str) -> Iterator[bool]:
-        """Hold the run's lock for the duration; yields False when another process holds it."""
-        self.run_dir(key).mkdir(parents=True, exist_ok=True)
-        lock = self._lock(key)
-        try:
-            lock.acquire()
-        except Timeout:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            lock.release()

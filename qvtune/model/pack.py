@@ -35,9 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qvtune.config import RunConfig
-from qvtune.methods import UpdateNorms, apply_method, owners
-from qvtune.models import ATTENTION_DROPOUT_KEYS, weight_type
+from qvtune.config.schema import RunConfig
+from qvtune.model.load import ATTENTION_DROPOUT_KEYS
+from qvtune.model.methods import UpdateNorms, apply_method, owners
+from qvtune.model.weights import weight_type
 
 
 @dataclass
@@ -68,6 +69,7 @@ class MemberWeights:
 
 
 PER_MEMBER_SDPA = "qvtune_per_member_sdpa"  # the attention implementation a pack with attention dropout uses
+
 PACK_SLOTS = "qvtune_pack_slots"  # the attribute by which an attention module knows its pack's slots
 
 

@@ -10,8 +10,9 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from qvtune.config import LearningRates, RunConfig, parse_targets
-from qvtune.models import attention_modules, head_modules, weight_type
+from qvtune.config.rates import LearningRates
+from qvtune.config.schema import RunConfig, parse_targets
+from qvtune.model.weights import attention_modules, head_modules, weight_type
 
 GROUPS = ("qk", "v", "head")
 

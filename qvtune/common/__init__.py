@@ -1,0 +1,1 @@
+"""Helpers every stage uses: safe file writes, figures, number formatting."""

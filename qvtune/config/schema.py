@@ -1,0 +1,225 @@
+"""The typed schema Hydra composes every run's config into, and the values each setting accepts."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, cast
+
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+WEIGHT_TYPES = ("q", "k", "v")
+
+METHODS = ("full", "lora", "dora")
+
+METHODS_WITH_RANK = ("lora", "dora")  # adapters have a rank, alpha and dropout; a full fine-tune has none
+
+METRICS = ("accuracy", "f1", "matthews", "pearson", "spearman")
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+PADDINGS = ("dynamic", "max")
+
+SCHEDULERS = ("linear", "constant")
+
+# by_module: each tensor goes to the group of the module that owns it (W_q/W_k -> qk, W_v -> v, head).
+# paper: the paper scripts' rule, for bit-for-bit reproduction (see qvtune.methods.paper_group).
+GROUPINGS = ("by_module", "paper")
+
+WANDB_MODES = ("offline", "online", "disabled")
+
+WandbMode = Literal["offline", "online", "disabled"]  # WANDB_MODES, as a type
+
+
+@dataclass
+class ModelConfig:
+    """Where the weights come from and the architecture they have."""
+
+    name: str = MISSING  # the short label used in records and tables
+    # A hub id, a local folder, or "package:<python package>" (a model shipped inside a pip package).
+    # None builds `arch` with random weights (the tiny test models).
+    source: Optional[str] = None
+    # transformers config fields (model_type and shapes): random init, and offline dry runs / theory.
+    arch: dict[str, Any] = field(default_factory=dict)
+    tokenizer: Optional[str] = None  # defaults to source; "builtin" = qvtune's small word-level vocab
+    dtype: str = "float32"  # weight dtype when loading (bfloat16 for the 7-8B models)
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class TsvLayout:
+    """How a task's files look in the original GLUE download (``data_dir=``)."""
+
+    folder: str = MISSING  # e.g. RTE
+    header: bool = True
+    columns: Optional[list[str]] = None  # column names for files without a header (CoLA)
+    text_columns: list[str] = field(default_factory=list)
+    label_column: str = MISSING
+    train_file: str = "train.tsv"
+    eval_files: list[str] = field(default_factory=lambda: ["dev.tsv"])
+
+
+@dataclass
+class SyntheticSpec:
+    """qvtune's own offline task: does the query word occur in the list? (see qvtune.data.tasks)."""
+
+    train_size: int = 3000
+    eval_size: int = 500
+    list_len: int = 4
+    data_seed: int = 1234
+
+
+@dataclass
+class TaskConfig:
+    """A sequence (pair) classification or regression task and the paper's metric for it."""
+
+    name: str = MISSING
+    num_labels: int = 2  # 1 means regression (STS-B)
+    metric: str = "accuracy"  # the headline metric of the paper's tables
+    extra_metrics: list[str] = field(default_factory=list)
+    text_fields: list[str] = field(default_factory=list)  # column names in the hub data set
+    label_names: Optional[list[str]] = None  # string labels of the TSV files, in id order
+    hub_path: Optional[str] = "nyu-mll/glue"
+    hub_name: Optional[str] = None
+    train_split: str = "train"
+    eval_splits: list[str] = field(default_factory=lambda: ["validation"])
+    tsv: Optional[TsvLayout] = None
+    synthetic: Optional[SyntheticSpec] = None
+    train_size: Optional[int] = None  # rows of the train split, for `plan=true` cost estimates
+    # Epochs the paper's scripts used per experiment (table1, table2, heatmap); sweep files read them.
+    paper_epochs: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class MethodConfig:
+    name: str = MISSING  # full | lora | dora
+
+
+@dataclass
+class OptimConfig:
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    scheduler: str = "linear"  # linear | constant; every group is scaled by the same factor
+    warmup_ratio: float = 0.0
+    max_grad_norm: Optional[float] = None  # clip the gradient norm of all trainable tensors (null: never)
+    grouping: str = "by_module"  # how trainable tensors are put into the qk / v / head groups: GROUPINGS
+
+
+@dataclass
+class WandbConfig:
+    # offline (needs no account; `wandb sync` later), online or disabled; null: the WANDB_MODE
+    # environment variable where it is set, else offline
+    mode: Optional[str] = None
+    project: str = "qvtune"
+    entity: Optional[str] = None
+    group: Optional[str] = None  # defaults to the sweep name
+    dir: Optional[str] = None  # defaults to <results_dir>/<run key>
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = MISSING
+    task: TaskConfig = MISSING
+    method: MethodConfig = MISSING
+    recipe: str = "fast"  # the recipe group that set the training details (conf/recipe/)
+    targets: Any = "qv"  # subset of qkv: "qv", "vq", "QKV", [q, v]
+    rank: int = 8
+    alpha: Optional[float] = None  # defaults to rank (the paper's alpha = r)
+    dropout: float = 0.0  # LoRA/DoRA dropout
+    # Dropout on the attention probabilities. 0 lets attention run as one fused kernel, which on CPU
+    # trains about 1.4x faster in ~40 % less memory (scripts/bench.py); null keeps the model's own
+    # (0.1 for BERT/RoBERTa: the paper's recipe).
+    attention_dropout: Optional[float] = 0.0
+    lr: float = 1e-4  # eta_QK
+    lam: Optional[float] = None  # lambda = eta_V / eta_QK; 1 unless lr_v is given
+    lr_v: Optional[float] = None  # eta_V, an alternative to lam
+    head_lr: Optional[float] = None  # the classification head; defaults to lr
+    epochs: float = 3
+    max_steps: Optional[int] = None  # stop after this many optimizer steps (overrides epochs)
+    # Train only this fraction of the run's steps, then pause (resumable): a rung of a search. The
+    # schedule and batches stay those of the full run, so a later launch continues it exactly.
+    until: Optional[float] = None
+    batch_size: int = 32
+    grad_accum: int = 1
+    eval_batch_size: int = 128
+    # A training batch larger than this many padded tokens runs as several forward/backward passes
+    # with the same gradient: bounds activation memory (and on CPU is as fast). null: never split.
+    max_batch_tokens: Optional[int] = 2048
+    max_len: int = 128
+    padding: str = "dynamic"  # dynamic | max (the paper's recipe: every input padded to max_len)
+    group_by_length: bool = True  # length-grouped batches (sorted within shuffled buckets)
+    seed: int = 0
+    precision: str = "auto"  # fp32 on CPU, bf16/fp16 autocast on GPU
+    max_train_samples: Optional[int] = None
+    max_eval_samples: Optional[int] = None
+    eval_every: int = 0  # steps between dev evaluations; 0 = once per epoch
+    eval_at_start: bool = False  # also evaluate the untrained model (epochs=0 runs do only that)
+    diverge_factor: float = 10.0  # stop when the loss exceeds this multiple of its start (or is NaN/inf)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data_dir: Optional[str] = None  # a folder in the GLUE TSV layout instead of the hub
+    results_dir: str = "results"  # the results store: one folder per run key
+    cache_dir: str = "~/.cache/qvtune"  # the tokenization cache, shared by all runs
+    output_dir: Optional[str] = None  # where to save the tuned weights (adapters for LoRA/DoRA)
+    checkpoint_minutes: float = 10.0  # save a resumable checkpoint at least this often
+    threads: Optional[int] = None  # torch CPU threads; default: the cores this process may use
+    device: str = "auto"
+    sweep_name: Optional[str] = None  # set by sweep files; names the W&B group
+    dry_run: bool = False  # print the parameter groups and counts, do not train
+    plan: bool = False  # with -m: list every run of the sweep with its state, run nothing
+    # The members of a pack: each a map of PACK_KEYS values set on this config. They train together
+    # on one frozen base in one forward pass (qvtune.model.pack); each is its own run. The sweeper's
+    # `hydra.sweeper.pack=K` forms packs itself. Empty: one run, this config.
+    pack: list[dict[str, Any]] = field(default_factory=list)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+def register_configs() -> None:
+    """Register the schema so Hydra type-checks every key of the composed config."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+
+
+def config_dir() -> Path:
+    """The `conf/` folder: inside the package when installed from a wheel, beside it in a checkout."""
+    here = Path(__file__).resolve().parents[1]  # the qvtune package
+    installed = here / "conf"
+    return installed if installed.is_dir() else here.parent / "conf"
+
+
+def parse_targets(value: Any) -> str:
+    """Canonical weight-type subset: "vq", "QV", [q, v] -> "qv". Raises ValueError on anything else."""
+    if isinstance(value, (list, tuple, ListConfig)):
+        letters = [str(v).strip().lower() for v in value]
+    elif isinstance(value, str):
+        letters = [c for c in value.strip().lower() if c not in " _+,"]
+    else:
+        raise ValueError(f"targets={value!r}: expected a non-empty subset of q, k, v such as qv or [q,v]")
+    bad = [x for x in letters if x not in WEIGHT_TYPES]
+    if not letters or bad or len(set(letters)) != len(letters):
+        raise ValueError(
+            f"targets={value!r}: expected a non-empty subset of q, k, v without repeats, "
+            "such as qv, qkv or [q,v]"
+        )
+    return "".join(t for t in WEIGHT_TYPES if t in letters)
+
+
+def has_rank(method: Optional[str]) -> bool:
+    """Whether `rank`, `alpha` and `dropout` mean anything to the method (its adapters' shape); None
+    (no method, e.g. the 'Before fine-tune' row) has none."""
+    return method in METHODS_WITH_RANK
+
+
+def wandb_mode(cfg: RunConfig) -> WandbMode:
+    """`wandb.mode` when given, else the WANDB_MODE environment variable (W&B's own), else offline.
+    `validate` rejects a value outside WANDB_MODES."""
+    return cast(WandbMode, cfg.wandb.mode or os.environ.get("WANDB_MODE") or "offline")
+
+
+def plain(value: Any) -> Any:
+    """A config value as plain Python, interpolations resolved (the hydra node is never touched)."""
+    return (
+        OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+    )
