@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 from qvtune.config.rates import learning_rates
 from qvtune.config.schema import RunConfig, config_dir, has_rank, parse_targets, register_configs
 from qvtune.config.validate import member_configs, validate
-from qvtune.status import State, Status
+from qvtune.status import RESUMABLE, Status
 from qvtune.store.identity import run_key
 from qvtune.store.record import CHECKPOINT_FILE, RESULT_FILE, RunRecord
 from qvtune.store.store import ResultsStore
@@ -76,7 +76,7 @@ def main(composed: DictConfig) -> Optional[Union[RunRecord, dict[str, Any]]]:
                 log.info(f"run {key} is already {state.state} ({store.run_dir(key)}): skipped")
                 continue
             # we hold the lock now, so a record that says "running" was left by a killed run
-            resume = state.state in (State.RUNNING, State.INTERRUPTED, State.PAUSED)
+            resume = state.state in RESUMABLE
             todo.append(Planned(c, key, resume))
         if not todo:
             return store.state(keys[0]).record if len(keys) == 1 else None

@@ -15,7 +15,7 @@ import pytest
 from qvtune.collect import curves
 from qvtune.collect.records import load
 from qvtune.common.files import atomic_write
-from qvtune.status import State, Status
+from qvtune.status import Status
 from qvtune.store.record import CURVES_FILE, RESULT_FILE, SCHEMA_VERSION, InvalidRecord, RunRecord
 from qvtune.store.store import ResultsStore
 from qvtune.sweep.plan import estimate_seconds
@@ -51,7 +51,7 @@ def test_a_record_from_start_to_finish(tmp_path: Path) -> None:
     store = ResultsStore(tmp_path)
     record = RunRecord.start(cfg, "abc123abc123", "fp32")
     store.write(record)
-    assert store.state("abc123abc123").state == State.INTERRUPTED  # says running, nobody holds the lock
+    assert store.state("abc123abc123").state == Status.INTERRUPTED  # says running, nobody holds the lock
     assert not (tmp_path / "abc123abc123" / CURVES_FILE).exists()
 
     record.finish(
@@ -72,7 +72,7 @@ def test_a_record_from_start_to_finish(tmp_path: Path) -> None:
     assert summary["precision"] == "fp32" and summary["threads"] == 2 and summary["finished_at"]
 
     state = store.state("abc123abc123")
-    assert state.state == State.COMPLETED and state.finished and state.record.curves is None  # summary only
+    assert state.state == Status.COMPLETED and state.finished and state.record.curves is None  # summary only
     again = RunRecord.read(tmp_path / "abc123abc123" / RESULT_FILE, curves=True)
     assert again.curves == record.curves and again.to_dict() == record.to_dict()
 
@@ -113,7 +113,7 @@ def test_schema_1_records_load_everywhere(tmp_path: Path) -> None:
     read = RunRecord.read(results / old.run_key / RESULT_FILE, curves=True)
     assert read.schema == 1 and read.curves == old.curves and read.final == old.final
     assert RunRecord.read(results / old.run_key / RESULT_FILE).curves is None  # asked for the summary only
-    assert ResultsStore(results).state(old.run_key).state == State.COMPLETED
+    assert ResultsStore(results).state(old.run_key).state == Status.COMPLETED
 
     coll = load(results)
     assert sorted(coll.runs["seed"]) == [0, 1] and not coll.problems
@@ -156,7 +156,7 @@ def test_curves_of_another_run_are_refused(tmp_path: Path) -> None:
 
 
 def test_status_words_read_as_strings() -> None:
-    assert Status.DIVERGED == "diverged" and f"{State.PENDING}" == "pending"
+    assert Status.DIVERGED == "diverged" and f"{Status.PENDING}" == "pending"
     assert json.dumps({"s": Status.FAILED}) == '{"s": "failed"}'
 
 
@@ -177,11 +177,11 @@ def test_one_key_runs_in_one_process_at_a_time(tmp_path: Path) -> None:
         assert holder.stdout.readline().strip() == "mine"
         with store.claim("k") as mine:
             assert not mine  # the other process holds the key
-        assert store.is_locked("k") and store.state("k").state == State.RUNNING
+        assert store.is_locked("k") and store.state("k").state == Status.RUNNING
     finally:
         holder.kill()
         holder.wait(timeout=30)
-    assert store.state("k").state == State.INTERRUPTED  # killed: nobody holds the lock any more
+    assert store.state("k").state == Status.INTERRUPTED  # killed: nobody holds the lock any more
     with store.claim("k") as mine:
         assert mine
 

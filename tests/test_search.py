@@ -18,7 +18,7 @@ import pytest
 from qvtune.collect import heatmap
 from qvtune.collect.records import load
 from qvtune.config.validate import validate
-from qvtune.status import State, Status
+from qvtune.status import Status
 from qvtune.store.identity import run_key
 from qvtune.store.record import RunRecord
 from qvtune.store.store import RunState
@@ -110,12 +110,12 @@ def test_rung_score_is_the_last_evaluation_at_or_before_the_rung() -> None:
 
 
 def test_a_paused_run_needs_a_launch_only_past_the_step_it_reached() -> None:
-    paused = RunState(State.PAUSED, record(Status.PAUSED, 11, 32, [(11, 0.6)]))
+    paused = RunState(Status.PAUSED, record(Status.PAUSED, 11, 32, [(11, 0.6)]))
     assert paused.reached(1 / 3) and paused.reached(0.3) and not paused.finished
     assert not paused.reached(0.5) and not paused.reached(None)  # None: the whole run
-    assert RunState(State.COMPLETED, record(Status.COMPLETED, 32, 32, [])).reached(0.5)
-    assert not RunState(State.INTERRUPTED, record(Status.RUNNING, 20, 32, [])).reached(0.5)
-    assert not RunState(State.PENDING, None).reached(0.5)
+    assert RunState(Status.COMPLETED, record(Status.COMPLETED, 32, 32, [])).reached(0.5)
+    assert not RunState(Status.INTERRUPTED, record(Status.RUNNING, 20, 32, [])).reached(0.5)
+    assert not RunState(Status.PENDING, None).reached(0.5)
 
 
 @pytest.mark.parametrize("until", ["0", "1.5", "-0.5", "nan"])

@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 import pytest
 
-from qvtune.config.budget import plan_steps
+from qvtune.config.budget import Budget, budget
 from qvtune.train.loop import LOSS_WINDOW, TrainState, check_divergence, lr_factor
 from tests.helpers import make_config
 
@@ -156,14 +156,15 @@ def test_noisy_but_bounded_loss_never_diverges() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# plan_steps(n_train, cfg) -> (optimizer steps, optimizer steps per epoch)
+# budget(n_train, cfg): (optimizer steps, optimizer steps per epoch) and samples
 
 
 def plan(
     n_train: int, batch_size: int, epochs: float, grad_accum: int = 1, max_steps: Optional[int] = None
 ) -> tuple[int, int]:
     cfg = SimpleNamespace(batch_size=batch_size, epochs=epochs, grad_accum=grad_accum, max_steps=max_steps)
-    return plan_steps(n_train, cfg)
+    planned = budget(n_train, cfg)
+    return planned.steps, planned.per_epoch
 
 
 def test_one_epoch_with_a_short_last_batch() -> None:
@@ -218,11 +219,24 @@ def test_max_steps_overrides_epochs_and_grad_accum(
     assert plan(1000, 32, epochs, grad_accum, max_steps) == (max_steps, per_epoch)
 
 
+def steps_of(planned: Budget) -> tuple[int, int]:
+    return planned.steps, planned.per_epoch
+
+
+def test_samples_of_whole_and_partial_epochs() -> None:
+    cfg = SimpleNamespace(batch_size=16, epochs=2, grad_accum=3, max_steps=None)
+    assert budget(100, cfg).samples == 200  # 7 batches an epoch (the last of 4), 3 steps an epoch
+    cfg.epochs = 1.5  # 3 + 2 steps: the second epoch's first 2 steps take 6 full batches
+    assert budget(100, cfg).samples == 100 + 96
+    cfg.max_steps = 4  # one epoch and one step of 3 batches
+    assert budget(100, cfg).samples == 100 + 48
+
+
 def test_composed_config() -> None:
     # 320 examples / 16 = 20 batches per epoch; 3 at a time: 7 steps an epoch (the last of 2); 2 epochs
     cfg = make_config("model=tiny-bert", "task=synthetic", "batch_size=16", "grad_accum=3", "epochs=2")
-    assert plan_steps(320, cfg) == (14, 7)
+    assert steps_of(budget(320, cfg)) == (14, 7)
     cfg = make_config("model=tiny-bert", "task=synthetic", "batch_size=16", "epochs=2", "max_steps=5")
-    assert plan_steps(320, cfg) == (5, 20)
+    assert steps_of(budget(320, cfg)) == (5, 20)
     # the CLI's own default (batch 32, 3 epochs, no accumulation) on 320 examples: 3 x 10 steps
-    assert plan_steps(320, make_config("model=tiny-bert", "task=synthetic")) == (30, 10)
+    assert steps_of(budget(320, make_config("model=tiny-bert", "task=synthetic"))) == (30, 10)

@@ -466,14 +466,13 @@ def print_optuna_cost(
 ) -> None:
     """The search's worst case (every trial on its seeds at the full budget, and its pick on the
     rest) against the grid's."""
-    from qvtune.config.budget import train_samples
     from qvtune.sweep.plan import estimate_seconds
 
     spent, grid, seconds, timed = 0.0, 0.0, 0.0, True
     for g, group_cells in groups.items():
         cfg = cells[group_cells[0]][0].config
         runs = conf.trials * n_trial_seeds + n_seeds - n_trial_seeds
-        samples = train_samples(cfg) or 0.0
+        samples = planned_samples(cfg) or 0.0
         est = estimate_seconds(cfg)
         timed = timed and est is not None
         seconds += (est or 0.0) * runs
@@ -502,7 +501,6 @@ def print_search_cost(
     cells: dict[Any, "list[Job]"], groups: dict[Any, list[Any]], fractions: list[float], eta: float
 ) -> None:
     """The search's worst case (every rung's runs at their budgets) against the grid's."""
-    from qvtune.config.budget import train_samples
     from qvtune.sweep.plan import estimate_seconds
     from qvtune.sweep.search import cells as search_cells
     from qvtune.sweep.search import halving as halving_rules
@@ -513,7 +511,7 @@ def print_search_cost(
     for g, group_cells in groups.items():
         costs = halving_rules.worst_case(len(group_cells), eta, fractions)
         jobs = cells[group_cells[0]]
-        samples = train_samples(jobs[0].config) or 0.0
+        samples = planned_samples(jobs[0].config) or 0.0
         before = 0.0
         for c in costs:
             est = estimate_seconds(jobs[0].config, c.fraction - before)
@@ -596,7 +594,6 @@ def search_answer(
 def search_compute(cells: dict[Any, "list[Job]"], ran: "list[Job]", gpus: bool) -> dict[str, Any]:
     """The training samples of the search's runs (`ran`, each key once) against the grid's: every
     cell's runs at the full budget."""
-    from qvtune.config.budget import train_samples
     from qvtune.sweep.plan import lookup
     from qvtune.sweep.search import cells as search_cells
 
@@ -606,7 +603,9 @@ def search_compute(cells: dict[Any, "list[Job]"], ran: "list[Job]", gpus: bool) 
     for jobs in cells.values():
         for j in jobs:
             grid += (
-                search_cells.full_samples(lookup(j.config, gpus)[1].record) or train_samples(j.config) or 0.0
+                search_cells.full_samples(lookup(j.config, gpus)[1].record)
+                or planned_samples(j.config)
+                or 0.0
             )
     return {"samples": spent, "grid_samples": grid, "samples_share": spent / grid if grid else None}
 
@@ -698,3 +697,10 @@ def apply_value_overrides(overrides: list[Override], cfg: DictConfig) -> None:
     signature or meaning breaks that test, not a sweep.
     """
     ConfigLoaderImpl._apply_overrides_to_config(overrides, cfg)
+
+
+def planned_samples(cfg: "RunConfig") -> Optional[float]:
+    from qvtune.config.budget import planned_budget
+
+    planned = planned_budget(cfg)
+    return None if planned is None else float(planned.samples)

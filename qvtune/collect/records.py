@@ -28,7 +28,7 @@ from qvtune.train.runtime import available_cpus
 
 # completed, diverged, running, failed: the preference order among duplicates. A paused run (a rung
 # of a search, stopped at `until`) is not finished: its row says running.
-STATUSES = tuple(s for s in Status if s is not Status.PAUSED)
+STATUSES = tuple(s for s in Status if s not in (Status.PAUSED, Status.PENDING))
 SCORED = (Status.COMPLETED, Status.DIVERGED)  # a diverged run counts with what it scored, and is marked
 PICKS = ("final", "best")
 

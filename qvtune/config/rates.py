@@ -8,8 +8,20 @@ from dataclasses import dataclass
 
 from qvtune.config.schema import RunConfig
 
-# What the members of a pack may differ in: they share everything else, the batches included.
-PACK_KEYS = ("lr", "lr_v", "lam", "head_lr", "targets")
+# The config keys that set a run's learning rates: what a search chooses between within a group of
+# cells, what the collector reads as a run's rates, and (with the targets) what the members of a
+# pack may differ in.
+RATE_KEYS = ("lr", "lr_v", "lam", "head_lr")
+PACK_KEYS = (*RATE_KEYS, "targets")
+# Significant digits that make two spellings of one rate equal (lam=3 with lr=1e-4, and lr_v=3e-4,
+# give 3.0000000000000004e-4 and 3e-4) while keeping every rate anyone would set apart.
+RATE_DIGITS = 12
+
+
+def rounded(x: float, digits: int = RATE_DIGITS) -> float:
+    """A rate to `digits` significant digits: RATE_DIGITS to compare and key rates; a search's trial
+    points use 3, so that each is a readable override (`lr=0.000731 lam=5.42`)."""
+    return float(f"{x:.{digits}g}")
 
 
 @dataclass(frozen=True)
@@ -33,11 +45,3 @@ def learning_rates(cfg: RunConfig) -> LearningRates:
         lam = 1.0 if cfg.lam is None else float(cfg.lam)
     head = lr if cfg.head_lr is None else float(cfg.head_lr)
     return LearningRates(qk=lr, v=lam * lr, head=head, lam=lam)
-
-
-def _rate(x: float) -> float:
-    """A learning rate rounded to 12 significant digits, so lam = 3, lr = 1e-4 and lr_v = 3e-4 agree."""
-    return float(f"{x:.12g}")
-
-
-RATE_KEYS = ("lr", "lr_v", "lam", "head_lr")  # what a search chooses between, within a group

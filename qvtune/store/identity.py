@@ -17,7 +17,7 @@ import hashlib
 import json
 from typing import Any
 
-from qvtune.config.rates import _rate, learning_rates
+from qvtune.config.rates import learning_rates, rounded
 from qvtune.config.schema import RunConfig, has_rank, parse_targets, plain
 from qvtune.train.runtime import PRECISIONS_USED
 
@@ -109,7 +109,9 @@ def run_identity(cfg: RunConfig, precision: str) -> dict[str, Any]:
     ident = {k: plain(getattr(cfg, k)) for k in keyed_fields() if k not in ("lam", "lr_v")}
     ident["targets"] = parse_targets(ident["targets"])
     rates = learning_rates(cfg)
-    ident.update(lr=_rate(rates.qk), lr_v=_rate(rates.v), head_lr=_rate(rates.head), precision=precision)
+    ident.update(
+        lr=rounded(rates.qk), lr_v=rounded(rates.v), head_lr=rounded(rates.head), precision=precision
+    )
     if has_rank(cfg.method.name):
         ident["alpha"] = ident["rank"] if ident["alpha"] is None else ident["alpha"]
     else:

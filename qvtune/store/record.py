@@ -198,9 +198,12 @@ class RunRecord:
             raise InvalidRecord(f"schema {schema!r}: this qvtune reads schemas 1 and {SCHEMA_VERSION}")
         try:
             status = Status(data.get("status"))
+            if status is Status.PENDING:
+                raise ValueError
         except ValueError:
             raise InvalidRecord(
-                f"unknown status {data.get('status')!r}; expected one of {', '.join(Status)}"
+                f"unknown status {data.get('status')!r}; expected one of "
+                f"{', '.join(s for s in Status if s is not Status.PENDING)}"
             ) from None
         values: dict[str, Any] = {}
         for name, kinds in _KINDS.items():

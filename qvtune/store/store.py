@@ -13,7 +13,7 @@ from typing import Optional
 from filelock import FileLock, Timeout
 
 from qvtune.config.budget import until_step
-from qvtune.status import FINISHED, State, Status
+from qvtune.status import FINISHED, Status
 from qvtune.store.record import LOCK_FILE, RESULT_FILE, RunRecord
 
 
@@ -21,7 +21,7 @@ from qvtune.store.record import LOCK_FILE, RESULT_FILE, RunRecord
 class RunState:
     """What the store knows of one run key."""
 
-    state: State
+    state: Status
     record: Optional[RunRecord]
 
     @property
@@ -32,7 +32,7 @@ class RunState:
         """Whether the run needs no launch with this `until`: finished, or paused at or past it."""
         if self.finished:
             return True
-        if self.state is not State.PAUSED or self.record is None or self.record.planned_steps is None:
+        if self.state is not Status.PAUSED or self.record is None or self.record.planned_steps is None:
             return False
         return self.record.steps >= until_step(until, self.record.planned_steps)
 
@@ -77,12 +77,12 @@ class ResultsStore:
         try:
             record = self.read(key)
         except ValueError:  # not JSON, or not a record: run it again
-            return RunState(State.INTERRUPTED, None)
+            return RunState(Status.INTERRUPTED, None)
         if record is None:
-            return RunState(State.PENDING, None)
+            return RunState(Status.PENDING, None)
         if record.status is Status.RUNNING:
-            return RunState(State.RUNNING if self.is_locked(key) else State.INTERRUPTED, record)
-        return RunState(State(record.status.value), record)
+            return RunState(Status.RUNNING if self.is_locked(key) else Status.INTERRUPTED, record)
+        return RunState(record.status, record)
 
     def _lock(self, key: str) -> FileLock:
         """The run's lock, taken without waiting (timeout 0): the caller learns at once who holds it."""

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from qvtune.config.budget import train_samples
-from qvtune.status import TO_RUN, State, Status
+from qvtune.config.budget import planned_budget
+from qvtune.status import TO_RUN, Status
 from qvtune.store.identity import run_key
 from qvtune.store.record import RunRecord
 from qvtune.store.store import ResultsStore, RunState, result_files
@@ -20,16 +20,8 @@ if TYPE_CHECKING:
     from qvtune.config.schema import RunConfig
 
 
-# the most advanced state first: a run that may have several keys is what its most advanced key says
-STATE_ORDER = (
-    State.COMPLETED,
-    State.DIVERGED,
-    State.PAUSED,
-    State.RUNNING,
-    State.INTERRUPTED,
-    State.FAILED,
-    State.PENDING,
-)
+# the most advanced first: a run that may have several keys is what its most advanced key says
+STATE_ORDER = tuple(Status)
 
 
 @dataclass
@@ -42,14 +34,14 @@ class Job:
     config: RunConfig
 
     @property
-    def state(self) -> State:
+    def state(self) -> Status:
         return self.run.state
 
     @property
     def to_run(self) -> bool:
         """Pending, failed, interrupted, or paused short of the job's `until`."""
         return self.state in TO_RUN or (
-            self.state is State.PAUSED and not self.run.reached(self.config.until)
+            self.state is Status.PAUSED and not self.run.reached(self.config.until)
         )
 
 
@@ -70,13 +62,13 @@ def to_launch(jobs: list[Job]) -> list[Job]:
 
 def launch_summary(jobs: list[Job]) -> str:
     """One line on what a launch skips and runs."""
-    counts = {s: sum(j.state == s for j in jobs) for s in State}
+    counts = {s: sum(j.state == s for j in jobs) for s in Status}
     return (
-        f"sweep: {len(jobs)} runs; skipping {counts[State.COMPLETED]} completed, "
-        f"{counts[State.DIVERGED]} diverged, {counts[State.RUNNING]} running elsewhere, "
-        f"{sum(j.state is State.PAUSED and not j.to_run for j in jobs)} paused at their until; "
+        f"sweep: {len(jobs)} runs; skipping {counts[Status.COMPLETED]} completed, "
+        f"{counts[Status.DIVERGED]} diverged, {counts[Status.RUNNING]} running elsewhere, "
+        f"{sum(j.state is Status.PAUSED and not j.to_run for j in jobs)} paused at their until; "
         f"launching {len(to_launch(jobs))} "
-        f"({counts[State.FAILED]} failed and {counts[State.INTERRUPTED]} interrupted among them)"
+        f"({counts[Status.FAILED]} failed and {counts[Status.INTERRUPTED]} interrupted among them)"
     )
 
 
@@ -105,7 +97,8 @@ def print_plan(jobs: list[Job]) -> None:
 def estimate_seconds(cfg: RunConfig, fraction: float = 1.0) -> Optional[float]:
     """Training samples of the run (a `fraction` of them: a rung) divided by the measured speed of
     finished runs like it, plus their time outside training."""
-    samples = train_samples(cfg)
+    planned = planned_budget(cfg)
+    samples = float(planned.samples) if planned is not None else None
     if samples is None:
         return None
     samples *= fraction

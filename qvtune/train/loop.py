@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from qvtune.common.files import atomic_write
-from qvtune.config.budget import plan_steps, until_step
+from qvtune.config.budget import budget, until_step
 from qvtune.config.schema import RunConfig, TaskConfig
 from qvtune.data.encode import Encoded, collate, eval_batches, micro_batches, train_batches
 from qvtune.data.tasks import compute_metrics
@@ -174,7 +174,8 @@ def train(
     precision: str,
 ) -> list[TrainState]:
     """Train every member on the same batches to the end of its budget (or `until`); returns their states."""
-    total_steps, per_epoch = plan_steps(len(train_data), cfg)
+    planned = budget(len(train_data), cfg)
+    total_steps, per_epoch = planned.steps, planned.per_epoch
     amp = AUTOCAST[precision]
     learners = [Learner(i, m, cfg, total_steps, device, amp) for i, m in enumerate(members)]
     steps = {learner.state.step for learner in learners}
