@@ -6,24 +6,24 @@
 
 The config is validated before torch is imported. A run is keyed by a hash of what changes its
 result: a finished key is skipped, an interrupted one resumes from its checkpoint, and a failure is
-recorded in result.json instead of stopping a sweep.
+recorded in result.json instead of stopping a sweep. The data flows one way: config -> model and
+method (qvtune.model) -> data -> the training loop, which yields each run's outcome -> the record,
+written here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import itertools
 import logging
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union, cast
+from typing import TYPE_CHECKING, Any, NoReturn, Optional, Union, cast
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -33,12 +33,13 @@ from omegaconf import DictConfig
 from qvtune.config.rates import learning_rates
 from qvtune.config.schema import RunConfig, config_dir, has_rank, parse_targets, register_configs
 from qvtune.config.validate import member_configs, validate
-from qvtune.status import RESUMABLE, Status
+from qvtune.status import FINISHED, RESUMABLE, Status
 from qvtune.store.identity import run_key
-from qvtune.store.record import CHECKPOINT_FILE, RESULT_FILE, RunRecord
-from qvtune.store.store import ResultsStore
+from qvtune.store.record import CHECKPOINT_FILE, CURVES_FILE, RESULT_FILE, RunRecord
+from qvtune.store.store import ResultsStore, StoreError, cause
 
 if TYPE_CHECKING:
+    from qvtune.train.loop import TrainState
     from qvtune.train.runtime import Runtime
 
 log = logging.getLogger("qvtune")
@@ -55,44 +56,71 @@ def main(composed: DictConfig) -> Optional[Union[RunRecord, dict[str, Any]]]:
         sys.exit(2)
     if cfg.dry_run:
         return dry_run(cfg)
+    alone = HydraConfig.get().mode == RunMode.RUN  # a single run (or pack), not a job of a sweep
+    store = ResultsStore(Path(cfg.results_dir).expanduser().absolute())
+    problem = store.unwritable()
+    if problem:
+        store_failed(StoreError(problem), alone)
     from qvtune.train.runtime import detect
 
     runtime = detect(cfg)
-    store = ResultsStore(Path(cfg.results_dir).expanduser().absolute())
     configs = member_configs(cfg) if cfg.pack else [cfg]
     keys = [run_key(c, runtime.precision) for c in configs]
     if cfg.plan:
         for key in keys:
             print(f"{key}  {store.state(key).state}")
         return None
-    with contextlib.ExitStack() as claims:
-        todo: list[Planned] = []
-        for c, key in zip(configs, keys):
-            if not claims.enter_context(store.claim(key)):
-                log.info(f"run {key} is running in another process: skipped")
-                continue
-            state = store.state(key)
-            if state.reached(c.until):
-                log.info(f"run {key} is already {state.state} ({store.run_dir(key)}): skipped")
-                continue
-            # we hold the lock now, so a record that says "running" was left by a killed run
-            resume = state.state in RESUMABLE
-            todo.append(Planned(c, key, resume))
-        if not todo:
-            return store.state(keys[0]).record if len(keys) == 1 else None
-        records = execute(todo, store, runtime)
-    if any(r.status is Status.FAILED for r in records) and HydraConfig.get().mode == RunMode.RUN:
+    try:
+        with contextlib.ExitStack() as claims:
+            todo: list[Planned] = []
+            for c, key in zip(configs, keys):
+                if not claims.enter_context(store.claim(key)):
+                    log.info(f"run {key} is running in another process: skipped")
+                    continue
+                state = store.state(key)
+                if state.reached(c.until):
+                    log.info(f"run {key} is already {state.state} ({store.run_dir(key)}): skipped")
+                    continue
+                note = None
+                if state.unreadable:  # kept for inspection; the run starts afresh
+                    aside = store.set_aside(key)
+                    note = f"its record was unreadable ({state.unreadable}): moved aside to {aside.name}"
+                # we hold the lock now, so a record that says "running" was left by a killed run
+                todo.append(Planned(c, key, state.state in RESUMABLE, note))
+            if not todo:
+                return store.state(keys[0]).record if len(keys) == 1 else None
+            records = execute(todo, store, runtime)
+    except (StoreError, OSError) as e:
+        store_failed(e, alone)
+    except KeyboardInterrupt as e:  # a second signal: stopped at once, the last checkpoint stays
+        print(f"stopped: {e or 'interrupted'}; the last checkpoint stays: re-launch", file=sys.stderr)
+        sys.exit(130)
+    stopped = [r for r in records if r.status is Status.INTERRUPTED]
+    if stopped:  # a stop asked by a signal ends the process, a sweep too, as the signal meant
+        sys.exit(128 + signal.Signals[cast(str, stopped[0].signal)].value)
+    if any(r.status is Status.FAILED for r in records) and alone:
         sys.exit(1)  # a single run (or pack) says so; in a sweep the failure is a recorded result
     return records[0] if len(records) == 1 else {"pack": [r.run_key for r in records]}
 
 
+def store_failed(error: Union[StoreError, OSError], alone: bool) -> NoReturn:
+    """A store that cannot be written: one line and exit 1 for a single run; in a sweep the job
+    raises, and the sweeper reports it as lost (it wrote no record) in its summary."""
+    message = str(error) if isinstance(error, StoreError) else f"{error.filename}: {cause(error)}"
+    if not alone:
+        raise StoreError(message) from None
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
 @dataclass
 class Planned:
-    """A run to execute: its config, run key, and whether it resumes from a checkpoint."""
+    """A run to execute: its config, run key, whether it resumes, and what to say of it first."""
 
     cfg: RunConfig
     key: str
     resume: bool
+    note: Optional[str] = None
 
 
 def dry_run(cfg: RunConfig) -> dict[str, Any]:
@@ -111,68 +139,110 @@ def dry_run(cfg: RunConfig) -> dict[str, Any]:
 
 
 def execute(runs: list[Planned], store: ResultsStore, runtime: Runtime) -> list[RunRecord]:
-    """Run one configuration, or a pack of them, and write each record; exceptions become "failed"
-    records (a pack's failure fails each of its members)."""
+    """Train one run, or a pack of them, and write each record as its run ends; an exception
+    becomes a "failed" record (a pack's fails each of its members still running)."""
+    from qvtune.train.loop import checkpoint_step
+
     records = [RunRecord.start(r.cfg, r.key, runtime.precision) for r in runs]
     if len(runs) > 1:
         for record in records:
             record.packed_with = [r.key for r in runs if r.key != record.run_key]
     trackers: list[Any] = []
-    exit_code = 1
+    stop = StopSignals()
     with contextlib.ExitStack() as logs:
+        steps = []
         for r, record in zip(runs, records):
             logs.enter_context(run_log(store.run_dir(r.key)))
+            if r.note:
+                log.warning(f"run {r.key}: {r.note}")
             store.write(record)
-            log.info(f"run {r.key} -> {store.run_dir(r.key)}" + (" (resuming)" if r.resume else ""))
+            steps.append(checkpoint_step(store.run_dir(r.key) / CHECKPOINT_FILE))
+            log.info(f"run {r.key} -> {store.run_dir(r.key)}{resuming(r, steps[-1])}")
         if len(runs) > 1:
             log.info(f"training {len(runs)} runs as one pack: {' '.join(r.key for r in runs)}")
-        exit_on_sigterm()
+        logs.enter_context(stop.installed())
         try:
-            from qvtune.track.tracker import Tracker
+            from qvtune.track.tracker import open_trackers
 
             for r in runs:
-                trackers.append(Tracker(r.cfg, r.key, learning_rates(r.cfg), store.run_dir(r.key)))
-            for part in by_checkpoint_step(runs, store):  # a pack's members start at one step
-                chosen = [runs.index(p) for p in part]
-                fine_tune(
-                    [p.cfg for p in part],
-                    [records[i] for i in chosen],
-                    [store.run_dir(p.key) for p in part],
-                    runtime,
-                    [trackers[i].log for i in chosen],
-                    store.write,
-                )
-            exit_code = 0
+                trackers.append(open_trackers(r.cfg, r.key, learning_rates(r.cfg), store.run_dir(r.key)))
+            # a pack's members start at one step: one part per checkpoint step (one, but for a pack
+            # re-formed around members that were interrupted at different steps)
+            parts: dict[int, list[int]] = {}
+            for i, step in enumerate(steps):
+                parts.setdefault(step, []).append(i)
+            for chosen in parts.values():
+                for ended in fine_tune([runs[i] for i in chosen], store, runtime, trackers, stop):
+                    i = chosen[ended.index]
+                    ended.fill(records[i])
+                    write_outcome(records[i], store)
+                    say_ended(runs[i], records[i], store)
+        except StoreError:
+            raise
         except Exception as e:  # recorded, never raised: one bad run must not stop a sweep
-            for record in records:
+            for r, record in zip(runs, records):
                 if record.status is Status.RUNNING:
                     record.fail(e)
-    for r, record, tracker in itertools.zip_longest(runs, records, trackers):
-        store.write(record)
-        if tracker is not None:
-            summary = {"status": record.status.value, "best": record.best, "final": record.final}
-            tracker.finish({**summary, "steps": record.steps}, exit_code)
-        if record.status is Status.FAILED:
-            log.error(f"run {r.key} failed: {record.error} -> {store.run_dir(r.key) / RESULT_FILE}")
-        else:
-            log.info(
-                f"run {r.key} {record.status}: {r.cfg.task.metric} = {record.final[r.cfg.task.metric]:.4f}"
-                f" -> {store.run_dir(r.key) / RESULT_FILE}"
-            )
+                    write_failure(record, store)
+                    say_ended(r, record, store)
+        finally:
+            for record, tracker in zip(records, trackers):
+                summary = {"status": record.status.value, "best": record.best, "final": record.final}
+                tracker.finish({**summary, "steps": record.steps}, 0 if record.status in FINE else 1)
     return records
 
 
-def by_checkpoint_step(runs: list[Planned], store: ResultsStore) -> list[list[Planned]]:
-    """Runs grouped by the step their checkpoint resumes from (0 without one): one group, but for a
-    pack re-formed around members that were interrupted at different steps."""
-    if len(runs) == 1:
-        return [runs]
-    from qvtune.train.loop import checkpoint_step
+FINE = (Status.COMPLETED, Status.DIVERGED, Status.PAUSED)  # how a tracker's run ends: success
 
-    groups: dict[int, list[Planned]] = {}
-    for r in runs:
-        groups.setdefault(checkpoint_step(store.run_dir(r.key) / CHECKPOINT_FILE), []).append(r)
-    return list(groups.values())
+
+def resuming(run: Planned, step: int) -> str:
+    """What the start line says of a run that was started before."""
+    if step:
+        return f" (resuming from its checkpoint at step {step})"
+    return " (starting over: no checkpoint to resume from)" if run.resume or run.note else ""
+
+
+def write_outcome(record: RunRecord, store: ResultsStore) -> None:
+    """Write a run's final record, then drop the checkpoint of a finished run (not before: a record
+    that cannot be written leaves the checkpoint to resume from). Where the record cannot be written
+    (a full disk), it is turned into a failure that says why and written without its curves where
+    that still fits; the StoreError goes on up either way (one line for the user)."""
+    try:
+        store.write(record)
+    except StoreError as e:
+        record.fail(e)
+        record.traceback = None  # the cause is the store, said in the error: room for the summary
+        with contextlib.suppress(StoreError):
+            write_failure(record, store)
+        raise
+    if record.status in FINISHED:
+        (store.run_dir(record.run_key) / CHECKPOINT_FILE).unlink(missing_ok=True)
+
+
+def write_failure(record: RunRecord, store: ResultsStore) -> None:
+    """Write a failed record; where the store has no room for it, without its curves (their file,
+    useless without the record, is removed to make room)."""
+    try:
+        store.write(record)
+    except StoreError:
+        record.curves, record.curves_file = None, None
+        (store.run_dir(record.run_key) / CURVES_FILE).unlink(missing_ok=True)
+        store.write(record)
+
+
+def say_ended(run: Planned, record: RunRecord, store: ResultsStore) -> None:
+    where = store.run_dir(run.key) / RESULT_FILE
+    if record.status is Status.FAILED:
+        log.error(f"run {run.key} failed: {record.error} -> {where}")
+    elif record.status is Status.INTERRUPTED:
+        log.warning(
+            f"run {run.key} stopped by {record.signal} at step {record.steps}: checkpoint saved, "
+            "re-launch to resume"
+        )
+    else:
+        metric = run.cfg.task.metric
+        score = f"{record.final[metric]:.4f}" if metric in record.final else "not evaluated"
+        log.info(f"run {run.key} {record.status}: {metric} = {score} -> {where}")
 
 
 @contextlib.contextmanager
@@ -188,85 +258,93 @@ def run_log(run_dir: Path) -> Iterator[None]:
         handler.close()
 
 
-def exit_on_sigterm() -> None:
-    """scancel and time limits send SIGTERM: stop through SystemExit, which the training loop
-    answers by saving a checkpoint and `execute` does not record, so the run stays "running" and
-    resumes. Only the main thread may set a handler."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+class StopSignals:
+    """SIGTERM (scancel, a time limit, preemption) and SIGINT (Ctrl-C) ask the training loop to stop
+    at the next step boundary, where it checkpoints every running member with the random state of
+    that boundary, so a re-launch continues exactly as if nothing had happened. A second signal
+    stops at once (the last checkpoint stays). Only the main thread may set handlers."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.asked: Optional[str] = None
+
+    def __call__(self) -> Optional[str]:
+        """The signal's name once a stop was asked for (the training loop polls this)."""
+        return self.asked
+
+    def handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.asked is not None:
+            raise KeyboardInterrupt(f"{name} again: stopping at once")
+        self.asked = name
+        log.warning(f"{name} received: stopping at the end of this step ({name} again to stop at once)")
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+@dataclass
+class Ended:
+    """A run's outcome and what the record needs beside it: its parameter table and timings."""
+
+    index: int  # in the list of runs given to fine_tune
+    state: TrainState
+    table: dict[str, Any]
+    setup: dict[str, float]  # wall_s, setup_s, load_s, data_s
+    memory: dict[str, Any]
+    device: str
+    threads: int
+
+    def fill(self, record: RunRecord) -> None:
+        record.finish(self.state, self.table, self.setup, self.memory, self.device, self.threads)
 
 
 def fine_tune(
-    configs: list[RunConfig],
-    records: list[RunRecord],
-    run_dirs: list[Path],
-    runtime: Runtime,
-    logs: list[Callable[[dict[str, float], int], None]],
-    write: Callable[[RunRecord], None],
-) -> None:
-    """Model -> method and groups -> data -> training loop; fills in and writes each record as its
-    run ends. One config is a lone run through PEFT; several are a pack on one frozen base
-    (qvtune.model.pack), whose member that diverges has its record written then, not at the pack's end."""
+    runs: list[Planned], store: ResultsStore, runtime: Runtime, trackers: list[Any], stop: StopSignals
+) -> Iterator[Ended]:
+    """Model -> method and groups -> data -> training loop, for one run or a pack (qvtune.model.runs:
+    one path); yields each run's outcome as it ends, so that a member of a pack that diverges is
+    recorded then, not at the pack's end."""
     wall = time.perf_counter()  # imports included: the first run of a process pays for them
     import torch
 
     from qvtune.data.encode import encode_task
     from qvtune.data.tasks import load_task
     from qvtune.model.load import build_on_meta, load_model, load_tokenizer
-    from qvtune.model.methods import (
-        UpdateNorms,
-        apply_method,
-        format_group_table,
-        group_params,
-        group_table,
-        param_groups,
-    )
-    from qvtune.model.pack import build_pack
-    from qvtune.train.loop import Member, TrainState, train
+    from qvtune.model.methods import apply_method, format_group_table
+    from qvtune.model.runs import LoneRun, attach
+    from qvtune.train.loop import Member, train
     from qvtune.train.runtime import peak_memory_mb, set_threads
 
+    configs = [r.cfg for r in runs]
     cfg = configs[0]  # the members of a pack share everything but PACK_KEYS
     threads = set_threads(cfg)
     device = torch.device(runtime.device)
     for c in configs:
         apply_method(build_on_meta(c.model, c.task.num_labels), c)  # structure errors before weights load
 
-    checkpoints = [d / CHECKPOINT_FILE for d in run_dirs]
-    timings: dict[str, float] = {}  # setup_s, load_s, data_s
-    finished: set[int] = set()
-
-    def finish(i: int, state: TrainState) -> None:
-        """Member i's record from its final state, written."""
-        if state.status is not Status.PAUSED:  # a paused run keeps its checkpoint to go on from
-            checkpoints[i].unlink(missing_ok=True)
-        setup = {"wall_s": time.perf_counter() - wall, **timings}
-        records[i].finish(state, tables[i], setup, peak_memory_mb(device.type), str(device), threads)
-        write(records[i])
-        finished.add(i)
-
     tic = time.perf_counter()
-    tokenizer = load_tokenizer(cfg.model)
-    model: torch.nn.Module = load_model(cfg.model, cfg.task.num_labels, cfg.seed, cfg.attention_dropout)
-    if len(configs) == 1:
-        model = apply_method(model, cfg).to(device)
-        groups = [param_groups(model, learning_rates(cfg), cfg.optim.grouping)]
-        norms = [UpdateNorms.of(model)]
-        tables = [group_table(groups[0], sum(p.numel() for p in model.parameters()))]
-    else:
-        pack = build_pack(model, configs)
-        model = pack.to(device)
-        groups = [
-            group_params(m.named, learning_rates(c), c.optim.grouping) for m, c in zip(pack.members, configs)
-        ]
-        norms = [pack.update_norms(i) for i in range(len(configs))]
-        tables = [group_table(g, pack.lone_size(i)) for i, g in enumerate(groups)]
+    tokenizer = load_tokenizer(cfg.model, cfg.cache_dir)
+    base = load_model(cfg.model, cfg.task.num_labels, cfg.seed, cfg.attention_dropout, cfg.cache_dir)
+    model, parts = attach(base, configs)
+    model = model.to(device)
+    dirs = [store.run_dir(r.key) for r in runs]
     members = [
-        Member(g, n, c, lg, functools.partial(finish, i))
-        for i, (g, n, c, lg) in enumerate(zip(groups, norms, checkpoints, logs))
+        Member(p.groups, p.norms, d / CHECKPOINT_FILE, t.log) for p, d, t in zip(parts, dirs, trackers)
     ]
-    for table in tables:
-        log.info("\n" + format_group_table(table))
-    timings["load_s"] = time.perf_counter() - tic
+    for p in parts:
+        log.info("\n" + format_group_table(p.table))
+    timings = {"load_s": time.perf_counter() - tic}
 
     tic = time.perf_counter()
     task = load_task(cfg.task, cfg.data_dir)
@@ -277,7 +355,7 @@ def fine_tune(
     timings["data_s"] = time.perf_counter() - tic
     timings["setup_s"] = time.perf_counter() - wall
 
-    states = train(
+    outcomes = train(
         model,
         members,
         train_data,
@@ -287,13 +365,22 @@ def fine_tune(
         pad_id=tokenizer.pad_token_id,
         device=device,
         precision=runtime.precision,
+        stop_asked=stop,
     )
-    if cfg.output_dir and states[0].status is not Status.PAUSED:  # validate(): never for a pack
-        # a transformers or PEFT model: torch types the attributes it does not know as Tensor | Module
-        cast(Any, model).save_pretrained(Path(cfg.output_dir).expanduser() / run_dirs[0].name)
-    for i, state in enumerate(states):
-        if i not in finished:
-            finish(i, state)
+    for outcome in outcomes:
+        state = outcome.state
+        if state.status in FINISHED and cfg.output_dir and isinstance(model, LoneRun):  # never a pack
+            model.save(Path(cfg.output_dir).expanduser() / dirs[outcome.index].name)
+        setup = {"wall_s": time.perf_counter() - wall, **timings}
+        yield Ended(
+            outcome.index,
+            state,
+            parts[outcome.index].table,
+            setup,
+            peak_memory_mb(device.type),
+            str(device),
+            threads,
+        )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from qvtune.collect.records import load, parse_filters
+from qvtune.collect.records import load, over_seeds, parse_filters
 from qvtune.store.record import CURVES_FILE, RESULT_FILE
 from qvtune.store.store import result_files
 from tests.helpers.sample_records import make_record, write_record
@@ -72,6 +72,107 @@ def test_values_by_status(store: Path) -> None:
     assert runs.loc[("k", 2), "value"] == pytest.approx(0.3295)  # diverged: counts with what it scored
     assert math.isnan(runs.loc[("k", 1), "value"])  # failed: no score
     assert runs.loc[("k", 1), "error"].startswith("RuntimeError")
+
+
+@pytest.mark.parametrize("status", ["completed", "diverged"])
+def test_finished_record_without_final_metrics_is_reported(tmp_path: Path, status: str) -> None:
+    """A finished run with nothing scored is a broken record, not a run that scored nothing."""
+    record = make_record(status=status)
+    record.final = {}
+    path = write_record(tmp_path, record)
+    coll = load(tmp_path)
+    assert coll.runs.empty
+    assert coll.problems == [
+        (
+            str(path.relative_to(tmp_path)),
+            f"not a usable run record (incomplete: status {status} but no final metrics)",
+        )
+    ]
+
+
+def test_finished_record_without_the_picked_metric_is_reported(tmp_path: Path) -> None:
+    record = make_record()
+    record.best = {"f1": 0.9}  # not the headline metric
+    write_record(tmp_path, record)
+    assert len(load(tmp_path).runs) == 1
+    coll = load(tmp_path, pick="best")
+    assert coll.runs.empty
+    assert [reason for _, reason in coll.problems] == [
+        "not a usable run record (incomplete: status completed but no best accuracy)"
+    ]
+
+
+@pytest.mark.parametrize(
+    "place, value, reason",
+    [
+        ("final", "0.9", 'final.accuracy: string "0.9" where a number was expected'),
+        ("final", True, "final.accuracy: bool true where a number was expected"),
+        ("best", None, "best.accuracy: null where a number was expected"),
+        ("history", "0.9", 'history[1].metrics.accuracy: string "0.9" where a number was expected'),
+        ("history", [0.9], "history[1].metrics.accuracy: list where a number was expected"),
+    ],
+)
+def test_metric_that_is_not_a_number_is_reported(
+    tmp_path: Path, place: str, value: object, reason: str
+) -> None:
+    """float() would read "0.9" or true as a score: such a record is reported and left out."""
+    record = make_record()
+    metrics = record.history[1]["metrics"] if place == "history" else getattr(record, place)
+    metrics["accuracy"] = value
+    path = write_record(tmp_path, record)
+    coll = load(tmp_path)
+    assert coll.runs.empty
+    assert coll.problems == [(str(path.relative_to(tmp_path)), f"not a usable run record ({reason})")]
+
+
+def test_history_entry_that_is_not_an_evaluation_is_reported(tmp_path: Path) -> None:
+    record = make_record()
+    record.history[0] = {"step": 100, "epoch": 1.0}
+    write_record(tmp_path, record)
+    coll = load(tmp_path)
+    assert coll.runs.empty
+    assert "history[0]: not an evaluation" in coll.problems[0][1]
+
+
+def test_nan_and_inf_metrics_are_numbers(tmp_path: Path) -> None:
+    """A diverged run's loss is NaN or inf: legal, and the run counts with what it scored."""
+    record = make_record(status="diverged", value=math.nan)
+    record.final["loss"] = math.inf
+    record.history[0]["metrics"]["loss"] = -math.inf
+    write_record(tmp_path, record)
+    coll = load(tmp_path)
+    assert coll.problems == []
+    assert coll.runs["status"].tolist() == ["diverged"] and math.isnan(coll.runs["value"].iloc[0])
+
+
+def test_interrupted_run_counts_as_running(tmp_path: Path) -> None:
+    """A killed run is not finished: its row says running, it is not scored, and it is counted where
+    running runs are counted; a filter on its own status still finds it."""
+    interrupted = make_record(seed=0, status="interrupted")
+    assert interrupted.final  # evaluated before it was stopped: still no score
+    write_record(tmp_path, interrupted)
+    write_record(tmp_path, make_record(seed=1))
+    coll = load(tmp_path)
+    assert coll.problems == []
+    assert coll.runs.sort_values("seed")["status"].tolist() == ["running", "completed"]
+    stats = over_seeds(coll.runs, ["targets"]).iloc[0]
+    assert (stats["n"], stats["completed"], stats["running"], stats["failed"]) == (1, 1, 1, 0)
+    assert stats["mean"] == coll.runs.set_index("seed").loc[1, "value"]
+    assert len(load(tmp_path, parse_filters(["status=interrupted"])).runs) == 1
+
+
+def test_rates_are_rounded_as_run_keys_round_them(tmp_path: Path) -> None:
+    """Two spellings of one rate are one setting; rates that differ in the 7th digit are two settings
+    (two run keys), never duplicates of each other."""
+    write_record(tmp_path, make_record(lr=1e-4, lam=3), "lam")
+    write_record(tmp_path, make_record(lr=1e-4, lam=None, lr_v=3e-4), "lr_v")
+    write_record(tmp_path, make_record(lr=1.0000001e-4, lam=3), "near")
+    coll = load(tmp_path)
+    assert coll.duplicates == 1
+    runs = coll.runs.set_index(coll.runs["path"].str.split("/").str[0])
+    assert runs.loc["lam", "lr_v"] == 3e-4 and runs.loc["lam", "lam"] == 3.0
+    assert runs.loc["near", "lr"] == 1.0000001e-4
+    assert runs.loc["near", "setting"] != runs.loc["lam", "setting"]
 
 
 def test_full_fine_tune_has_no_rank(tmp_path: Path) -> None:

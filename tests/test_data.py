@@ -61,6 +61,7 @@ def test_micro_batches_bound_padded_tokens_and_cover_the_batch():
 def test_micro_batches_give_the_gradient_of_the_whole_batch():
     from qvtune.model.load import load_model
     from qvtune.model.methods import apply_method
+    from qvtune.model.runs import LoneRun
     from qvtune.train.loop import backward
     from tests.helpers import make_config
 
@@ -74,7 +75,7 @@ def test_micro_batches_give_the_gradient_of_the_whole_batch():
     data = encode(tok, Split([words], rng.integers(0, 2, size=12)), max_len=64)
     grads = []
     for max_tokens in (None, 40):
-        model = apply_method(load_model(cfg.model, 2, seed=0), cfg)
+        model = LoneRun(apply_method(load_model(cfg.model, 2, seed=0), cfg))
         model.eval()  # no dropout: the two gradients must agree to rounding
         (loss,), _ = backward(
             model, [0], data, np.arange(12), tok.pad_token_id, None, max_tokens, torch.device("cpu")

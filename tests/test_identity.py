@@ -1,56 +1,151 @@
 """The run identity: every schema field is classified, the key follows what changes a record and
-nothing else, and the precision is keyed as used."""
+nothing else, the precision is keyed as used, and a new setting left at its baseline keeps every key."""
 
 import dataclasses
 import typing
+from dataclasses import field
+from typing import Any, Optional
 
 import pytest
+from omegaconf import MISSING, OmegaConf
 
-from qvtune.config.schema import RunConfig
+from qvtune.config.schema import OptimConfig, RunConfig, SyntheticSpec, TaskConfig
 from qvtune.store.identity import IDENTITY, keyed_fields, run_identity, run_key
-from qvtune.train.runtime import expected_precisions, resolve_precision
+from qvtune.train.runtime import PRECISIONS_USED, expected_precisions, resolve_precision
 from tests.helpers import make_config
 
 
-def schema_paths(cls: type, prefix: str = "") -> list[str]:
-    """Dotted paths of every field of a schema dataclass, nested dataclasses expanded."""
+def schema_rows(cls: type, prefix: str = "") -> list[str]:
+    """The rows a table needs for a schema dataclass: every leaf field, nested configs expanded, and
+    every Optional nested config itself (for when it is None)."""
     hints = typing.get_type_hints(cls)
     out = []
     for f in dataclasses.fields(cls):
-        path = prefix + f.name
-        inner = [a for a in typing.get_args(hints[f.name]) if dataclasses.is_dataclass(a)]
-        kind = hints[f.name] if dataclasses.is_dataclass(hints[f.name]) else (inner[0] if inner else None)
-        out.append(path)
-        if kind is not None:
-            out += schema_paths(kind, path + ".")
+        path, hint = prefix + f.name, hints[f.name]
+        optional = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]
+        if dataclasses.is_dataclass(hint):
+            out += schema_rows(hint, path + ".")
+        elif optional:
+            out += [path, *schema_rows(optional[0], path + ".")]
+        else:
+            out.append(path)
     return out
 
 
-def unclassified(cls: type) -> list[str]:
-    """Schema paths that IDENTITY classifies zero times or twice (itself and an ancestor)."""
-    paths = schema_paths(cls)
-    bad = []
-    for path in paths:
-        parts = path.split(".")
-        classified = [p for p in (".".join(parts[:i]) for i in range(1, len(parts) + 1)) if p in IDENTITY]
-        is_group = any(p.startswith(path + ".") for p in paths)
-        if len(classified) > 1 or (not classified and not is_group):
-            bad.append(path)
-    return bad
+def unclassified(cls: type, table: dict[str, Any] = IDENTITY) -> list[str]:
+    """The rows of the schema that the table lacks."""
+    return [path for path in schema_rows(cls) if path not in table]
 
 
 def test_every_schema_field_is_classified_once():
-    assert unclassified(RunConfig) == [], "classify these in qvtune.identity.IDENTITY"
-    paths = set(schema_paths(RunConfig))
-    assert not set(IDENTITY) - paths, f"IDENTITY names fields the schema lacks: {set(IDENTITY) - paths}"
+    assert unclassified(RunConfig) == [], "classify these in qvtune.store.identity.IDENTITY"
+    rows = set(schema_rows(RunConfig))
+    assert not set(IDENTITY) - rows, f"IDENTITY names rows the schema lacks: {set(IDENTITY) - rows}"
+    assert {"optim.betas", "optim.eps", "task.synthetic.train_size", "task.tsv", "task.tsv.folder"} <= rows
+
+
+# A schema that grew: a top-level option, and a field in a nested config and in an Optional one.
+@dataclasses.dataclass
+class GrownSynthetic(SyntheticSpec):
+    shuffle: bool = False
+
+
+@dataclasses.dataclass
+class GrownTask(TaskConfig):
+    synthetic: Optional[GrownSynthetic] = None
+
+
+@dataclasses.dataclass
+class GrownOptim(OptimConfig):
+    nesterov: bool = False
+
+
+@dataclasses.dataclass
+class Grown(RunConfig):
+    task: GrownTask = MISSING
+    optim: GrownOptim = field(default_factory=GrownOptim)
+    knob: int = 0
+
+
+GROWN = {**IDENTITY, "task.synthetic.shuffle": False, "optim.nesterov": False, "knob": 0}
 
 
 def test_a_new_field_left_unclassified_is_caught():
-    @dataclasses.dataclass
-    class Grown(RunConfig):
-        new_knob: int = 0
+    assert unclassified(Grown) == ["task.synthetic.shuffle", "optim.nesterov", "knob"]
+    assert unclassified(Grown, GROWN) == []
 
-    assert unclassified(Grown) == ["new_knob"]
+
+def under(schema: type, cfg: Any, **changes: Any) -> Any:
+    """cfg's values under another schema, as a record of an earlier version is read: the fields cfg
+    lacks take the schema's defaults."""
+    return OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.to_container(cfg, resolve=True), changes)
+
+
+# Several models, tasks, methods and rate spellings, each keyed under every precision.
+VARIED = [
+    [],
+    ["model=tiny-bert", "method=full", "lr=1e-3"],
+    ["model=roberta-base", "task=rte", "targets=qkv", "rank=16", "alpha=8", "lam=4"],
+    ["model=tiny-llama", "task=cola", "method=dora", "lr_v=3e-4", "head_lr=1e-2", "seed=2"],
+    ["recipe=paper", "model=tiny-roberta", "task=stsb", "epochs=20", "dropout=0.1"],
+    ["model=llama3.1-8b", "task=mnli", "eval_every=50", "optim.max_grad_norm=1.0", "max_steps=10"],
+]
+
+
+@pytest.mark.parametrize("overrides", VARIED)
+def test_a_new_field_at_its_baseline_keeps_every_key(overrides):
+    cfg = make_config(*overrides)
+    for precision in PRECISIONS_USED:
+        assert run_key(under(Grown, cfg), precision, GROWN) == run_key(cfg, precision)
+
+
+@pytest.mark.parametrize("overrides", VARIED)
+def test_a_new_field_away_from_its_baseline_changes_the_key(overrides):
+    cfg = make_config(*overrides)
+    key = run_key(cfg, "fp32")
+    assert run_key(under(Grown, cfg, knob=3), "fp32", GROWN) != key
+    assert run_key(under(Grown, cfg, optim={"nesterov": True}), "fp32", GROWN) != key
+    if cfg.task.synthetic is not None:
+        assert run_key(under(Grown, cfg, task={"synthetic": {"shuffle": True}}), "fp32", GROWN) != key
+
+
+@dataclasses.dataclass
+class Shifted(RunConfig):
+    diverge_factor: float = 5.0  # a default changed after runs used the old one
+
+
+@pytest.mark.parametrize("overrides", VARIED)
+def test_a_changed_default_changes_the_key_of_the_runs_that_use_it(overrides):
+    cfg = make_config(*overrides)
+    uses_new = OmegaConf.to_container(cfg, resolve=True)
+    del uses_new["diverge_factor"]
+    assert run_key(under(Shifted, OmegaConf.create(uses_new)), "bf16") != run_key(cfg, "bf16")
+    assert run_key(under(Shifted, cfg), "bf16") == run_key(cfg, "bf16")  # it kept the old value
+
+
+def test_a_baseline_that_would_follow_the_default_would_change_keys():
+    moved = {**GROWN, "knob": 1}  # what editing a baseline does: every run at the old one moves
+    cfg = make_config()
+    assert run_key(under(Grown, cfg), "fp32", moved) != run_key(cfg, "fp32")
+
+
+def test_only_settings_away_from_their_baseline_are_hashed():
+    ident = run_identity(make_config("model=tiny-bert"), "fp32")
+    hashed = {p for p, v in ident.items() if v != IDENTITY[p]}
+    assert hashed == {
+        "model.source",
+        "model.arch",
+        "model.tokenizer",
+        "task.name",
+        "task.extra_metrics",
+        "task.text_fields",
+        "task.hub_path",
+        "task.synthetic",
+        "method.name",
+        "precision",
+    }
+    assert ident["task.synthetic"] == {} and ident["task.tsv"] is None and "task.tsv.folder" not in ident
+    assert "model.arch" not in run_identity(make_config("model=roberta-base"), "fp32")
 
 
 KEY = run_key(make_config("lr=1e-3", "lam=1"), "fp32")
@@ -95,10 +190,18 @@ def test_key_follows_what_changes_the_record(override):
     assert run_key(make_config("lr=1e-3", override), "fp32") != KEY
 
 
-def test_rates_that_agree_share_a_key():
-    assert run_key(make_config("lr=1e-4", "lam=3"), "fp32") == run_key(
-        make_config("lr=1e-4", "lr_v=3e-4"), "fp32"
-    )
+@pytest.mark.parametrize(
+    "one, other",
+    [
+        (["lr=1e-4", "lam=3"], ["lr=1e-4", "lr_v=3e-4"]),
+        (["lr=1e-4", "lam=3"], ["lr=1e-4", "lam=3", "lr_v=3e-4"]),
+        (["lr=2e-4", "head_lr=null"], ["lr=2e-4", "head_lr=2e-4"]),
+        (["rank=16"], ["rank=16", "alpha=16"]),
+        ([], ["alpha=8"]),
+    ],
+)
+def test_one_run_spelled_two_ways_has_one_key(one, other):
+    assert run_key(make_config(*one), "fp32") == run_key(make_config(*other), "fp32")
 
 
 def test_full_fine_tune_ignores_adapter_settings():
@@ -140,3 +243,7 @@ def test_keyed_fields_lists_groups_and_top_level():
     assert (
         "results_dir" not in keyed_fields() and "eval_every" in keyed_fields() and "optim" in keyed_fields()
     )
+    # the collector's `extra` column: the top-level settings, not the config groups it names apart
+    assert not {"model", "task", "method"} & set(keyed_fields())
+    assert {"source", "arch", "tokenizer", "dtype"} <= set(keyed_fields("model"))
+    assert "name" not in keyed_fields("model") and "betas" in keyed_fields("optim")

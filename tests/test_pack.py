@@ -14,6 +14,7 @@ from qvtune.config.validate import member_configs, validate
 from qvtune.model.load import load_model
 from qvtune.model.methods import UpdateNorms, apply_method, group_params, param_groups
 from qvtune.model.pack import build_pack
+from qvtune.model.runs import LoneRun
 from qvtune.status import Status
 from qvtune.train.loop import Member
 from tests.helpers import make_config, train_members
@@ -40,7 +41,7 @@ def alone(cfg, checkpoint: Path):
     net = apply_method(load_model(cfg.model, cfg.task.num_labels, cfg.seed, cfg.attention_dropout), cfg)
     groups = param_groups(net, learning_rates(cfg), cfg.optim.grouping)
     member = Member(groups, UpdateNorms.of(net), checkpoint, lambda values, step: None)
-    return train_members(net, [member], cfg)[0]
+    return train_members(LoneRun(net), [member], cfg)[0]
 
 
 def packed(configs, folder: Path):
@@ -153,13 +154,12 @@ def test_packed_layer_matches_peft_with_dropout_off_in_eval_and_train_modes():
     labels = torch.tensor([0, 1, 1])
     for mode in ("eval", "train"):
         getattr(lone, mode)(), getattr(pack, mode)()
-        pack.slots.active = [0, 1]
-        losses, logits = pack(input_ids=ids, attention_mask=mask, labels=labels)
+        losses, logits = pack([0, 1], input_ids=ids, attention_mask=mask, labels=labels)
         want = lone(input_ids=ids, attention_mask=mask, labels=labels)
         assert torch.allclose(logits[0], want.logits, rtol=1e-5, atol=1e-6)
         assert float(losses[0].detach()) == pytest.approx(float(want.loss.detach()), rel=1e-5)
-        pack.slots.active = [0]  # the first member alone: the second's slot is gone, not zeroed
-        alone_logits = pack(input_ids=ids, attention_mask=mask, labels=labels)[1]
+        # the first member alone: the second's slot is gone, not zeroed
+        alone_logits = pack([0], input_ids=ids, attention_mask=mask, labels=labels)[1]
         assert torch.allclose(alone_logits[0], want.logits, rtol=1e-5, atol=1e-6)
 
 

@@ -1,5 +1,5 @@
 """Packs through the entry point and the sweeper: a packed sweep writes the records its runs write
-alone, under the same keys; a pack killed mid-run resumes every member, and a member finished
+alone, under the same keys; a pack stopped by SIGTERM mid-run resumes every member, and a member finished
 elsewhere in the meantime is not trained again. Dropout is off, so packed and lone runs agree."""
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ MEMBERS = "pack=[{lr:0.003,lam:2},{lr:0.01,lam:4},{lr:0.001,targets:v}]"
 ALONE = [["lr=0.003", "lam=2"], ["lr=0.01", "lam=4"], ["lr=0.001", "targets=v"]]
 
 
-def test_a_killed_pack_resumes_every_member_and_skips_one_finished_elsewhere(tmp_path: Path) -> None:
+def test_a_terminated_pack_resumes_every_member_and_skips_one_finished_elsewhere(tmp_path: Path) -> None:
     import os
     import time
 
@@ -117,13 +117,17 @@ def test_a_killed_pack_resumes_every_member_and_skips_one_finished_elsewhere(tmp
             except FileNotFoundError:
                 steps = set()
             (step,) = steps if len(steps) == 1 else (0,)
-            if step >= 22 and step % PER_EPOCH and step < TOTAL:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
+            if step >= 22 and step % PER_EPOCH and step < TOTAL - 2:
+                os.kill(proc.pid, signal.SIGTERM)  # scancel: every member stops at the step's end
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.wait(timeout=60)
                 break
             os.kill(proc.pid, signal.SIGCONT)
         time.sleep(0.05)
-    assert {r["status"] for r in records(results)} == {"running"}
+    assert proc.returncode == 128 + signal.SIGTERM, tail(tmp_path / "err.txt")
+    stopped = records(results)
+    assert {r["status"] for r in stopped} == {"interrupted"} and {r["signal"] for r in stopped} == {"SIGTERM"}
+    assert len({r["steps"] for r in stopped}) == 1  # checkpointed together, at one step boundary
     # the first member finishes alone in the meantime, from its pack checkpoint
     first = run_cli(*args, *ALONE[0], cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -131,7 +135,7 @@ def test_a_killed_pack_resumes_every_member_and_skips_one_finished_elsewhere(tmp
     assert relaunch.returncode == 0, relaunch.stderr[-3000:]
     log = relaunch.stderr + relaunch.stdout
     assert "is already completed" in log and "training 2 runs as one pack" in log
-    assert log.count("(resuming)") == 2
+    assert log.count("(resuming from its checkpoint at step") == 2
     for overrides in ALONE:
         ref = run_cli(*[*KILLED, *store(tmp_path, "reference")], *overrides, cwd=tmp_path)
         assert ref.returncode == 0, ref.stderr[-3000:]
@@ -173,7 +177,7 @@ def test_a_member_that_diverges_has_its_record_written_then_and_a_kill_after_it_
     assert relaunch.returncode == 0, relaunch.stderr[-3000:]
     log = relaunch.stderr + relaunch.stdout
     assert "is already diverged" in log and "training 2 runs as one pack" in log
-    assert log.count("(resuming)") == 2
+    assert log.count("(resuming from its checkpoint at step") == 2
     got = list(by_key(results).values())
     assert sorted(r["status"] for r in got) == ["completed", "completed", "diverged"]
     assert [r["steps"] for r in got if r["status"] == "completed"] == [TOTAL, TOTAL]

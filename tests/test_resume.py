@@ -1,5 +1,6 @@
-"""A run killed mid-epoch and resumed from its checkpoint writes the record the same run writes when
-nothing interrupts it: the same losses at every step, the same evaluations, the same final metrics.
+"""A run killed mid-epoch (SIGKILL), or stopped by SIGTERM (scancel, a Slurm time limit,
+preemption), and resumed from its checkpoint writes the record the same run writes when nothing
+interrupts it: the same losses at every step, the same evaluations, the same final metrics.
 
 The model trains with dropout (BERT's hidden dropout 0.1, stated in the overrides so that the test does
 not rest on a default, and LoRA dropout 0.1), so the resumed steps match only if the checkpoint restores
@@ -77,10 +78,14 @@ def checkpoint_step(results: Path) -> Optional[int]:
         return None
 
 
-def kill_mid_epoch(proc: subprocess.Popen, results: Path, timeout: float = 120) -> int:
-    """SIGKILL the run at a checkpoint past KILL_AFTER that is not at an epoch boundary; returns its step.
+def interrupt_mid_epoch(
+    proc: subprocess.Popen, results: Path, how: signal.Signals, timeout: float = 120
+) -> int:
+    """Send `how` to the run at a checkpoint past KILL_AFTER that is not at an epoch boundary and wait
+    for it to end; returns the step of that checkpoint.
 
-    The run is frozen (SIGSTOP) while its checkpoint is read, so the step read is the one it resumes from.
+    The run is frozen (SIGSTOP) while its checkpoint is read, so the step read is the one a SIGKILLed
+    run resumes from; a SIGTERMed run finishes the step it is in and checkpoints after it.
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -89,9 +94,10 @@ def kill_mid_epoch(proc: subprocess.Popen, results: Path, timeout: float = 120) 
         if step is not None and step >= KILL_AFTER:
             os.kill(proc.pid, signal.SIGSTOP)
             step = checkpoint_step(results)
-            if step is not None and step % PER_EPOCH and step < TOTAL:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
+            if step is not None and step % PER_EPOCH and step < TOTAL - 2:
+                os.kill(proc.pid, how)
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.wait(timeout=60)
                 return step
             os.kill(proc.pid, signal.SIGCONT)
         time.sleep(0.05)
@@ -114,27 +120,8 @@ def assert_pairs_close(got: list[list[float]], want: list[list[float]], what: st
         assert g[1:] == pytest.approx(w[1:], rel=REL, abs=1e-12), f"{what} at step {g[0]}"
 
 
-def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_record(tmp_path: Path) -> None:
-    whole_root, killed_root = tmp_path / "whole", tmp_path / "killed"
-    whole_root.mkdir(), killed_root.mkdir()
-    whole = start(store_args(whole_root), whole_root)  # single-threaded runs: two at a time fit two cores
-    killed = start(store_args(killed_root), killed_root)
-    try:
-        step = kill_mid_epoch(killed, killed_root / "results")
-        [partial] = records(killed_root / "results")
-        assert partial["status"] == "running"  # a killed run never looks complete
-        resumed = run_cli(*store_args(killed_root), cwd=killed_root, timeout=300)  # while `whole` still runs
-    finally:
-        killed.kill()
-        killed.wait(timeout=30)
-        whole.wait(timeout=300)
-    assert whole.returncode == 0, tail(whole_root / "err.txt")
-    assert KILL_AFTER <= step < TOTAL and step % PER_EPOCH != 0, step
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "(resuming)" in resumed.stdout
-    want, got = full_record(whole_root / "results"), full_record(killed_root / "results")
-    assert not list((killed_root / "results").glob("*/checkpoint.pt"))
-
+def assert_same_record(got: dict[str, Any], want: dict[str, Any], interrupted_at: int) -> None:
+    """`got` (interrupted at a step, then resumed) is the uninterrupted run's record `want`."""
     assert got["run_key"] == want["run_key"]
     assert got["config"]["model"]["arch"]["hidden_dropout_prob"] == 0.1 and got["config"]["dropout"] == 0.1
     assert want["status"] == got["status"] == "completed"
@@ -142,20 +129,69 @@ def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_record(tmp_path: Path
     assert got["tokens"] == want["tokens"]
     assert got["final"] == pytest.approx(want["final"], rel=REL)
     assert got["best"] == pytest.approx(want["best"], rel=REL)
-    assert got["train_loss"][-1][1] == pytest.approx(want["train_loss"][-1][1], rel=REL)
     assert [s for s, _ in got["train_loss"]] == list(range(1, TOTAL + 1))
     assert_pairs_close(got["train_loss"], want["train_loss"], "train loss")
     assert_pairs_close(got["lr_trace"], want["lr_trace"], "learning rates")
     assert_pairs_close(got["update_norms"], want["update_norms"], "update norms")
-    # the evaluations before the kill come from the checkpoint, the later ones from the resumed run
+    # the evaluations before the stop come from the checkpoint, the later ones from the resumed run
     expected_steps = sorted(
         {*range(EVAL_EVERY, TOTAL + 1, EVAL_EVERY), *range(PER_EPOCH, TOTAL + 1, PER_EPOCH)}
     )
     assert [h["step"] for h in got["history"]] == [h["step"] for h in want["history"]] == expected_steps
-    assert any(h["step"] < step for h in got["history"]) and any(h["step"] > step for h in got["history"])
+    assert any(h["step"] < interrupted_at for h in got["history"])
+    assert any(h["step"] > interrupted_at for h in got["history"])
     for g, w in zip(got["history"], want["history"]):
         assert g["epoch"] == w["epoch"]
         assert g["metrics"] == pytest.approx(w["metrics"], rel=REL), f"evaluation at step {g['step']}"
+
+
+def test_a_run_killed_or_terminated_mid_epoch_resumes_to_the_uninterrupted_record(tmp_path: Path) -> None:
+    roots = {name: tmp_path / name for name in ("whole", "killed", "terminated")}
+    for root in roots.values():
+        root.mkdir()
+    procs = {name: start(store_args(root), root) for name, root in roots.items()}  # 1 thread each
+    try:
+        killed_at = interrupt_mid_epoch(procs["killed"], roots["killed"] / "results", signal.SIGKILL)
+        [partial] = records(roots["killed"] / "results")
+        assert partial["status"] == "running"  # a killed run never looks complete
+
+        terminated_at = interrupt_mid_epoch(
+            procs["terminated"], roots["terminated"] / "results", signal.SIGTERM
+        )
+        assert procs["terminated"].returncode == 128 + signal.SIGTERM, tail(roots["terminated"] / "err.txt")
+        [stopped] = records(roots["terminated"] / "results")
+        assert stopped["status"] == "interrupted" and stopped["signal"] == "SIGTERM"
+        # it finished the step it was in and checkpointed after it, at a step boundary
+        step = stopped["steps"]
+        assert (
+            step in (terminated_at, terminated_at + 1)
+            and checkpoint_step(roots["terminated"] / "results") == step
+        )
+        key = stopped["run_key"]
+        line = f"run {key} stopped by SIGTERM at step {step}: checkpoint saved, re-launch to resume"
+        said = (roots["terminated"] / "out.txt").read_text() + (roots["terminated"] / "err.txt").read_text()
+        assert (
+            line in said
+            and line in (roots["terminated"] / "results" / stopped["run_key"] / "run.log").read_text()
+        )
+
+        resumed = {
+            name: run_cli(*store_args(roots[name]), cwd=roots[name], timeout=300)
+            for name in ("killed", "terminated")
+        }
+    finally:
+        for name in ("killed", "terminated"):
+            procs[name].kill()
+            procs[name].wait(timeout=30)
+        procs["whole"].wait(timeout=300)
+    assert procs["whole"].returncode == 0, tail(roots["whole"] / "err.txt")
+    assert KILL_AFTER <= killed_at < TOTAL and killed_at % PER_EPOCH != 0, killed_at
+    want = full_record(roots["whole"] / "results")
+    for name, at in (("killed", killed_at), ("terminated", terminated_at)):
+        assert resumed[name].returncode == 0, resumed[name].stderr[-3000:]
+        assert "(resuming from its checkpoint at step" in resumed[name].stdout
+        assert not list((roots[name] / "results").glob("*/checkpoint.pt"))
+        assert_same_record(full_record(roots[name] / "results"), want, at)
     # the loss changes from step to step and the weights moved: matching curves are not trivially equal
     losses = [loss for _, loss in want["train_loss"]]
     assert len(set(losses)) > TOTAL // 2

@@ -206,7 +206,7 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     assert 0 < done_before < 189
     finished = run_cli(*args, cwd=tmp_path)
     assert finished.returncode == 0, finished.stderr[-3000:]
-    assert "(resuming)" in finished.stdout
+    assert "(resuming from its checkpoint at step" in finished.stdout
     [rec] = records(results)
     assert rec["status"] == "completed" and rec["steps"] == 189 and len(rec["train_loss"]) == 189
     assert [s for s, _ in rec["train_loss"]] == list(range(1, 190))

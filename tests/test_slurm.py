@@ -323,7 +323,7 @@ def test_scancelled_run_resumes_when_the_sweep_is_relaunched(
     after = records(results)
     assert after[q]["finished_at"] == before[q]["finished_at"]
     assert after[v]["status"] == "completed" and after[v]["steps"] == steps
-    assert "(resuming)" in (results / v / "run.log").read_text()
+    assert "(resuming from its checkpoint at step" in (results / v / "run.log").read_text()
     assert len(array_tasks(tmp_path / "sweep2")) == 1, "re-ran a finished run"
 
 
@@ -346,7 +346,7 @@ def test_run_past_its_time_limit_is_requeued_and_resumes(
     assert released, "the run finished within its time limit"
     (rec,) = records(results).values()
     assert rec["status"] == "completed" and rec["steps"] == steps
-    assert "(resuming)" in (results / rec["run_key"] / "run.log").read_text()
+    assert "(resuming from its checkpoint at step" in (results / rec["run_key"] / "run.log").read_text()
 
     r = run(cmd + slurm(name, tmp_path / "sweep2"), tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]

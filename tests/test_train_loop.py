@@ -94,51 +94,48 @@ def test_factor_zero_still_stops_on_non_finite_loss(bad: float) -> None:
     assert check_divergence(TrainState(), bad, 0.0)[0] == "diverged"
 
 
-def test_first_loss_is_the_start_and_later_losses_do_not_move_it() -> None:
+def test_without_a_measured_start_the_first_loss_is_the_start_and_later_losses_do_not_move_it() -> None:
     state = TrainState()
     feed([2.5, 0.1, 7.0, 3.0], 10.0, state)
-    assert state.loss_start == 2.5
-    assert state.recent_losses == [2.5, 0.1, 7.0, 3.0]
+    assert state.loss_start == 2.5 and state.recent_losses == [2.5, 0.1, 7.0, 3.0]
     feed([1.0] * 20, 10.0, state)
     assert state.loss_start == 2.5 and state.recent_losses == [1.0] * LOSS_WINDOW
 
 
-def test_a_start_restored_from_a_checkpoint_is_kept() -> None:
-    state = TrainState(step=40, loss_start=0.5, recent_losses=[0.5] * LOSS_WINDOW)
-    assert feed([0.6], 10.0, state) == ["running"]
-    assert state.loss_start == 0.5
+def test_a_measured_start_is_kept() -> None:
+    state = TrainState(loss_start=0.7)
+    assert feed([0.05, 0.7, 0.69] + [0.68] * 30, 10.0, state) == ["running"] * 33
+    assert state.loss_start == 0.7
+    state = TrainState(step=40, loss_start=0.5, recent_losses=[0.5] * LOSS_WINDOW)  # from a checkpoint
+    assert feed([0.6], 10.0, state) == ["running"] and state.loss_start == 0.5
+
+
+def test_a_blow_up_shorter_than_the_window_is_caught() -> None:
+    # 8 steps from a start of 0.7: the mean of the losses so far exceeds 10 x 0.7 at the 4th step,
+    # long before a 10-step window would be full
+    statuses = feed([0.7, 3.0, 9.0, 20.0, 40.0, 60.0, 80.0, 90.0], 10.0, TrainState(loss_start=0.7))
+    assert statuses[:3] == ["running"] * 3 and statuses[3] == "diverged"  # mean(.7, 3, 9, 20) = 8.2
 
 
 def test_mean_of_the_window_above_factor_times_start_diverges() -> None:
-    # start 1.0, factor 10: the 10-step mean (1 + 9 x 20) / 10 = 18.1 > 10 on the 10th loss; before
-    # the window is full no mean is compared, however high the loss
     assert LOSS_WINDOW == 10
-    assert feed([1.0] + [20.0] * 9, 10.0) == ["running"] * 9 + ["diverged"]
+    assert feed([1.0] + [20.0] * 9, 10.0, TrainState(loss_start=1.0)) == ["running"] + ["diverged"] * 9
 
 
 def test_mean_exactly_at_the_limit_runs_and_the_window_slides() -> None:
-    # (1 + 9 x 11) / 10 = 10.0 is not above 10 x 1.0; the 11th loss pushes the start out of the
-    # window: mean 11 > 10. The start itself stays 1.0.
-    state = TrainState()
-    assert feed([1.0] + [11.0] * 9, 10.0, state) == ["running"] * 10
-    assert feed([11.0], 10.0, state) == ["diverged"]
+    # start 1.0: a window of losses of 10.0 averages exactly 10 x 1.0, which is not above it
+    state = TrainState(loss_start=1.0)
+    assert feed([10.0] * 12, 10.0, state) == ["running"] * 12
+    assert feed([11.0], 10.0, state) == ["diverged"]  # (9 x 10 + 11) / 10 = 10.1
     assert state.loss_start == 1.0
 
 
 def test_divergence_message_names_mean_factor_start_and_step() -> None:
-    state = TrainState()
-    feed([2.0] + [50.0] * 8, 3.0, state)
+    state = TrainState(step=3, loss_start=2.0, recent_losses=[2.0, 2.0])
     state.step += 1
     status, error = check_divergence(state, 50.0, 3.0)
-    # mean (2 + 9 x 50) / 10 = 45.2 > 3 x 2
-    assert status == "diverged"
-    assert "45.2" in error and "3 x" in error and "start 2" in error and "step 10" in error
-
-
-def test_a_low_first_loss_makes_moderate_losses_diverge() -> None:
-    # start 0.1, factor 10: ten losses of 1.5 average 1.5 > 1.0; the same losses from a start of 1.5 run
-    assert feed([0.1] + [1.5] * 10, 10.0)[-1] == "diverged"
-    assert feed([1.5] * 11, 10.0) == ["running"] * 11
+    assert status == "diverged"  # mean (2 + 2 + 50) / 3 = 18 > 3 x 2
+    assert "18" in error and "3 x" in error and "start 2" in error and "step 4" in error
 
 
 def test_factor_zero_means_non_finite_only() -> None:
@@ -147,11 +144,12 @@ def test_factor_zero_means_non_finite_only() -> None:
 
 def test_noisy_but_bounded_loss_never_diverges() -> None:
     # start 1: noise in [0.5, 2] and every 13th step a spike of 40, itself 40 x the start; a window
-    # holds at most one spike, so its mean stays <= (9 x 2 + 40) / 10 = 5.8 < 10
+    # holds at most one spike, so its mean stays <= (9 x 2 + 40) / 10 = 5.8 < 10; the first spike
+    # comes when the window is already full
     rng = np.random.default_rng(0)
     losses = [40.0 if i % 13 == 0 else float(x) for i, x in enumerate(rng.uniform(0.5, 2.0, size=1000), 1)]
-    state = TrainState()
-    assert feed([1.0] + losses, 10.0, state) == ["running"] * 1001
+    state = TrainState(loss_start=1.0)
+    assert feed(losses, 10.0, state) == ["running"] * 1000
     assert len(state.recent_losses) == LOSS_WINDOW
 
 

@@ -2,7 +2,8 @@
 
 The record's own config decides where a run belongs, never its file or folder name, so runs can be
 moved, copied between stores or nested in sweep folders. A record that cannot be read (half-written,
-not JSON, missing fields) is reported by path and skipped: one bad file never stops a collection.
+not JSON, missing fields, a metric that is not a number, a finished run without its final metrics) is
+reported by path and skipped: one bad file never stops a collection.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
+from qvtune.config.rates import RATE_KEYS, rounded
 from qvtune.config.schema import has_rank, parse_targets
 from qvtune.status import Status
 from qvtune.store.identity import keyed_fields
@@ -26,15 +28,17 @@ from qvtune.store.record import InvalidRecord, RunRecord
 from qvtune.store.store import result_files
 from qvtune.train.runtime import available_cpus
 
-# completed, diverged, running, failed: the preference order among duplicates. A paused run (a rung
-# of a search, stopped at `until`) is not finished: its row says running.
-STATUSES = tuple(s for s in Status if s not in (Status.PAUSED, Status.PENDING))
+# Record statuses whose row says running: not finished, so not scored. A paused run stopped at a rung
+# of a search (`until`), an interrupted one was killed; both resume from their checkpoint.
+AS_RUNNING = (Status.PAUSED, Status.INTERRUPTED)
+# completed, diverged, running, failed: the statuses of rows, in the preference order among duplicates
+STATUSES = tuple(s for s in Status if s not in (*AS_RUNNING, Status.PENDING))
 SCORED = (Status.COMPLETED, Status.DIVERGED)  # a diverged run counts with what it scored, and is marked
 PICKS = ("final", "best")
 
 # Keyed config fields with their own column; every other top-level one that decides a result (see
 # qvtune.store.identity) goes, as JSON, into `extra`, the precision as the run used it.
-_EXPLICIT = {"targets", "rank", "alpha", "lr", "lam", "lr_v", "head_lr", "epochs", "seed"}
+_EXPLICIT = {"targets", "rank", "alpha", *RATE_KEYS, "epochs", "seed"}
 _EXTRA_KEYS = tuple(k for k in keyed_fields() if k not in _EXPLICIT)
 # Columns that together name a setting: everything a run's result depends on except its seed.
 SETTING_COLUMNS = [
@@ -87,11 +91,9 @@ _NUMBERS = {
 _PARALLEL_FROM = 400  # below this many files a worker pool costs more than it saves
 
 
-def _sig(x: Any) -> float:
-    """A float rounded to 6 significant digits, so 2 * 1e-4 and 2e-4 land in the same cell."""
-    if x is None:
-        return math.nan
-    return float(f"{float(x):.6g}")
+def _rate(x: Any) -> float:
+    """A rate rounded as run keys round it, so 3 * 1e-4 and 3e-4 land in the same cell; NaN for none."""
+    return math.nan if x is None else rounded(float(x))
 
 
 def _rates(record: RunRecord, cfg: dict[str, Any]) -> tuple[float, float, float]:
@@ -106,7 +108,7 @@ def _rates(record: RunRecord, cfg: dict[str, Any]) -> tuple[float, float, float]
     else:
         lam = float(cfg.get("lam") or 1.0)
     lr_v = float(rates["v"]) if rates.get("v") is not None else lam * lr
-    return _sig(lr), _sig(lr_v), _sig(lam)
+    return _rate(lr), _rate(lr_v), _rate(lam)
 
 
 @functools.lru_cache(maxsize=256)
@@ -128,14 +130,19 @@ def flatten(record: RunRecord, path: str, pick: str = "final") -> dict[str, Any]
         rank = int(cfg["rank"]) if ranked else None
         lr, lr_v, lam = _rates(record, cfg)
         metric = record.metric or cfg["task"]["metric"]
+        _check_metrics(record)
+        if record.status in SCORED and not record.final:
+            raise InvalidRecord(f"incomplete: status {record.status} but no final metrics")
         value = getattr(record, pick).get(metric)
+        if record.status in SCORED and value is None:
+            raise InvalidRecord(f"incomplete: status {record.status} but no {pick} {metric}")
         extra = {k: cfg[k] for k in _EXTRA_KEYS if k in cfg and (ranked or k != "dropout")}
         if record.precision is not None:
             extra["precision"] = record.precision
         return {
             "path": path,
             "run_key": record.run_key,
-            "status": (Status.RUNNING if record.status is Status.PAUSED else record.status).value,
+            "status": (Status.RUNNING if record.status in AS_RUNNING else record.status).value,
             "error": record.error,
             "model": str(cfg["model"]["name"]),
             "task": str(cfg["task"]["name"]),
@@ -143,11 +150,11 @@ def flatten(record: RunRecord, path: str, pick: str = "final") -> dict[str, Any]
             "method": method,
             "targets": _targets(cfg["targets"]),
             "rank": math.nan if rank is None else float(rank),
-            "alpha": _sig(cfg.get("alpha") or rank) if ranked else math.nan,
+            "alpha": float(cfg.get("alpha") or cfg["rank"]) if ranked else math.nan,
             "lr": lr,
             "lr_v": lr_v,
             "lam": lam,
-            "head_lr": _sig(cfg.get("head_lr")),
+            "head_lr": _rate(cfg.get("head_lr")),
             "epochs": float(cfg.get("epochs", 0) or 0),
             "extra": json.dumps(extra, sort_keys=True, default=str),
             "seed": int(cfg["seed"]),
@@ -157,8 +164,38 @@ def flatten(record: RunRecord, path: str, pick: str = "final") -> dict[str, Any]
             "steps": record.steps,
             "budget": _budget(record),
         }
+    except InvalidRecord:
+        raise  # its message says what is wrong already
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise InvalidRecord(f"{type(e).__name__}: {e}") from None
+
+
+def _check_metrics(record: RunRecord) -> None:
+    """Raise InvalidRecord on a metric in final, best or history that is not a number: float() would
+    read the string "0.9" or true as a score. NaN and inf are numbers (a diverged run's loss)."""
+    places = [("final", record.final), ("best", record.best)]
+    for i, entry in enumerate(record.history):
+        if not isinstance(entry, dict) or not isinstance(entry.get("metrics"), dict):
+            raise InvalidRecord(f"history[{i}]: not an evaluation with a metrics object")
+        places.append((f"history[{i}].metrics", entry["metrics"]))
+    for where, metrics in places:
+        for name, value in metrics.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InvalidRecord(f"{where}.{name}: {_json_kind(value)} where a number was expected")
+
+
+def _json_kind(value: Any) -> str:
+    """A JSON value as result.json spells it, with its type: string "0.9", bool true, null, object."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"bool {json.dumps(value)}"
+    if isinstance(value, str):
+        text = json.dumps(value if len(value) <= 40 else value[:37] + "...")
+        return f"string {text}"
+    if isinstance(value, dict):
+        return "object"
+    return "list" if isinstance(value, list) else type(value).__name__
 
 
 def _budget(record: RunRecord) -> float:

@@ -31,6 +31,9 @@ WANDB_MODES = ("offline", "online", "disabled")
 
 WandbMode = Literal["offline", "online", "disabled"]  # WANDB_MODES, as a type
 
+# Where a run logs its config, rates, losses, norms and dev metrics (qvtune.track), any of them at once.
+TRACKERS = ("wandb", "tensorboard", "mlflow", "csv")
+
 
 @dataclass
 class ModelConfig:
@@ -40,6 +43,9 @@ class ModelConfig:
     # A hub id, a local folder, or "package:<python package>" (a model shipped inside a pip package).
     # None builds `arch` with random weights (the tiny test models).
     source: Optional[str] = None
+    # A GGUF file's path inside `source` (e.g. a quantised model shipped in a pip package): its weights
+    # are dequantised once into <cache_dir>/models/ and loaded from there (qvtune.model.load).
+    gguf_file: Optional[str] = None
     # transformers config fields (model_type and shapes): random init, and offline dry runs / theory.
     arch: dict[str, Any] = field(default_factory=dict)
     tokenizer: Optional[str] = None  # defaults to source; "builtin" = qvtune's small word-level vocab
@@ -119,6 +125,14 @@ class WandbConfig:
 
 
 @dataclass
+class MlflowConfig:
+    # null: the MLFLOW_TRACKING_URI environment variable where it is set, else MLflow's own local
+    # kind of store beside the results: sqlite:///<results_dir>/mlflow.db
+    tracking_uri: Optional[str] = None
+    experiment: Optional[str] = None  # defaults to the sweep name; a lone run's is "qvtune"
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = MISSING
     task: TaskConfig = MISSING
@@ -172,7 +186,9 @@ class RunConfig:
     # on one frozen base in one forward pass (qvtune.model.pack); each is its own run. The sweeper's
     # `hydra.sweeper.pack=K` forms packs itself. Empty: one run, this config.
     pack: list[dict[str, Any]] = field(default_factory=list)
+    trackers: list[str] = field(default_factory=lambda: ["wandb"])  # any of TRACKERS
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 
 def register_configs() -> None:

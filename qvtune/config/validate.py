@@ -15,6 +15,7 @@ from qvtune.config.schema import (
     PADDINGS,
     PRECISIONS,
     SCHEDULERS,
+    TRACKERS,
     WANDB_MODES,
     ModelConfig,
     RunConfig,
@@ -126,6 +127,10 @@ def validate(cfg: RunConfig) -> list[str]:
         wandb_mode(cfg) in WANDB_MODES,
         f"WANDB_MODE={wandb_mode(cfg)!r} (environment): expected one of {', '.join(WANDB_MODES)}",
     )
+    check(
+        all(t in TRACKERS for t in cfg.trackers),
+        f"trackers=[{','.join(cfg.trackers)}]: expected any of {', '.join(TRACKERS)}",
+    )
     check(cfg.threads is None or cfg.threads >= 1, f"threads={cfg.threads}: expected an integer >= 1")
     errors += _validate_model(cfg.model)
     errors += _validate_task(cfg.task, cfg.data_dir)
@@ -188,7 +193,30 @@ def _validate_model(model: ModelConfig) -> list[str]:
         )
     if model.dtype not in ("float32", "bfloat16", "float16"):
         errors.append(f"model.dtype={model.dtype!r}: expected float32, bfloat16 or float16")
-    return errors
+    return errors + (_validate_gguf(model) if model.gguf_file else [])
+
+
+def _validate_gguf(model: ModelConfig) -> list[str]:
+    """model.gguf_file where it can be checked without the hub: in a local folder or an installed package
+    (a missing folder or package is reported by _validate_model; a hub repo's file, when downloaded)."""
+    src, name = model.source or "", model.gguf_file
+    if not src:
+        return [f"model.gguf_file={name!r}: needs model.source, the folder, package or hub repo holding it"]
+    if src.startswith("package:"):
+        import importlib.util
+
+        spec = importlib.util.find_spec(src.split(":", 1)[1])
+        if spec is None or not spec.submodule_search_locations:
+            return []
+        folder = Path(next(iter(spec.submodule_search_locations)))
+    elif src.startswith((".", "/", "~")):
+        folder = Path(src).expanduser()
+        if not folder.is_dir():
+            return []
+    else:
+        return []
+    path = folder / str(name)
+    return [] if path.is_file() else [f"model.gguf_file={name!r}: no such file {path}"]
 
 
 def _validate_task(task: TaskConfig, data_dir: Optional[str]) -> list[str]:

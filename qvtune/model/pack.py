@@ -237,7 +237,7 @@ class PackedHead(nn.Module):
 
 
 class PackedModel(nn.Module):
-    """The frozen base with packed layers: `forward` returns each active member's mean loss and
+    """The frozen base with packed layers: `forward` returns each listed member's mean loss and
     logits, as the lone model's `loss` and `logits` (cross-entropy; mean squared error for one label)."""
 
     def __init__(self, base: nn.Module, members: list[MemberWeights], dropout: float) -> None:
@@ -275,8 +275,11 @@ class PackedModel(nn.Module):
             for _, p, _ in member.named:
                 p.requires_grad_(True)
 
-    def forward(self, labels: torch.Tensor, **inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n = len(self.slots.active)
+    def forward(
+        self, members: list[int], labels: torch.Tensor, **inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self.slots.active = members
+        n = len(members)
         repeated = {k: v.repeat(n, *[1] * (v.dim() - 1)) for k, v in inputs.items()}
         logits = self.base(**repeated).logits.unflatten(0, (n, -1))  # (members, batch, labels)
         if logits.shape[-1] == 1:

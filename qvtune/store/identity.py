@@ -1,10 +1,25 @@
 """A run's identity: which settings decide its result, and the run key hashed from them.
 
-Every field of the schema (qvtune.config.RunConfig) is classified in IDENTITY, in one place:
-True when it changes what the run records (it is in the key), False when it does not (paths,
-logging, launcher and bookkeeping settings, speed-only options with the same result). A test fails
-when a new field is left unclassified. A re-launched grid maps every run to the same key wherever
-its files live, so finished runs are skipped and interrupted ones resume.
+Every field of the schema (qvtune.config.RunConfig) is classified in IDENTITY, in one place, by its
+dotted path; nested configs (model, task, optim, task.synthetic, ...) are listed leaf by leaf, and an
+Optional one (task.tsv, task.synthetic) also has a row of its own, for when it is None. A field is
+UNKEYED when it does not change what the run records (paths, logging, launcher and bookkeeping
+settings, speed-only options with the same result); a keyed field carries its *baseline*: the value
+it had when it joined the identity, written here literally, or REQUIRED where there is none. A test
+fails when a field is left unclassified.
+
+The run key hashes only the keyed settings whose (normalised) value differs from their baseline
+(REQUIRED ones always). So a new option joins with its default as its baseline, and every run that
+leaves it at that default keeps the key it had before the option existed: finished runs stay found.
+A re-launched grid maps every run to the same key wherever its files live, so finished runs are
+skipped and interrupted ones resume. Never change a baseline, not even when a schema default
+changes: a run with another value is another run and must get another key, and a changed baseline
+would move every run that keeps the old value (or the new one) to a key nobody asked for before.
+
+The values are normalised first, so that one run has one identity whatever its spelling: targets
+canonical ("qv"); lr and lam rounded (qvtune.config.rates.rounded), lr_v folded into lam; head_lr
+None where it equals lr; alpha None where it equals rank (its default); rank, alpha and dropout left
+out where the method has no rank; model.arch left out where model.source names the weights.
 
 The precision is keyed as the one actually used (fp32 on CPU; bf16 or fp16 autocast on a GPU), not
 as requested: `precision=auto` on a CPU and on a GPU are two different runs. Nothing heavy is
@@ -13,117 +28,184 @@ imported here: the sweeper and the collector use it far from the GPUs.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from qvtune.config.rates import learning_rates, rounded
 from qvtune.config.schema import RunConfig, has_rank, parse_targets, plain
 from qvtune.train.runtime import PRECISIONS_USED
 
-# Dotted schema paths (a field, or a nested config taken whole) -> in the key?
-IDENTITY: dict[str, bool] = {
+
+class Mark(enum.Enum):
+    """What a row of IDENTITY holds instead of a baseline."""
+
+    UNKEYED = "unkeyed"  # not in the key: the record does not depend on it
+    REQUIRED = "required"  # in the key whatever its value: it has no default a run could leave
+
+
+UNKEYED = Mark.UNKEYED
+REQUIRED = Mark.REQUIRED
+
+# Dotted schema paths -> the baseline of a keyed field (see the module docstring), or UNKEYED.
+# Add a new field with its default as its baseline; never edit a baseline.
+IDENTITY: dict[str, Any] = {
     # what is trained, on what, how
-    "model.name": False,  # a label; the weights are named by source (or arch) and dtype
-    "model.source": True,
-    "model.arch": True,  # only when there is no source: the random-init models are their arch
-    "model.tokenizer": True,
-    "model.dtype": True,
-    "model.gradient_checkpointing": False,  # recomputes activations: the same gradients
-    "task.name": True,
-    "task.num_labels": True,
-    "task.metric": True,
-    "task.extra_metrics": True,
-    "task.text_fields": True,
-    "task.label_names": True,
-    "task.hub_path": True,
-    "task.hub_name": True,
-    "task.train_split": True,
-    "task.eval_splits": True,
-    "task.tsv": True,
-    "task.synthetic": True,
-    "task.train_size": False,  # a cost hint for plan=true
-    "task.paper_epochs": False,  # sweep files read it into `epochs`, which is keyed
-    "method.name": True,
-    "recipe": False,  # a name for a set of settings; the settings themselves are keyed
-    "targets": True,
-    "rank": True,
-    "alpha": True,
-    "dropout": True,
-    "attention_dropout": True,
-    "lr": True,
-    "lam": True,  # folded with lr_v into eta_V
-    "lr_v": True,
-    "head_lr": True,
-    "epochs": True,
-    "max_steps": True,
-    "until": False,  # a rung of a search is a prefix of the same run: it pauses and resumes
-    "batch_size": True,
-    "grad_accum": True,
-    "eval_batch_size": False,  # evaluation in other batch sizes gives the same predictions
-    "max_batch_tokens": False,  # the same gradient in several passes (tests/test_data.py)
-    "max_len": True,
-    "padding": True,
+    "model.name": UNKEYED,  # a label; the weights are named by source (or arch) and dtype
+    "model.source": REQUIRED,
+    "model.gguf_file": None,  # which file of the source holds the weights
+    "model.arch": {},  # only when there is no source: the random-init models are their arch
+    "model.tokenizer": None,
+    "model.dtype": "float32",
+    "model.gradient_checkpointing": UNKEYED,  # recomputes activations: the same gradients
+    "task.name": REQUIRED,
+    "task.num_labels": 2,
+    "task.metric": "accuracy",
+    "task.extra_metrics": [],
+    "task.text_fields": [],
+    "task.label_names": None,
+    "task.hub_path": "nyu-mll/glue",
+    "task.hub_name": None,
+    "task.train_split": "train",
+    "task.eval_splits": ["validation"],
+    "task.tsv": None,  # {} where the task has a TSV layout: its fields are the rows below
+    "task.tsv.folder": REQUIRED,
+    "task.tsv.header": True,
+    "task.tsv.columns": None,
+    "task.tsv.text_columns": [],
+    "task.tsv.label_column": REQUIRED,
+    "task.tsv.train_file": "train.tsv",
+    "task.tsv.eval_files": ["dev.tsv"],
+    "task.synthetic": None,  # {} for the synthetic task: its fields are the rows below
+    "task.synthetic.train_size": 3000,
+    "task.synthetic.eval_size": 500,
+    "task.synthetic.list_len": 4,
+    "task.synthetic.data_seed": 1234,
+    "task.train_size": UNKEYED,  # a cost hint for plan=true
+    "task.paper_epochs": UNKEYED,  # sweep files read it into `epochs`, which is keyed
+    "method.name": REQUIRED,
+    "recipe": UNKEYED,  # a name for a set of settings; the settings themselves are keyed
+    "targets": "qv",
+    "rank": 8,
+    "alpha": None,  # None where it equals rank
+    "dropout": 0.0,
+    "attention_dropout": 0.0,
+    "lr": 1e-4,
+    "lam": 1.0,  # with lr_v folded in: lr_v / lr
+    "lr_v": None,  # folded into lam, never keyed by itself
+    "head_lr": None,  # None where it equals lr
+    "epochs": 3.0,
+    "max_steps": None,
+    "until": UNKEYED,  # a rung of a search is a prefix of the same run: it pauses and resumes
+    "batch_size": 32,
+    "grad_accum": 1,
+    "eval_batch_size": UNKEYED,  # evaluation in other batch sizes gives the same predictions
+    "max_batch_tokens": UNKEYED,  # the same gradient in several passes (tests/test_data.py)
+    "max_len": 128,
+    "padding": "dynamic",
     "group_by_length": True,
-    "seed": True,
-    "precision": True,  # as used, see resolve_precision
-    "max_train_samples": True,
-    "max_eval_samples": True,
-    "eval_every": True,  # the record's dev history
-    "eval_at_start": True,  # the record's dev history
-    "diverge_factor": True,
-    "optim": True,
+    "seed": 0,
+    "precision": REQUIRED,  # as used (see resolve_precision): there is no default to leave
+    "max_train_samples": None,
+    "max_eval_samples": None,
+    "eval_every": 0,  # the record's dev history
+    "eval_at_start": False,  # the record's dev history
+    "diverge_factor": 10.0,
+    "optim.betas": [0.9, 0.99],
+    "optim.eps": 1e-8,
+    "optim.weight_decay": 0.0,
+    "optim.scheduler": "linear",
+    "optim.warmup_ratio": 0.0,
+    "optim.max_grad_norm": None,
+    "optim.grouping": "by_module",
     # where files go, how it is watched, where it runs
-    "data_dir": False,
-    "results_dir": False,
-    "cache_dir": False,
-    "output_dir": False,
-    "checkpoint_minutes": False,
-    "threads": False,
-    "device": False,  # enters through the precision it implies
-    "sweep_name": False,
-    "dry_run": False,
-    "plan": False,
-    "pack": False,  # how runs are grouped to train; each member is keyed as its own run
-    "wandb": False,
+    "data_dir": UNKEYED,
+    "results_dir": UNKEYED,
+    "cache_dir": UNKEYED,
+    "output_dir": UNKEYED,
+    "checkpoint_minutes": UNKEYED,
+    "threads": UNKEYED,
+    "device": UNKEYED,  # enters through the precision it implies
+    "sweep_name": UNKEYED,
+    "dry_run": UNKEYED,
+    "plan": UNKEYED,
+    "pack": UNKEYED,  # how runs are grouped to train; each member is keyed as its own run
+    "trackers": UNKEYED,
+    "wandb.mode": UNKEYED,
+    "wandb.project": UNKEYED,
+    "wandb.entity": UNKEYED,
+    "wandb.group": UNKEYED,
+    "wandb.dir": UNKEYED,
+    "mlflow.tracking_uri": UNKEYED,
+    "mlflow.experiment": UNKEYED,
 }
+
+# Hydra's config groups: a run is named by them (the collector gives each a column), so the top
+# level of `keyed_fields` lists the settings beside them, not the groups themselves.
+GROUPS = ("model", "task", "method")
+
+
+_ABSENT = object()  # the value of a field inside an Optional nested config that is None: not keyed
 
 
 def keyed_fields(group: str = "") -> list[str]:
-    """The keyed fields directly below `group` ("" for the top level), in IDENTITY's order."""
+    """The names directly below `group` ("" for the top level) under which IDENTITY keys something,
+    in its order: a keyed field, or a nested config (optim, tsv) with one."""
     prefix = f"{group}." if group else ""
-    return [
-        p[len(prefix) :]
-        for p, keyed in IDENTITY.items()
-        if keyed and p.startswith(prefix) and "." not in p[len(prefix) :]
-    ]
+    names: list[str] = []
+    for path, baseline in IDENTITY.items():
+        if baseline is UNKEYED or not path.startswith(prefix):
+            continue
+        name = path[len(prefix) :].split(".", 1)[0]
+        if name not in names and (group or name not in GROUPS):
+            names.append(name)
+    return names
 
 
-def run_identity(cfg: RunConfig, precision: str) -> dict[str, Any]:
-    """The settings that decide a run's result, normalised: targets canonical, lam and lr_v folded
-    into eta_V, the head's rate resolved, rank/alpha/dropout dropped where the method has none."""
+def _read(cfg: Any, path: str) -> Any:
+    """The value at a dotted path; _ABSENT below an Optional nested config that is None."""
+    node = cfg
+    for name in path.split("."):
+        if node is None:
+            return _ABSENT
+        node = getattr(node, name)
+    return node
+
+
+def run_identity(cfg: RunConfig, precision: str, table: Mapping[str, Any] = IDENTITY) -> dict[str, Any]:
+    """Every keyed setting of the run by its dotted path, normalised as the module docstring says;
+    `table` classifies the fields (IDENTITY, or a test's schema that grew a field)."""
     if precision not in PRECISIONS_USED:
         raise ValueError(
             f"precision={precision!r}: expected the precision used, one of {', '.join(PRECISIONS_USED)}"
         )
-    ident = {k: plain(getattr(cfg, k)) for k in keyed_fields() if k not in ("lam", "lr_v")}
+    nested = {path.rsplit(".", 1)[0] for path in table if "." in path}
+    ident: dict[str, Any] = {}
+    for path, baseline in table.items():
+        value = _ABSENT if baseline is UNKEYED else _read(cfg, path)
+        if value is not _ABSENT:
+            # a nested config that is there is {}: its fields are keyed by their own rows
+            ident[path] = {} if path in nested and value is not None else plain(value)
     ident["targets"] = parse_targets(ident["targets"])
     rates = learning_rates(cfg)
-    ident.update(
-        lr=rounded(rates.qk), lr_v=rounded(rates.v), head_lr=rounded(rates.head), precision=precision
-    )
-    if has_rank(cfg.method.name):
-        ident["alpha"] = ident["rank"] if ident["alpha"] is None else ident["alpha"]
-    else:
-        ident.update(rank=None, alpha=None, dropout=None)
-    for group in ("model", "task", "method"):
-        ident[group] = {k: plain(getattr(getattr(cfg, group), k)) for k in keyed_fields(group)}
+    lr, head = rounded(rates.qk), rounded(rates.head)
+    ident.update(lr=lr, lam=rounded(rates.lam), head_lr=None if head == lr else head, precision=precision)
+    del ident["lr_v"]
+    if not has_rank(cfg.method.name):
+        for path in ("rank", "alpha", "dropout"):
+            del ident[path]
+    elif ident["alpha"] == ident["rank"]:
+        ident["alpha"] = None
     if cfg.model.source is not None:
-        del ident["model"]["arch"]  # loaded from the source; arch only describes it
+        del ident["model.arch"]  # loaded from the source; arch only describes it
     return ident
 
 
-def run_key(cfg: RunConfig, precision: str) -> str:
-    """A short stable hash of `run_identity`: the name of the run's folder in the results store."""
-    blob = json.dumps(run_identity(cfg, precision), sort_keys=True, default=str)
+def run_key(cfg: RunConfig, precision: str, table: Mapping[str, Any] = IDENTITY) -> str:
+    """The name of the run's folder in the results store: 12 hex digits of the sha256 of the keyed
+    settings that differ from their baseline (REQUIRED ones always differ), as sorted JSON."""
+    changed = {p: v for p, v in run_identity(cfg, precision, table).items() if v != table[p]}
+    blob = json.dumps(changed, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

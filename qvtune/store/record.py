@@ -92,7 +92,7 @@ class RunRecord:
     versions (without tokens, precision, device, ...) load; `from_dict` checks the types of the rest.
     """
 
-    status: Status  # running while it works, then completed | diverged | paused | failed
+    status: Status  # running while it works, then completed | diverged | paused | interrupted | failed
     run_key: str = ""  # 12 hex digits: qvtune.identity.run_key of the config and the precision used
     # the resolved RunConfig: model.name, task.name, method.name, targets as given, rank, lr, lam, ...
     config: dict[str, Any] = field(default_factory=dict)
@@ -101,6 +101,7 @@ class RunRecord:
     metric: str = ""  # the task's headline metric: accuracy, f1, matthews, pearson, spearman
     precision: Optional[str] = None  # the precision used: fp32, bf16 or fp16 (see qvtune.store.identity)
     error: Optional[str] = None  # why it failed ("Type: message") or diverged
+    signal: Optional[str] = None  # the signal that interrupted it (SIGTERM, SIGINT): it resumes
     traceback: Optional[str] = None  # a failure's traceback
     # the optimizer groups: {"total": int, "trainable": int, "groups": [{"group", "lr", "tensors", "params"}]}
     params: Optional[dict[str, Any]] = None
@@ -159,12 +160,13 @@ class RunRecord:
         threads: int,
     ) -> None:
         """What training produced: `state` the training loop's, `setup` the timings measured before
-        it and wall_s (see `timing`), `memory` qvtune.runtime.peak_memory_mb."""
+        it and wall_s (see `timing`), `memory` qvtune.train.runtime.peak_memory_mb."""
         history = state.history
-        self.status, self.error = Status(state.status), state.error
+        self.status, self.error, self.signal = Status(state.status), state.error, state.signal
         self.params, self.history = params, history
-        self.final = history[-1]["metrics"]
-        self.best = max(history, key=lambda h: h["metrics"][self.metric])["metrics"]
+        # an interrupted run may stop before its first evaluation: no final metrics yet
+        self.final = history[-1]["metrics"] if history else {}
+        self.best = max(history, key=lambda h: h["metrics"][self.metric])["metrics"] if history else {}
         self.steps, self.samples, self.tokens = state.step, state.samples, state.tokens
         self.planned_steps = state.total_steps
         self.curves = Curves(state.train_loss, state.update_norms, state.lr_trace)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
@@ -17,12 +19,22 @@ from qvtune.status import FINISHED, Status
 from qvtune.store.record import LOCK_FILE, RESULT_FILE, RunRecord
 
 
+class StoreError(Exception):
+    """A store that cannot be written: the message is one line naming the path and the cause."""
+
+
+def cause(error: OSError) -> str:
+    """An OSError's cause in words ("No space left on device"), without the errno noise."""
+    return error.strerror or str(error) or type(error).__name__
+
+
 @dataclass(frozen=True)
 class RunState:
     """What the store knows of one run key."""
 
     state: Status
     record: Optional[RunRecord]
+    unreadable: Optional[str] = None  # why its result.json cannot be used (it is run again)
 
     @property
     def finished(self) -> bool:
@@ -71,13 +83,38 @@ class ResultsStore:
             return None
 
     def write(self, record: RunRecord) -> None:
-        record.write(self.run_dir(record.run_key))
+        """Write a run's record; raises StoreError (one line: the path and the cause) when it cannot."""
+        folder = self.run_dir(record.run_key)
+        try:
+            record.write(folder)
+        except OSError as e:
+            message = f"cannot write the record of run {record.run_key} in {folder}: {cause(e)}"
+            raise StoreError(message) from e
+
+    def unwritable(self) -> Optional[str]:
+        """Why runs cannot be stored under `root` (a path that is a file, a read-only folder, a full
+        disk), or None: checked before anything loads, so a bad store costs a second, not a run."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.root):
+                pass
+        except OSError as e:
+            return f"results_dir={self.root}: {cause(e)}; expected a writable folder"
+        return None
+
+    def set_aside(self, key: str) -> Path:
+        """Move an unreadable result.json aside (kept for inspection) so that the run starts afresh."""
+        path = self.run_dir(key) / RESULT_FILE
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        aside = path.with_name(f"{RESULT_FILE}.unreadable-{stamp}")
+        path.rename(aside)
+        return aside
 
     def state(self, key: str) -> RunState:
         try:
             record = self.read(key)
-        except ValueError:  # not JSON, or not a record: run it again
-            return RunState(Status.INTERRUPTED, None)
+        except (ValueError, UnicodeDecodeError) as e:  # not JSON, or not a record: run it again
+            return RunState(Status.INTERRUPTED, None, unreadable=str(e) or type(e).__name__)
         if record is None:
             return RunState(Status.PENDING, None)
         if record.status is Status.RUNNING:

@@ -1,54 +1,77 @@
-"""Weights & Biases logging for one run: offline by default (no account; `wandb sync` later), the
-run id is the run key so a restarted or requeued run continues its W&B run instead of starting
-another, and runs of a sweep share a group named after the sweep."""
+"""The trackers a run logs to (`trackers=[wandb,tensorboard,mlflow,csv]`, default [wandb]): the
+config and run key at the start, every group's learning rate, the loss and the update norms at each
+optimizer step, the dev metrics at each evaluation, the record's summary at the end.
+
+A tracker is a convenience, never a reason for a run to fail: one that cannot open or write (no
+server, a bad URI, a full disk, its library not installed) says so in one line and is dropped,
+and the run goes on with the others. Each tracker's library is imported only when a run asks for it.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional, cast
-
-from omegaconf import OmegaConf
+from typing import Any
 
 from qvtune.config.rates import LearningRates
-from qvtune.config.schema import RunConfig, has_rank, parse_targets, wandb_mode
+from qvtune.config.schema import RunConfig, wandb_mode
+from qvtune.track.common import Backend
+from qvtune.track.csv_backend import CsvBackend
+from qvtune.track.mlflow_backend import MlflowBackend
+from qvtune.track.tensorboard_backend import TensorBoardBackend
+from qvtune.track.wandb_backend import WandbBackend
+
+log = logging.getLogger(__name__)
+
+BACKENDS: dict[str, Callable[[RunConfig, str, LearningRates, Path], Backend]] = {
+    "wandb": WandbBackend,
+    "tensorboard": TensorBoardBackend,
+    "mlflow": MlflowBackend,
+    "csv": CsvBackend,
+}
 
 
-def run_name(cfg: RunConfig, rates: LearningRates) -> str:
-    rank = f"-r{cfg.rank}" if has_rank(cfg.method.name) else ""
-    return (
-        f"{cfg.model.name}-{cfg.task.name}-{cfg.method.name}-{parse_targets(cfg.targets)}{rank}"
-        f"-lr{rates.qk:g}-lam{rates.lam:g}-s{cfg.seed}"
-    )
+def dropped(name: str, error: Exception) -> None:
+    """The one line a failing tracker gets: its first line of cause (MLflow's run long)."""
+    lines = str(error).strip().splitlines()
+    cause = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    if isinstance(error, ImportError):
+        cause += f" (pip install 'qvtune[{name}]')"
+    log.warning(f"tracker {name}: {cause}; the run goes on without it")
 
 
-class Tracker:
-    def __init__(self, cfg: RunConfig, key: str, rates: LearningRates, run_dir: Path):
-        self.run: Optional[Any] = None
-        mode = wandb_mode(cfg)
-        if mode == "disabled":
-            return
-        import wandb
+class Trackers:
+    """The trackers of one run, driven as one: each call goes to every tracker still working."""
 
-        self.run = wandb.init(
-            project=cfg.wandb.project,
-            entity=cfg.wandb.entity,
-            group=cfg.wandb.group or cfg.sweep_name,
-            name=run_name(cfg, rates),
-            id=key,
-            resume="allow",
-            reinit="create_new",  # the members of a pack each have their own run, at the same time
-            mode=mode,
-            dir=str(Path(cfg.wandb.dir or run_dir).expanduser()),
-            # a DictConfig converts to a dict; OmegaConf's return type covers every config node
-            config=cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True)),
-            settings=wandb.Settings(silent=True, console="off"),
-        )
+    def __init__(self, backends: dict[str, Backend]):
+        self.backends = backends
 
     def log(self, values: dict[str, float], step: int) -> None:
-        if self.run is not None:
-            self.run.log(values, step=step)
+        self._each(lambda backend: backend.log(values, step))
 
     def finish(self, summary: dict[str, Any], exit_code: int) -> None:
-        if self.run is not None:
-            self.run.summary.update(summary)
-            self.run.finish(exit_code=exit_code)
+        self._each(lambda backend: backend.finish(summary, exit_code))
+        self.backends = {}
+
+    def _each(self, call: Callable[[Backend], None]) -> None:
+        for name, backend in list(self.backends.items()):
+            try:
+                call(backend)
+            except Exception as e:
+                del self.backends[name]
+                dropped(name, e)
+
+
+def open_trackers(cfg: RunConfig, key: str, rates: LearningRates, run_dir: Path) -> Trackers:
+    """The run's trackers, each opened (a resumed run continues its tracker runs); those that fail
+    to open are left out. `wandb.mode=disabled` (or WANDB_MODE=disabled) leaves W&B out."""
+    opened: dict[str, Backend] = {}
+    for name in dict.fromkeys(cfg.trackers):
+        if name == "wandb" and wandb_mode(cfg) == "disabled":
+            continue
+        try:
+            opened[name] = BACKENDS[name](cfg, key, rates, run_dir)
+        except Exception as e:
+            dropped(name, e)
+    return Trackers(opened)

@@ -1,13 +1,21 @@
 """The training loop, top to bottom: AdamW over the qk / v / head groups with one scheduler factor
 for all (so lambda holds at every step), dev evaluation each epoch and every `eval_every` steps, a
-stop on divergence, and checkpoints from which an interrupted run resumes exactly."""
+stop on divergence, and checkpoints from which an interrupted run resumes exactly.
+
+The loop trains a list of members on one model (qvtune.model.runs: a lone run is a list of one) and
+yields each member's outcome as it ends: a diverged member at once, the others at the end of the
+budget, at `until` (paused) or at the step boundary where a stop was asked for (interrupted, its
+checkpoint saved there). The caller turns outcomes into records; nothing here calls back up.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import math
+import pickle
 import time
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, cast
@@ -22,10 +30,10 @@ from qvtune.config.schema import RunConfig, TaskConfig
 from qvtune.data.encode import Encoded, collate, eval_batches, micro_batches, train_batches
 from qvtune.data.tasks import compute_metrics
 from qvtune.model.methods import ParamGroup, UpdateNorms
-from qvtune.model.pack import PackedModel
 from qvtune.status import Status
 
 LOSS_WINDOW = 10  # steps averaged when comparing the loss with its start
+START_BATCHES = 4  # the start of the loss: the model's mean loss on this many batches, not one lucky one
 
 
 @dataclass
@@ -38,10 +46,12 @@ class TrainState:
     tokens: int = 0
     train_s: float = 0.0
     eval_s: float = 0.0
-    status: Status = Status.RUNNING  # running -> completed | diverged | paused (at `until`)
-    error: Optional[str] = None
-    loss_start: Optional[float] = None
-    recent_losses: list[float] = field(default_factory=list)
+    # running -> completed | diverged | paused (at `until`) | interrupted (a stop was asked for)
+    status: Status = Status.RUNNING
+    error: Optional[str] = None  # why it diverged
+    signal: Optional[str] = None  # the signal that interrupted it (SIGTERM, SIGINT)
+    loss_start: Optional[float] = None  # the model's mean loss as handed over (see start_losses)
+    recent_losses: list[float] = field(default_factory=list)  # the last LOSS_WINDOW
     history: list[dict[str, Any]] = field(default_factory=list)
     train_loss: list[list[float]] = field(default_factory=list)
     update_norms: list[list[float]] = field(default_factory=list)
@@ -49,22 +59,28 @@ class TrainState:
     lr_trace: list[list[Optional[float]]] = field(default_factory=list)
 
 
-# The autocast dtype of each precision used (qvtune.identity.resolve_precision); trainable tensors stay fp32.
+# The autocast dtype of each precision used (qvtune.train.runtime.resolve_precision); trainable
+# tensors stay fp32.
 AUTOCAST: dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
 class Member:
-    """One run as the training loop takes it: a lone run is a list of one, a pack (qvtune.model.pack) of K
-    that share the model's forward pass, each with its own tensors, optimizer, checks and record."""
+    """One run as the training loop takes it: a lone run is a list of one, a pack of K share the
+    model's forward pass, each with its own tensors, optimizer, checks and checkpoint."""
 
     groups: list[ParamGroup]
     norms: UpdateNorms  # made before its checkpoint loads: the updates count from the loaded model
     checkpoint: Path
     log: Callable[[dict[str, float], int], None]
-    # called with its final state as soon as it stops before the others (a diverged member of a
-    # pack), so that its record need not wait for the pack to end
-    ended: Callable[[TrainState], None] = lambda state: None
+
+
+@dataclass
+class Outcome:
+    """How a member's run ended (its state's status: completed, diverged, paused or interrupted)."""
+
+    index: int  # the member's place in the list given to `train`
+    state: TrainState
 
 
 class Learner:
@@ -127,20 +143,21 @@ class Learner:
         state.status, state.error = check_divergence(state, loss, cfg.diverge_factor)
 
     def save(self) -> None:
-        """Trainable tensors, optimizer, scheduler, RNG and progress, written atomically."""
+        """Trainable tensors, optimizer, scheduler, RNG and progress, written atomically. Called at a
+        step boundary only, so the RNG state saved is the one the next step starts from."""
         blob = {
             "trainable": {n: p.detach().cpu() for g in self.member.groups for n, p in g.params},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "state": asdict(self.state),
+            "state": {**asdict(self.state), "status": self.state.status.value},
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
         atomic_write(self.member.checkpoint, lambda f: torch.save(blob, f))
 
     def load(self) -> TrainState:
-        blob = torch.load(self.member.checkpoint, map_location="cpu", weights_only=False)
+        blob = load_checkpoint(self.member.checkpoint)
         params = {n: p for g in self.member.groups for n, p in g.params}
         with torch.no_grad():
             for name, value in blob["trainable"].items():
@@ -151,14 +168,28 @@ class Learner:
         torch.set_rng_state(blob["rng"])
         if blob["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(blob["cuda_rng"])
-        return TrainState(**blob["state"])
+        # a checkpoint saved at a stop says interrupted: it goes on running from here
+        return TrainState(**{**blob["state"], "status": Status.RUNNING, "signal": None})
+
+
+class _Unpickler(pickle.Unpickler):
+    """Reads checkpoints saved before the status words moved from qvtune.record to qvtune.status
+    (they pickled the enum), so that runs interrupted under an earlier version still resume."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        return super().find_class("qvtune.status" if module == "qvtune.record" else module, name)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    pickle_module = types.SimpleNamespace(Unpickler=_Unpickler, load=pickle.load, __name__="pickle")
+    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=pickle_module)
 
 
 def checkpoint_step(path: Path) -> int:
     """The optimizer step a checkpoint was saved at (0 without one): the members of a pack start together."""
     if not path.exists():
         return 0
-    return int(torch.load(path, map_location="cpu", weights_only=False)["state"]["step"])
+    return int(load_checkpoint(path)["state"]["step"])
 
 
 def train(
@@ -172,8 +203,11 @@ def train(
     pad_id: int,
     device: torch.device,
     precision: str,
-) -> list[TrainState]:
-    """Train every member on the same batches to the end of its budget (or `until`); returns their states."""
+    stop_asked: Callable[[], Optional[str]] = lambda: None,
+) -> Iterator[Outcome]:
+    """Train every member on the same batches to the end of its budget (or `until`), yielding each
+    member's outcome as it ends. `stop_asked` names the signal when a stop was asked for: the loop then
+    ends at the next step boundary with every running member checkpointed there (interrupted)."""
     planned = budget(len(train_data), cfg)
     total_steps, per_epoch = planned.steps, planned.per_epoch
     amp = AUTOCAST[precision]
@@ -195,6 +229,13 @@ def train(
             learner.member.log({f"eval/{k}": v for k, v in values.items()}, step)
 
     model.train()
+    if step == 0 and total_steps > 0:
+        first = train_batches(train_data.lengths, cfg.batch_size, cfg.seed, 0, cfg.group_by_length)
+        starts = start_losses(
+            model, learners, train_data, first[:START_BATCHES], pad_id, pad, cfg.max_batch_tokens, device, amp
+        )
+        for learner, start in zip(learners, starts):
+            learner.state.loss_start = start
     last_save = time.monotonic()
     epoch_batches: tuple[int, list[np.ndarray]] = (-1, [])
     from tqdm.auto import tqdm
@@ -204,6 +245,14 @@ def train(
         if total_steps == 0 or (cfg.eval_at_start and step == 0 and not learners[0].state.history):
             evaluate_at(learners, 0.0)
         while step < stop and any(learner.running for learner in learners):
+            signal = stop_asked()
+            if signal is not None:  # at a step boundary: the checkpoint is that of this step
+                for learner in learners:
+                    if learner.running:
+                        learner.save()
+                        learner.state.status, learner.state.signal = Status.INTERRUPTED, signal
+                        yield Outcome(learner.index, learner.state)
+                return
             active = [learner for learner in learners if learner.running]
             tic = time.perf_counter()
             losses = [0.0] * len(active)
@@ -248,26 +297,23 @@ def train(
             if due or ended:
                 evaluate_at(active if due else ended, step / per_epoch)
             for learner in ended:
-                learner.member.ended(learner.state)
+                yield Outcome(learner.index, learner.state)
             if time.monotonic() - last_save > cfg.checkpoint_minutes * 60:
                 for learner in learners:
                     if learner.running:
                         learner.save()
                 last_save = time.monotonic()
-    except (KeyboardInterrupt, SystemExit):  # preempted, cancelled, Ctrl-C: keep the progress
-        for learner in learners:
-            if learner.running:  # an ended one has had its `ended` call
-                learner.save()
-        raise
     finally:
         bar.close()
     for learner in learners:
-        if learner.running and step < total_steps:  # stopped at `until`
+        if not learner.running:
+            continue  # diverged, and yielded then
+        if step < total_steps:  # stopped at `until`
             learner.save()  # saved running: it goes on
             learner.state.status = Status.PAUSED
-        elif learner.running:
+        else:
             learner.state.status = Status.COMPLETED
-    return [learner.state for learner in learners]
+        yield Outcome(learner.index, learner.state)
 
 
 @torch.inference_mode()
@@ -350,12 +396,7 @@ def forward(
     """Each member's mean loss and logits on the examples `index`, and how many real tokens they hold."""
     batch = {k: v.to(device) for k, v in collate(data, index, pad_id, pad_to).items()}
     with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
-        if isinstance(model, PackedModel):
-            model.slots.active = members
-            losses, logits = model(**batch)
-        else:
-            result = model(**batch)
-            losses, logits = result.loss.unsqueeze(0), result.logits.unsqueeze(0)
+        losses, logits = model(members, **batch)  # qvtune.model.runs: a lone run or a pack
     return losses, logits, int(batch["attention_mask"].sum())
 
 
@@ -368,19 +409,50 @@ def lr_factor(step: int, warmup: int, total: int, kind: str) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
+@torch.no_grad()
+def start_losses(
+    model: nn.Module,
+    learners: list[Learner],
+    data: Encoded,
+    batches: list[np.ndarray],
+    pad_id: int,
+    pad: Optional[int],
+    max_tokens: Optional[int],
+    device: torch.device,
+    amp: Optional[torch.dtype],
+) -> list[float]:
+    """Each member's mean loss over the first training batches, before any update: the start the
+    divergence check compares with. A few batches, so one lucky (or unlucky) batch is no start, and
+    no update, so a blow-up at the second step cannot raise it. Drawn in training mode under a forked
+    random state: the run's own dropout masks, and so its result, are untouched."""
+    members = [learner.index for learner in learners]
+    total, rows = np.zeros(len(members)), 0
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for index in batches:
+            for piece in micro_batches(data.lengths, index, max_tokens, pad):
+                losses, _, _ = forward(model, members, data, piece, pad_id, pad, device, amp)
+                total += losses.float().cpu().numpy() * len(piece)
+                rows += len(piece)
+    return [float(x) for x in total / max(rows, 1)]
+
+
 def check_divergence(state: TrainState, loss: float, factor: float) -> tuple[Status, Optional[str]]:
-    """Non-finite loss, or the recent mean loss far above where it started, ends the run as diverged."""
+    """Non-finite loss, or the recent mean loss far above where it started, ends the run as diverged.
+
+    The start is the model's mean loss on the first batches before any update (start_losses; where
+    it is missing, the first step's loss). Every step compares the mean of the last LOSS_WINDOW
+    losses (fewer while there are fewer) with `factor` x the start, so a run shorter than the window
+    that blows up is caught too."""
     if not math.isfinite(loss):
         return Status.DIVERGED, f"loss is {loss} at step {state.step}"
-    state.recent_losses = (state.recent_losses + [loss])[-LOSS_WINDOW:]
     if state.loss_start is None:
-        state.loss_start = loss  # the first step's loss: the model as it was handed over
-    if factor and len(state.recent_losses) == LOSS_WINDOW:
-        recent = float(np.mean(state.recent_losses))
-        if recent > factor * state.loss_start:
-            return (
-                Status.DIVERGED,
-                f"mean loss {recent:.4g} over the last {LOSS_WINDOW} steps exceeds {factor:g} x its start "
-                f"{state.loss_start:.4g} (step {state.step})",
-            )
+        state.loss_start = loss
+    state.recent_losses = (state.recent_losses + [loss])[-LOSS_WINDOW:]
+    recent = float(np.mean(state.recent_losses))
+    if factor and recent > factor * state.loss_start:
+        return (
+            Status.DIVERGED,
+            f"mean loss {recent:.4g} over the last {len(state.recent_losses)} steps exceeds {factor:g} x "
+            f"its start {state.loss_start:.4g} (step {state.step})",
+        )
     return Status.RUNNING, None

@@ -68,18 +68,20 @@ def records(results: Path) -> list[dict[str, Any]]:
 
 
 def train_on_synthetic(net: Any, groups: list[Any], cfg: Any, precision: str, checkpoint: Path) -> Any:
-    """qvtune.train.train in this process on cfg's synthetic task, on the CPU: the training loop
-    without the entry point, for tests that compare what training does under two settings."""
+    """qvtune.train.loop.train in this process on cfg's synthetic task, on the CPU, for a lone model
+    (PEFT or full): the training loop without the entry point, for tests that compare what training
+    does under two settings. Returns its TrainState."""
     from qvtune.model.methods import UpdateNorms
+    from qvtune.model.runs import LoneRun
     from qvtune.train.loop import Member
 
     member = Member(groups, UpdateNorms.of(net), checkpoint, lambda values, step: None)
-    return train_members(net, [member], cfg, precision)[0]
+    return train_members(LoneRun(net), [member], cfg, precision)[0]
 
 
-def train_members(net: Any, members: list[Any], cfg: Any, precision: str = "fp32") -> list[Any]:
-    """qvtune.train.train of one model's members (a lone run's one, a pack's K) on cfg's synthetic
-    task, in this process on the CPU; returns their TrainStates."""
+def train_members(model: Any, members: list[Any], cfg: Any, precision: str = "fp32") -> list[Any]:
+    """qvtune.train.loop.train of one model's members (a LoneRun's one, a pack's K) on cfg's
+    synthetic task, in this process on the CPU; returns their TrainStates in the members' order."""
     import torch
 
     from qvtune.data.encode import encode
@@ -91,8 +93,8 @@ def train_members(net: Any, members: list[Any], cfg: Any, precision: str = "fp32
     task = synthetic_task(cfg.task.synthetic)
     data = encode(tok, task.train, cfg.max_len)
     evals = {"validation": encode(tok, task.evals["validation"], cfg.max_len)}
-    return train(
-        net,
+    outcomes = train(
+        model,
         members,
         data,
         evals,
@@ -102,3 +104,4 @@ def train_members(net: Any, members: list[Any], cfg: Any, precision: str = "fp32
         device=torch.device("cpu"),
         precision=precision,
     )
+    return [o.state for o in sorted(outcomes, key=lambda o: o.index)]
