@@ -264,3 +264,15 @@ def test_missing_or_empty_folder(tmp_path: Path) -> None:
     assert result_files(tmp_path / "nothing") == []
     coll = load(tmp_path)
     assert coll.runs.empty and coll.problems == []
+
+
+def test_a_setting_a_record_predates_is_its_baseline(tmp_path: Path) -> None:
+    """A record written before a keyed setting existed and one that leaves it at its default are the
+    same setting (its identity baseline); a record that sets it otherwise is another setting."""
+    write_record(tmp_path, make_record(seed=0), "old")  # no eval_every, no optim: an earlier version's
+    defaults = {"eval_every": 0, "optim": {"eps": 1e-8, "weight_decay": 0.0}}
+    write_record(tmp_path, make_record(seed=1, extra_config=defaults), "default")
+    write_record(tmp_path, make_record(seed=2, extra_config={"eval_every": 50}), "other")
+    runs = load(tmp_path).runs
+    runs = runs.set_index(runs["path"].str.split("/").str[0])
+    assert runs.loc["old", "setting"] == runs.loc["default", "setting"] != runs.loc["other", "setting"]

@@ -23,7 +23,7 @@ import pandas as pd
 from qvtune.config.rates import RATE_KEYS, rounded
 from qvtune.config.schema import has_rank, parse_targets
 from qvtune.status import Status
-from qvtune.store.identity import keyed_fields
+from qvtune.store.identity import IDENTITY, REQUIRED, UNKEYED, keyed_fields
 from qvtune.store.record import InvalidRecord, RunRecord
 from qvtune.store.store import result_files
 from qvtune.train.runtime import available_cpus
@@ -37,9 +37,32 @@ SCORED = (Status.COMPLETED, Status.DIVERGED)  # a diverged run counts with what 
 PICKS = ("final", "best")
 
 # Keyed config fields with their own column; every other top-level one that decides a result (see
-# qvtune.store.identity) goes, as JSON, into `extra`, the precision as the run used it.
+# qvtune.store.identity) goes, as JSON, into `extra` where it differs from its identity baseline
+# (so a record written before a setting existed and one that leaves it at its default agree), the
+# precision as the run used it.
 _EXPLICIT = {"targets", "rank", "alpha", *RATE_KEYS, "epochs", "seed"}
-_EXTRA_KEYS = tuple(k for k in keyed_fields() if k not in _EXPLICIT)
+_EXTRA_PATHS = tuple(
+    (path, baseline)
+    for path, baseline in IDENTITY.items()
+    if path.split(".", 1)[0] in keyed_fields()
+    and path.split(".", 1)[0] not in _EXPLICIT
+    and baseline is not UNKEYED
+)
+
+
+def _extra(cfg: dict[str, Any], ranked: bool) -> dict[str, Any]:
+    """The record's keyed settings without a column of their own that differ from their baseline
+    (a setting the record predates is at its baseline); dropout only where the method has a rank."""
+    extra = {}
+    for path, baseline in _EXTRA_PATHS:
+        node: Any = cfg
+        for name in path.split("."):
+            node = node.get(name, baseline) if isinstance(node, dict) else baseline
+        if (baseline is REQUIRED or node != baseline) and (ranked or path != "dropout"):
+            extra[path] = node
+    return extra
+
+
 # Columns that together name a setting: everything a run's result depends on except its seed.
 SETTING_COLUMNS = [
     "model",
@@ -136,7 +159,7 @@ def flatten(record: RunRecord, path: str, pick: str = "final") -> dict[str, Any]
         value = getattr(record, pick).get(metric)
         if record.status in SCORED and value is None:
             raise InvalidRecord(f"incomplete: status {record.status} but no {pick} {metric}")
-        extra = {k: cfg[k] for k in _EXTRA_KEYS if k in cfg and (ranked or k != "dropout")}
+        extra = _extra(cfg, ranked)
         if record.precision is not None:
             extra["precision"] = record.precision
         return {
