@@ -101,7 +101,7 @@ def batch_scaling(overrides: list[str], length: int, packs: list[int], device: s
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         cfg = compose("run", overrides=[o for o in overrides if not o.startswith("hydra.")])
     set_threads(cfg)
-    net = load_model(cfg.model, cfg.task.num_labels, cfg.seed, cfg.attention_dropout)
+    net = load_model(cfg.model, cfg.task.num_labels, cfg.seed, cfg.attention_dropout, cfg.cache_dir)
     vocab = net.config.vocab_size
     net = apply_method(net, cfg).to(device)
     groups = param_groups(net, learning_rates(cfg), cfg.optim.grouping)

@@ -31,7 +31,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 
 from qvtune.config.schema import config_dir, register_configs  # noqa: E402
 from qvtune.data.tasks import compute_metrics, load_task  # noqa: E402
-from qvtune.model.load import resolve_source  # noqa: E402
+from qvtune.model.load import model_folder  # noqa: E402
 from qvtune.train.runtime import available_cpus  # noqa: E402
 
 BATCHINGS = ("padded", "dynamic", "grouped")
@@ -72,7 +72,7 @@ def main() -> None:
     register_configs()
     with initialize_config_dir(str(config_dir()), version_base="1.3"):  # qvtune's task and model configs
         cfg = compose("run", overrides=[f"task={opts.task}", "model=minilm"])
-    task_cfg, source = cfg.task, resolve_source(cfg.model.source)
+    task_cfg, source = cfg.task, model_folder(cfg.model, cfg.cache_dir)
 
     tic = time.perf_counter()
     set_seed(opts.seed)
