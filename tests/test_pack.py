@@ -1,4 +1,4 @@
-"""Packed runs (qvtune.pack): every member of a pack trains exactly as it would alone (dropout off,
+"""Packed runs (qvtune.model.pack): every member of a pack trains exactly as it would alone (dropout off,
 fp32 on the CPU), for LoRA and DoRA, for packs that differ in learning rates and in targets; a
 member that diverges stops alone; the packed layer matches PEFT's on hand-built inputs."""
 

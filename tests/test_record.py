@@ -24,7 +24,7 @@ from tests.helpers.sample_records import make_record, write_record
 
 
 def trained_state(**kw: object) -> SimpleNamespace:
-    """What qvtune.train.train returns, as far as a record reads it."""
+    """What qvtune.train.loop.train yields, as far as a record reads it."""
     history = [
         {"step": 5, "epoch": 0.5, "metrics": {"accuracy": 0.7}},
         {"step": 10, "epoch": 1.0, "metrics": {"accuracy": 0.6}},

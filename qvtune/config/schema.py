@@ -24,7 +24,7 @@ PADDINGS = ("dynamic", "max")
 SCHEDULERS = ("linear", "constant")
 
 # by_module: each tensor goes to the group of the module that owns it (W_q/W_k -> qk, W_v -> v, head).
-# paper: the paper scripts' rule, for bit-for-bit reproduction (see qvtune.methods.paper_group).
+# paper: the paper scripts' rule, for bit-for-bit reproduction (see qvtune.model.methods.paper_group).
 GROUPINGS = ("by_module", "paper")
 
 WANDB_MODES = ("offline", "online", "disabled")

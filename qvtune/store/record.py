@@ -93,7 +93,7 @@ class RunRecord:
     """
 
     status: Status  # running while it works, then completed | diverged | paused | interrupted | failed
-    run_key: str = ""  # 12 hex digits: qvtune.identity.run_key of the config and the precision used
+    run_key: str = ""  # 12 hex digits: qvtune.store.identity.run_key of the config and the precision used
     # the resolved RunConfig: model.name, task.name, method.name, targets as given, rank, lr, lam, ...
     config: dict[str, Any] = field(default_factory=dict)
     # {"qk": eta_QK, "v": eta_V, "head": the head's rate, "lam": lambda}

@@ -56,11 +56,7 @@ def expected_precisions(cfg: RunConfig, gpus: bool) -> list[str]:
 @dataclass(frozen=True)
 class Runtime:
     device: str  # "cpu", "cuda", "cuda:1"
-    precision: str  # the precision used: fp32, bf16 or fp16 (qvtune.identity.resolve_precision)
-
-    @property
-    def device_type(self) -> str:
-        return self.device.split(":", 1)[0]
+    precision: str  # the precision used: fp32, bf16 or fp16 (resolve_precision)
 
 
 def detect(cfg: RunConfig) -> Runtime:

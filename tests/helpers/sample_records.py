@@ -1,4 +1,4 @@
-"""Made-up run records (qvtune.record.RunRecord, written as a run writes them) for the collector's
+"""Made-up run records (qvtune.store.record.RunRecord, written as a run writes them) for the collector's
 tests, its benchmark (scripts/bench_collect.py) and trying the collector without training anything.
 
 Values follow a made-up but paper-shaped response: v beats k, qv is close to qkv, eta_V above eta_QK
