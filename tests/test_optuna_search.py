@@ -165,6 +165,43 @@ def test_search_tells_each_trial_its_runs_score_and_confirms_the_best_on_every_s
     assert {r["run_key"]: r for r in records(tmp_path / "results")} == first
 
 
+def test_a_search_relaunched_in_another_spelling_finds_its_study_and_answer(tmp_path: Path) -> None:
+    """One search launched twice: its overrides in another order, its rates spelled otherwise, its
+    store given relatively from another folder. The second launch finds the first's study finished
+    and its runs in the store: one journal, one answer, nothing launched again."""
+    tiny = [a for a in BASE if not a.startswith(("epochs=", "task.synthetic.train_size="))]
+    search = ["hydra.sweeper.search=optuna", "hydra.sweeper.optuna.trials=2", "hydra.sweeper.optuna.batch=2"]
+    args = [*tiny, "epochs=1", "task.synthetic.train_size=64", "lr=1e-2,1e-1", "lam=1,4", "seed=0", *search]
+    first = run_cli(
+        "-m",
+        *args,
+        f"results_dir={tmp_path / 'results'}",
+        f"cache_dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={tmp_path / 'sweeps'}",
+        cwd=tmp_path,
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    respelled = [{"lr=1e-2,1e-1": "lr=0.1,0.01", "lam=1,4": "lam=4.0,1"}.get(a, a) for a in reversed(args)]
+    again = run_cli(
+        "-m",
+        "results_dir=../results",
+        *respelled,
+        f"cache_dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={tmp_path / 'sweeps-again'}",
+        cwd=elsewhere,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "launching 0" in again.stdout and "Launching" not in again.stdout + again.stderr
+    assert (
+        "sweep ended: 2 runs: 0 completed, 0 paused, 0 diverged, 0 failed, 2 skipped, 0 lost" in again.stdout
+    )
+    searches = tmp_path / "results" / "searches"
+    assert len(list(searches.glob("*-optuna.journal"))) == len(list(searches.glob("*-optuna.json"))) == 1
+    assert not (elsewhere / "results").exists()
+
+
 @pytest.mark.slow
 def test_a_search_killed_mid_batch_goes_on_and_repeats_nothing(tmp_path: Path) -> None:
     env = {**os.environ, **OFFLINE_ENV}

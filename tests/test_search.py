@@ -22,7 +22,16 @@ from qvtune.status import Status
 from qvtune.store.identity import run_key
 from qvtune.store.record import RunRecord
 from qvtune.store.store import RunState
-from qvtune.sweep.search.cells import cell_of, full_samples, group_of, labels, rung_score, seed_mean
+from qvtune.sweep.search.cells import (
+    canonical,
+    cell_of,
+    full_samples,
+    grid_name,
+    group_of,
+    labels,
+    rung_score,
+    seed_mean,
+)
 from qvtune.sweep.search.halving import cost_fraction, promote, ranked, rungs, worst_case
 from qvtune.sweep.search.halving import validate as validate_halving
 from tests.helpers import OFFLINE_ENV, make_config, records, run_cli
@@ -87,6 +96,24 @@ def test_cells_and_groups_leave_out_seeds_and_learning_rates() -> None:
     groups = [("task=rte", "a=1"), ("task=mnli", "a=1")]
     assert labels(groups) == {groups[0]: "task=rte", groups[1]: "task=mnli"}
     assert labels([("a=1",)]) == {("a=1",): "all"}
+
+
+def test_a_grid_has_one_name_however_its_overrides_are_ordered_spelled_or_stored() -> None:
+    cells = [
+        ("task=rte", "lr=1e-4", "lam=3", "results_dir=/runs/results"),
+        ("task=rte", "lr=2e-4", "lam=3", "results_dir=/runs/results"),
+    ]
+    # the same grid: cells and parameters in another order, numbers spelled otherwise, the store
+    # given relatively and the cache elsewhere
+    same = [
+        ("lam=3.0", "lr=0.0002", "task=rte", "results_dir=../results", "cache_dir=/tmp/c"),
+        ("task=rte", "lam=3", "lr=0.0001", "results_dir=../results", "cache_dir=/tmp/c"),
+    ]
+    assert canonical(same[1]) == canonical(cells[0]) == ("lam=3.0", "lr=0.0001", "task=rte")
+    assert grid_name(cells, ["0", "1"]) == grid_name(same, ["1", "0"])
+    assert grid_name(cells, ["0", "1"]) != grid_name(cells, ["0"])
+    assert grid_name(cells, ["0"]) != grid_name([("task=rte", "lr=1e-4", "lam=3")], ["0"])
+    assert grid_name(cells, ["0"]) != grid_name([(*c, "epochs=2") for c in cells], ["0"])
 
 
 def record(status: Status, steps: int, planned: int, history: list[tuple[int, float]]) -> RunRecord:

@@ -1,6 +1,7 @@
 """Sweeps: every sweep file expands to the runs it claims, a sweep skips finished runs, plan=true plans."""
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -53,6 +54,9 @@ def test_a_typo_in_any_job_stops_the_sweep_before_launch(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+ENDED = "sweep ended: 6 runs:"  # the line every sweep ends with, counting its runs by outcome
+
+
 def test_sweep_runs_then_relaunch_skips_and_plan_reports(tmp_path):
     results = tmp_path / "results"
     args = [
@@ -73,9 +77,15 @@ def test_sweep_runs_then_relaunch_skips_and_plan_reports(tmp_path):
     recs = records(results)
     assert len(recs) == 6 and {r["status"] for r in recs} == {"completed"}
     assert "launching 6" in first.stdout
+    assert (
+        "sweep ended: 6 runs: 6 completed, 0 paused, 0 diverged, 0 failed, 0 skipped, 0 lost" in first.stdout
+    )
 
     again = run_cli(*args, cwd=tmp_path)
     assert again.returncode == 0 and "skipping 6 completed" in again.stdout and "launching 0" in again.stdout
+    assert (
+        "sweep ended: 6 runs: 0 completed, 0 paused, 0 diverged, 0 failed, 6 skipped, 0 lost" in again.stdout
+    )
     assert records(results) == recs
 
     # a failed record runs again; plan=true shows the states without running anything
@@ -86,11 +96,16 @@ def test_sweep_runs_then_relaunch_skips_and_plan_reports(tmp_path):
     assert "estimated" in plan.stdout
     rerun = run_cli(*args, cwd=tmp_path)
     assert "skipping 5 completed" in rerun.stdout and "launching 1" in rerun.stdout
+    assert (
+        "sweep ended: 6 runs: 1 completed, 0 paused, 0 diverged, 0 failed, 5 skipped, 0 lost" in rerun.stdout
+    )
     assert {r["status"] for r in records(results)} == {"completed"}
 
 
-def test_a_job_that_fails_before_its_record_is_reported(tmp_path):
-    """A run's own failure is a record; a job that cannot even reach its store says so, by name."""
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs /proc, where no folder can be made")
+def test_a_store_that_cannot_be_created_stops_the_sweep_before_launch(tmp_path):
+    """A results_dir that cannot be made is one line before anything is launched, not a failure in
+    every job (tests/test_sweep_faults.py: a file, a path under one, a read-only folder)."""
     proc = run_cli(
         "-m",
         "model=tiny-bert",
@@ -100,5 +115,8 @@ def test_a_job_that_fails_before_its_record_is_reported(tmp_path):
         cwd=tmp_path,
         timeout=300,
     )
-    log = proc.stdout + proc.stderr
-    assert "failed before writing a record" in log and "targets=q" in log and "targets=v" in log, log[-2000:]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "error: results_dir=/proc/qvtune-store: No such file or directory; expected a writable folder" in (
+        proc.stderr.splitlines()
+    )
+    assert "Traceback" not in proc.stderr and "Launching" not in proc.stdout + proc.stderr

@@ -4,6 +4,7 @@ the store knows of a key (its record's status, interrupted, or pending)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -92,14 +93,18 @@ class ResultsStore:
             raise StoreError(message) from e
 
     def unwritable(self) -> Optional[str]:
-        """Why runs cannot be stored under `root` (a path that is a file, a read-only folder, a full
-        disk), or None: checked before anything loads, so a bad store costs a second, not a run."""
+        """Why runs cannot be stored under `root` (a path that is a file or under one, a read-only
+        folder or file system), or None: checked before anything loads or launches, so a bad store
+        costs a second, not a run. Nothing is created (plan=true writes nothing): a folder is made and
+        removed in `root`, or in its nearest existing parent, to see that one can be."""
+        path = Path(os.path.abspath(self.root))
+        existing = next(p for p in (path, *path.parents) if os.path.lexists(p))
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=self.root):
-                pass
+            if not existing.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+            os.rmdir(tempfile.mkdtemp(prefix=".qvtune-probe-", dir=existing))
         except OSError as e:
-            return f"results_dir={self.root}: {cause(e)}; expected a writable folder"
+            return f"results_dir={path}: {cause(e)}; expected a writable folder"
         return None
 
     def set_aside(self, key: str) -> Path:

@@ -3,6 +3,7 @@ frozen base and one forward pass (qvtune.model.pack), one launcher job per pack.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, cast
 
 from qvtune.config.schema import plain
@@ -10,6 +11,23 @@ from qvtune.sweep.plan import Job
 
 if TYPE_CHECKING:
     from qvtune.config.schema import RunConfig
+
+log = logging.getLogger(__name__)
+
+
+def launcher_jobs(jobs: list[Job], size: int) -> list[list[Job]]:
+    """The runs of one launch as the launcher's jobs: packs of up to `size` (form_packs), said in the
+    log; `size` 1: each run its own job."""
+    if size <= 1:
+        return [[j] for j in jobs]
+    packs = form_packs(jobs, size)
+    full = sum(j.config.method.name == "full" for j in jobs)
+    if full:
+        log.info(
+            f"{full} method=full runs stay unpacked: each member would hold its own copy of the matrices"
+        )
+    log.info(f"{len(jobs)} runs in {len(packs)} jobs ({sum(len(p) > 1 for p in packs)} packs)")
+    return packs
 
 
 def form_packs(jobs: list[Job], size: int) -> list[list[Job]]:

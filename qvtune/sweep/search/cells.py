@@ -13,13 +13,16 @@ from collections.abc import Sequence
 from typing import Optional
 
 from qvtune.config.budget import until_step
-from qvtune.config.rates import RATE_KEYS
+from qvtune.config.rates import RATE_KEYS, rounded
 from qvtune.status import Status
 from qvtune.store.record import RunRecord
 
 SEARCHES = ("halving", "optuna")
 
 Cell = tuple[str, ...]  # a job's overrides without its seed, in the sweep's order
+# where a run's files go: not part of what a search is, so a search launched from another folder, or
+# with its store given another way, is the same search (Hydra's own overrides never reach a cell)
+PATH_KEYS = ("results_dir", "cache_dir", "data_dir", "output_dir", "wandb.dir")
 
 
 def override_key(override: str) -> str:
@@ -42,9 +45,31 @@ def labels(groups: Sequence[Cell]) -> dict[Cell, str]:
     return {g: " ".join(o for o in g if o not in shared) or "all" for g in groups}
 
 
+def canonical(cell: Cell) -> Cell:
+    """A cell as one spelling: its parameters sorted, numbers in one form (`lr=1e-4` is
+    `lr=0.0001`; rates rounded as run keys round them), and where files go (PATH_KEYS) left out."""
+    spelled = []
+    for override in cell:
+        key = override_key(override)
+        if key in PATH_KEYS or key.startswith("hydra."):
+            continue
+        if override.startswith("~"):  # a deletion
+            spelled.append(override)
+            continue
+        value = override.split("=", 1)[1].strip("'\"")
+        try:
+            number = float(value)
+            value = repr(rounded(number) if key in RATE_KEYS else number)
+        except ValueError:
+            pass
+        spelled.append(f"{key}={value}")
+    return tuple(sorted(spelled))
+
+
 def grid_name(cells: Sequence[Cell], seeds: Sequence[str]) -> str:
-    """A short stable hash of the grid and its seeds, to name the search's answer file."""
-    blob = repr((sorted(cells), sorted(seeds)))
+    """A short hash of the grid (its cells in canonical form, in any order) and its seeds: the name of
+    the search's answer and study, the same however the search's overrides are ordered or spelled."""
+    blob = repr((sorted({canonical(c) for c in cells}), sorted(seeds)))
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
 

@@ -15,7 +15,7 @@ their runs are in the store, so what finished is skipped and the rest resume fro
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -43,7 +43,7 @@ def validate(
     batch: int,
     seeds: Optional[int],
     startup: Optional[int],
-    ranges: dict[str, Optional[Sequence[float]]],
+    ranges: Mapping[str, Optional[Sequence[float]]],
 ) -> list[str]:
     """Every problem with the optuna options, one line each."""
     errors = []
