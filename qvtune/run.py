@@ -128,7 +128,8 @@ def dry_run(cfg: RunConfig) -> dict[str, Any]:
     from qvtune.model.load import build_on_meta
     from qvtune.model.methods import apply_method, format_group_table, group_table, param_groups
 
-    model = apply_method(build_on_meta(cfg.model, cfg.task.num_labels), cfg)
+    causal = cfg.task.format == "text"
+    model = apply_method(build_on_meta(cfg.model, cfg.task.num_labels, causal), cfg)
     groups = param_groups(model, learning_rates(cfg), cfg.optim.grouping)
     table = group_table(groups, sum(p.numel() for p in model.parameters()))
     targets = parse_targets(cfg.targets)
@@ -304,9 +305,11 @@ class Ended:
     memory: dict[str, Any]
     device: str
     threads: int
+    harness: Optional[dict[str, Any]] = None  # lm-evaluation-harness scores, where asked for
 
     def fill(self, record: RunRecord) -> None:
         record.finish(self.state, self.table, self.setup, self.memory, self.device, self.threads)
+        record.harness = self.harness
 
 
 def fine_tune(
@@ -319,7 +322,7 @@ def fine_tune(
     import torch
 
     from qvtune.data.encode import encode_task
-    from qvtune.data.tasks import load_task
+    from qvtune.data.load import load_task
     from qvtune.model.load import build_on_meta, load_model, load_tokenizer
     from qvtune.model.methods import apply_method, format_group_table
     from qvtune.model.runs import LoneRun, attach
@@ -330,12 +333,13 @@ def fine_tune(
     cfg = configs[0]  # the members of a pack share everything but PACK_KEYS
     threads = set_threads(cfg)
     device = torch.device(runtime.device)
+    causal = cfg.task.format == "text"  # a causal LM writes the answers: no classification head
     for c in configs:
-        apply_method(build_on_meta(c.model, c.task.num_labels), c)  # structure errors before weights load
+        apply_method(build_on_meta(c.model, c.task.num_labels, causal), c)  # errors before weights load
 
     tic = time.perf_counter()
-    tokenizer = load_tokenizer(cfg.model, cfg.cache_dir)
-    base = load_model(cfg.model, cfg.task.num_labels, cfg.seed, cfg.attention_dropout, cfg.cache_dir)
+    tokenizer = load_tokenizer(cfg.model, cfg.cache_dir, causal)
+    base = load_model(cfg.model, cfg.task.num_labels, cfg.seed, cfg.attention_dropout, cfg.cache_dir, causal)
     model, parts = attach(base, configs)
     model = model.to(device)
     dirs = [store.run_dir(r.key) for r in runs]
@@ -366,11 +370,17 @@ def fine_tune(
         device=device,
         precision=runtime.precision,
         stop_asked=stop,
+        tokenizer=tokenizer,
     )
     for outcome in outcomes:
         state = outcome.state
         if state.status in FINISHED and cfg.output_dir and isinstance(model, LoneRun):  # never a pack
             model.save(Path(cfg.output_dir).expanduser() / dirs[outcome.index].name)
+        harness = None  # lm-evaluation-harness on the tuned model (validate(): a lone text run)
+        if cfg.harness.tasks and state.status is Status.COMPLETED and isinstance(model, LoneRun):
+            from qvtune.train.harness import evaluate_harness
+
+            harness = evaluate_harness(model.model, tokenizer, cfg.harness, runtime.precision)
         setup = {"wall_s": time.perf_counter() - wall, **timings}
         yield Ended(
             outcome.index,
@@ -380,6 +390,7 @@ def fine_tune(
             peak_memory_mb(device.type),
             str(device),
             threads,
+            harness,
         )
 
 

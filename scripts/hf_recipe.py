@@ -30,7 +30,8 @@ import numpy as np  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from qvtune.config.schema import config_dir, register_configs  # noqa: E402
-from qvtune.data.tasks import compute_metrics, load_task  # noqa: E402
+from qvtune.data.load import load_task  # noqa: E402
+from qvtune.data.tasks import compute_metrics  # noqa: E402
 from qvtune.model.load import model_folder  # noqa: E402
 from qvtune.train.runtime import available_cpus  # noqa: E402
 

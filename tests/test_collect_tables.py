@@ -170,3 +170,20 @@ def test_terminal_table(tmp_path: Path) -> None:
     assert "\x1b[4m0.822" in text  # underline
     assert "\x1b[21m0.810" in text  # double underline
     assert "paper 0.827 Δ+0.000" in text
+
+
+def test_compare_has_a_column_per_target_set_and_the_block_rates(tmp_path: Path) -> None:
+    """Any target set of the registry is a column (after the paper's, by size); lam_o, lam_mlp and the
+    LoRA+ ratio are columns of the runs (1, 1 and NaN for records written before they existed)."""
+    for targets, value in (("qv", 0.7), ("qkvo+mlp", 0.8), ("qvo", 0.75), ("v+up+down", 0.6)):
+        write_record(tmp_path, make_record(task="rte", targets=targets, value=value))
+    block = {"lam_o": 2.0, "lam_mlp": 0.5, "optim": {"loraplus_ratio": 16}}
+    write_record(tmp_path, make_record(task="rte", targets="qkvo+mlp", lr=3e-4, extra_config=block))
+    coll = load(tmp_path)
+    t = tables.compare(coll)
+    assert t.columns == ["qv", "qvo", "v+up+down", "qkvo+mlp"]
+    assert t.latex_labels["v+up+down"] == "$\\mathbf{W}_v$, $\\mathbf{W}_{up}$, $\\mathbf{W}_{down}$"
+    runs = coll.runs.set_index("lr")
+    assert (runs.loc[3e-4, ["lam_o", "lam_mlp", "loraplus_ratio"]] == [2.0, 0.5, 16.0]).all()
+    old = runs.loc[1e-4]
+    assert (old["lam_o"] == 1).all() and (old["lam_mlp"] == 1).all() and old["loraplus_ratio"].isna().all()

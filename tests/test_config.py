@@ -20,13 +20,20 @@ from tests.helpers import make_config, run_cli
         (["v", "k", "q"], "qkv"),
         ("k", "k"),
         ("q_v", "qv"),
+        (["q", "v", "o"], "qvo"),
+        ("ovq", "qvo"),
+        (["q", "k", "v", "o", "mlp"], "qkvo+mlp"),
+        ("all", "qkvo+mlp"),
+        ("qkvo+mlp", "qkvo+mlp"),
+        (["down", "v", "up"], "v+up+down"),
+        ("mlp", "mlp"),
     ],
 )
 def test_targets_are_canonical(given, canonical):
     assert parse_targets(given) == canonical
 
 
-@pytest.mark.parametrize("bad", ["", "qx", "qq", [], ["q", "o"], 3])
+@pytest.mark.parametrize("bad", ["", "qx", "qq", [], ["q", "x"], 3, "mlp+up", "all,q", "qo,o"])
 def test_bad_targets_name_the_value(bad):
     with pytest.raises(ValueError, match="subset of q, k, v"):
         parse_targets(bad)
@@ -91,8 +98,8 @@ def test_cli_reports_every_problem_fast_without_loading(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2
     assert lines == [
-        "error: targets='qz': expected a non-empty subset of q, k, v without repeats, "
-        "such as qv, qkv or [q,v]",
+        "error: targets='qz': expected a non-empty subset of q, k, v, o, gate, up, down without repeats "
+        "(mlp: every MLP matrix, all: every type), such as qv, qkv, [q,v,o] or all",
         "error: rank=0: expected an integer >= 1",
         "error: lam=-1.0: expected a finite positive ratio eta_V / eta_QK",
     ]

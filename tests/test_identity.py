@@ -161,6 +161,9 @@ KEY = run_key(make_config("lr=1e-3", "lam=1"), "fp32")
         ["lr=1e-3", "task.train_size=999"],  # a cost hint: editing it must not orphan finished runs
         ["lr=1e-3", "sweep_name=elsewhere", "checkpoint_minutes=1", "output_dir=/o"],
         ["lr=1e-3", "model.gradient_checkpointing=true"],
+        # the block's settings at their baselines: every run before them keeps its key
+        ["lr=1e-3", "lam_o=1", "lam_mlp=1.0", "layers=null", "optim.loraplus_ratio=null"],
+        ["lr=1e-3", "optim.loraplus_ratio=1"],  # LoRA+ at 1 is plain LoRA
     ],
 )
 def test_key_ignores_what_does_not_change_the_record(overrides):
@@ -184,6 +187,13 @@ def test_key_ignores_what_does_not_change_the_record(overrides):
         "task.synthetic.train_size=100",
         "head_lr=1e-2",
         "max_eval_samples=10",
+        "targets=[q,v,o]",
+        "targets=all",
+        "lam_o=2",
+        "lam_mlp=0.5",
+        "layers=[0]",
+        "layers=last:1",
+        "optim.loraplus_ratio=16",
     ],
 )
 def test_key_follows_what_changes_the_record(override):
@@ -198,6 +208,10 @@ def test_key_follows_what_changes_the_record(override):
         (["lr=2e-4", "head_lr=null"], ["lr=2e-4", "head_lr=2e-4"]),
         (["rank=16"], ["rank=16", "alpha=16"]),
         ([], ["alpha=8"]),
+        (["targets=all"], ["targets=[q,k,v,o,mlp]"]),
+        (["targets=[o,v,q]"], ["targets=qvo"]),
+        (["layers=first:2"], ["layers=[1,0]"]),
+        (["lam_o=3"], ["lam_o=3.0000000000001"]),
     ],
 )
 def test_one_run_spelled_two_ways_has_one_key(one, other):

@@ -82,8 +82,10 @@ def assert_same_run(a, b, rel=1e-5):
         ("lora", ["targets=q", "targets=v", "targets=qkv"]),
         ("dora", ["lr=1e-2 lr_v=1e-2", "lr=5e-3 lr_v=4e-2"]),
         ("dora", ["targets=qv", "targets=k"]),
+        ("lora", ["targets=qv", "targets=[q,v,o] lam_o=3", "targets=all lam_mlp=0.5"]),
+        ("lora", ["lam=1 optim.loraplus_ratio=4", "lam=4 targets=[q,v,o] optim.loraplus_ratio=4"]),
     ],
-    ids=["lora-rates", "lora-targets", "dora-rates", "dora-targets"],
+    ids=["lora-rates", "lora-targets", "dora-rates", "dora-targets", "lora-block", "lora-loraplus"],
 )
 def test_every_member_trains_as_it_would_alone(tmp_path, method, differ):
     configs = [config(f"method={method}", "lr=1e-2", *d.split()) for d in differ]
@@ -171,5 +173,7 @@ def test_pack_configs_are_checked_before_anything_loads():
     assert any("pack[1]: seed" in e and "differ only in" in e for e in validate(bad))
     full = make_config("model=tiny-bert", "method=full", "pack=[{lr:0.001},{lr:0.002}]")
     assert any("method=full is not packed" in e for e in validate(full))
+    block = make_config("model=tiny-bert", "method=lora", "pack=[{lr:0.001},{targets:all,lam_mlp:2}]")
+    assert validate(block) == [] and member_configs(block)[1].lam_mlp == 2
     nan = make_config("model=tiny-bert", "method=lora", "pack=[{lr:0.001},{lr_v:nan}]")
     assert any(e.startswith("pack[1]: lr_v=nan") for e in validate(nan))

@@ -32,6 +32,7 @@ def trained_state(**kw: object) -> SimpleNamespace:
     return SimpleNamespace(
         status=Status.COMPLETED,
         error=None,
+        signal=None,
         history=history,
         step=10,
         total_steps=10,
@@ -42,6 +43,8 @@ def trained_state(**kw: object) -> SimpleNamespace:
         train_loss=[[s, 1.0 / s] for s in range(1, 11)],
         update_norms=[[10, 0.1, 0.0, 0.2]],
         lr_trace=[[1, 1e-3, 4e-3, 1e-3]],
+        norm_types=["q", "k", "v"],
+        lr_groups=["qk", "v", "head"],
         **kw,
     )
 

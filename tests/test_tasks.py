@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from qvtune.data.tasks import compute_metrics, load_task, read_glue_tsv, synthetic_task
+from qvtune.data.load import load_task
+from qvtune.data.tasks import compute_metrics, read_glue_tsv, synthetic_task
 from qvtune.data.vocab import WORDS
 from tests.helpers import make_config
 

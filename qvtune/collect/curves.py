@@ -31,6 +31,9 @@ _SHOWN = {
     "alpha": "alpha",
     "lr": "η_QK",
     "lr_v": "η_V",
+    "lam_o": "λ_O",
+    "lam_mlp": "λ_MLP",
+    "loraplus_ratio": "LoRA+",
     "head_lr": "head lr",
     "epochs": "epochs",
 }

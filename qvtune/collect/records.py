@@ -20,7 +20,7 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from qvtune.config.rates import RATE_KEYS, rounded
+from qvtune.config.rates import GROUP_RATIOS, RATE_KEYS, rounded
 from qvtune.config.schema import has_rank, parse_targets
 from qvtune.status import Status
 from qvtune.store.identity import IDENTITY, REQUIRED, UNKEYED, keyed_fields
@@ -36,16 +36,19 @@ STATUSES = tuple(s for s in Status if s not in (*AS_RUNNING, Status.PENDING))
 SCORED = (Status.COMPLETED, Status.DIVERGED)  # a diverged run counts with what it scored, and is marked
 PICKS = ("final", "best")
 
+LORAPLUS = "optim.loraplus_ratio"  # its column: loraplus_ratio, NaN where LoRA+ is off
+
 # Keyed config fields with their own column; every other top-level one that decides a result (see
 # qvtune.store.identity) goes, as JSON, into `extra` where it differs from its identity baseline
 # (so a record written before a setting existed and one that leaves it at its default agree), the
 # precision as the run used it.
-_EXPLICIT = {"targets", "rank", "alpha", *RATE_KEYS, "epochs", "seed"}
+_EXPLICIT = {"targets", "rank", "alpha", *RATE_KEYS, "epochs", "seed", LORAPLUS}
 _EXTRA_PATHS = tuple(
     (path, baseline)
     for path, baseline in IDENTITY.items()
     if path.split(".", 1)[0] in keyed_fields()
     and path.split(".", 1)[0] not in _EXPLICIT
+    and path not in _EXPLICIT
     and baseline is not UNKEYED
 )
 
@@ -73,6 +76,8 @@ SETTING_COLUMNS = [
     "alpha",
     "lr",
     "lr_v",
+    *GROUP_RATIOS.values(),
+    "loraplus_ratio",
     "head_lr",
     "epochs",
     "extra",
@@ -94,6 +99,8 @@ COLUMNS = [
     "lr",
     "lr_v",
     "lam",
+    *GROUP_RATIOS.values(),
+    "loraplus_ratio",
     "head_lr",
     "epochs",
     "extra",
@@ -106,8 +113,10 @@ COLUMNS = [
 ]
 _NUMBERS = {
     **dict.fromkeys(
-        ("rank", "alpha", "lr", "lr_v", "lam", "head_lr", "epochs", "trainable", "value", "budget"), "float64"
+        ("rank", "alpha", "lr", "lr_v", "lam", *GROUP_RATIOS.values(), "loraplus_ratio", "head_lr"),
+        "float64",
     ),
+    **dict.fromkeys(("epochs", "trainable", "value", "budget"), "float64"),
     "seed": "int64",
     "steps": "int64",
 }
@@ -132,6 +141,16 @@ def _rates(record: RunRecord, cfg: dict[str, Any]) -> tuple[float, float, float]
         lam = float(cfg.get("lam") or 1.0)
     lr_v = float(rates["v"]) if rates.get("v") is not None else lam * lr
     return _rate(lr), _rate(lr_v), _rate(lam)
+
+
+def _loraplus(cfg: dict[str, Any]) -> float:
+    """LoRA+'s ratio where it acted; NaN where it was off (null, 1) or the record predates it."""
+    ratio = (cfg.get("optim") or {}).get("loraplus_ratio")
+    return (
+        math.nan
+        if ratio is None or float(ratio) == 1 or not has_rank(cfg["method"]["name"])
+        else _rate(ratio)
+    )
 
 
 @functools.lru_cache(maxsize=256)
@@ -177,6 +196,8 @@ def flatten(record: RunRecord, path: str, pick: str = "final") -> dict[str, Any]
             "lr": lr,
             "lr_v": lr_v,
             "lam": lam,
+            **{key: _rate(cfg.get(key, 1.0)) for key in GROUP_RATIOS.values()},  # 1 before they existed
+            "loraplus_ratio": _loraplus(cfg),
             "head_lr": _rate(cfg.get("head_lr")),
             "epochs": float(cfg.get("epochs", 0) or 0),
             "extra": json.dumps(extra, sort_keys=True, default=str),
@@ -273,6 +294,8 @@ def _lookup(record: RunRecord, key: str) -> Any:
         return record.status.value
     if key in ("lr", "lr_v", "lam"):
         return dict(zip(("lr", "lr_v", "lam"), _rates(record, cfg)))[key]
+    if key in GROUP_RATIOS.values():
+        return cfg.get(key, 1.0)  # a record before the ratio existed trained at 1
     node: Any = cfg
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:

@@ -1,4 +1,6 @@
-"""Table 1 (weight types x rank, LoRA) and Table 2 (methods x GLUE tasks) built from the runs.
+"""Table 1 (weight types x rank, LoRA) and Table 2 (methods x GLUE tasks) built from the runs. Table 1's
+columns are the paper's target sets and every other one the runs have (qvo, qkvo+mlp, ...: any set of
+qvtune.config.weight_types), ordered by size, then by the registry.
 
 A table is kept long (one row per cell, every number the cell rests on) so that CSV, Markdown, LaTeX
 and the terminal all render the same data; the wide layout is only a rendering.
@@ -15,6 +17,7 @@ import pandas as pd
 
 from qvtune.collect import labels, paper
 from qvtune.collect.records import STATUSES, Collection, describe, of_sweep, over_seeds, pick_settings
+from qvtune.config.weight_types import target_label, target_order
 from qvtune.status import Status
 
 TABLE1_COLUMNS = ("q", "k", "v", "qk", "qv", "qkv")
@@ -150,10 +153,7 @@ def _table1_like(
         rule = [
             "Cells prefer lambda = 1 runs, at the learning rates most cells use, when a cell has several."
         ]
-    wanted = list(columns)
-    if methods is not None and (runs["targets"] == "kv").any():
-        wanted.insert(wanted.index("qkv"), "kv")  # not in the paper, shown when the runs have it
-    runs = runs[runs["targets"].isin(wanted)]
+    wanted = sorted({*columns, *runs["targets"]}, key=target_order)  # the others where the runs have them
     cell = ["model", "task", "method", "rank", "targets"]
     chosen = describe(pick_settings(over_seeds(runs, [*cell, "setting"]), cell), runs)
     if chosen.empty:
@@ -193,7 +193,7 @@ def _table1_like(
         rows=rows,
         columns=present,
         column_labels={c: c for c in present},
-        latex_labels={c: ", ".join(f"$\\mathbf{{W}}_{t}$" for t in c) for c in present},
+        latex_labels={c: target_label(c) for c in present},
         cells=_finish(chosen, rows, present),
         scale=1.0,
         digits=3,
@@ -218,10 +218,8 @@ def table1(coll: Collection) -> Table:
 
 
 def compare(coll: Collection) -> Table:
-    """Table-1-style comparison of q, k, v, qv, qkv.
-
-    For whatever model, task, method and rank the runs hold.
-    """
+    """Table-1-style comparison of q, k, v, qv, qkv and every other target set the runs have (qvo,
+    qkvo+mlp, ...), for whatever model, task, method and rank they hold."""
     return _table1_like(
         coll,
         "compare",

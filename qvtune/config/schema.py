@@ -3,19 +3,34 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, cast
+from typing import Any, Literal, Optional, Union, cast
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-WEIGHT_TYPES = ("q", "k", "v")
+from qvtune.config.weight_types import canonical_targets, target_names
 
 METHODS = ("full", "lora", "dora")
 
 METHODS_WITH_RANK = ("lora", "dora")  # adapters have a rank, alpha and dropout; a full fine-tune has none
 
-METRICS = ("accuracy", "f1", "matthews", "pearson", "spearman")
+METRICS = ("accuracy", "f1", "matthews", "pearson", "spearman", "exact_match", "rank_accuracy")
+
+# head: a sequence-classification head on the model; text: a causal LM writes the answer as text.
+FORMATS = ("head", "text")
+
+# The metrics of a text task's generated answers (the rest, for a task with label words, are computed
+# on the label that ranks first, and pearson/spearman on the number generated).
+TEXT_METRICS = ("exact_match", "rank_accuracy")
+
+# How a text answer is compared for exact_match, after task.answer_marker's cut (qvtune.data.text):
+# text: lowercased, outer punctuation and repeated spaces gone; number: the first number, commas and a
+# zero fraction gone; none: outer whitespace only.
+NORMALIZERS = ("text", "number", "none")
+
+DATA_FILES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}  # -> datasets' builder
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
@@ -77,8 +92,29 @@ class SyntheticSpec:
 
 
 @dataclass
+class KvRecallSpec:
+    """qvtune's offline text task: n key-value word pairs, then a key; the answer is its value."""
+
+    pairs: int = 4
+    train_size: int = 3000
+    eval_size: int = 500
+    data_seed: int = 1234
+
+
+@dataclass
+class ArithmeticSpec:
+    """qvtune's offline text task: a + b with `digits`-digit operands; the answer is the sum."""
+
+    digits: int = 2
+    train_size: int = 3000
+    eval_size: int = 500
+    data_seed: int = 1234
+
+
+@dataclass
 class TaskConfig:
-    """A sequence (pair) classification or regression task and the paper's metric for it."""
+    """A sequence (pair) classification or regression task and the paper's metric for it, or (format
+    text) a task a causal LM answers in words: its prompt, answer and how answers are compared."""
 
     name: str = MISSING
     num_labels: int = 2  # 1 means regression (STS-B)
@@ -95,6 +131,23 @@ class TaskConfig:
     train_size: Optional[int] = None  # rows of the train split, for `plan=true` cost estimates
     # Epochs the paper's scripts used per experiment (table1, table2, heatmap); sweep files read them.
     paper_epochs: dict[str, float] = field(default_factory=dict)
+    # --- format=text (qvtune.data.text); a classifier (format=head) ignores all of these
+    format: str = "head"  # FORMATS
+    # The prompt over the task's text_fields, e.g. "Review: {sentence}\nSentiment:"
+    prompt: Optional[str] = None
+    # The answer of each label id (a labelled task); STS-B's is its score written as a number
+    label_words: Optional[list[str]] = None
+    chat_template: bool = True  # wrap the prompt in the tokenizer's chat template, where it has one
+    max_new_tokens: int = 16  # greedy decoding's length limit for exact_match
+    answer_marker: Optional[str] = None  # compare only the text after its last occurrence (GSM8K: ####)
+    normalize: str = "text"  # NORMALIZERS
+    response_field: Optional[str] = None  # the answer's column, for tasks with free-form answers
+    # a local JSON/JSONL/CSV/Parquet file or a hub data set id (task=custom); eval_source: its dev file
+    source: Optional[str] = None
+    eval_source: Optional[str] = None
+    holdout: float = 0.1  # the fraction held out as dev data where the data has no dev split
+    kv_recall: Optional[KvRecallSpec] = None
+    arithmetic: Optional[ArithmeticSpec] = None
 
 
 @dataclass
@@ -111,6 +164,9 @@ class OptimConfig:
     warmup_ratio: float = 0.0
     max_grad_norm: Optional[float] = None  # clip the gradient norm of all trainable tensors (null: never)
     grouping: str = "by_module"  # how trainable tensors are put into the qk / v / head groups: GROUPINGS
+    # LoRA+ (Hayou et al. 2024): every LoRA/DoRA B matrix trains at this multiple of its group's rate
+    # (so W_v's B at loraplus_ratio x lam x lr), in groups of their own ("qk.B", "v.B"); null or 1: off
+    loraplus_ratio: Optional[float] = None
 
 
 @dataclass
@@ -133,12 +189,28 @@ class MlflowConfig:
 
 
 @dataclass
+class HarnessConfig:
+    """EleutherAI's lm-evaluation-harness on the tuned causal LM once training ends (qvtune.train.harness);
+    `pip install 'qvtune[harness]'`. Its scores go to the record's `harness` section."""
+
+    tasks: list[str] = field(default_factory=list)  # lm-eval task, group or tag names; empty: no harness
+    limit: Optional[float] = None  # documents per task: a count >= 1 or a fraction < 1; null: all
+    num_fewshot: Optional[int] = None  # examples in each prompt; null: each task's own default
+    batch_size: int = 8  # documents per forward pass: speed and memory only
+    include: list[str] = field(default_factory=list)  # folders of users' own task YAML files
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = MISSING
     task: TaskConfig = MISSING
     method: MethodConfig = MISSING
     recipe: str = "fast"  # the recipe group that set the training details (conf/recipe/)
-    targets: Any = "qv"  # subset of qkv: "qv", "vq", "QKV", [q, v]
+    # the weight types tuned (qvtune.config.weight_types): "qv", "vq", "QKV", [q, v], [q, v, o],
+    # [q, k, v, o, mlp] (mlp: every MLP matrix the family has), all
+    targets: Any = "qv"
+    # the layers tuned: null (all), a list of indices [0, 5], first:N or last:N
+    layers: Any = None
     rank: int = 8
     alpha: Optional[float] = None  # defaults to rank (the paper's alpha = r)
     dropout: float = 0.0  # LoRA/DoRA dropout
@@ -150,6 +222,10 @@ class RunConfig:
     lam: Optional[float] = None  # lambda = eta_V / eta_QK; 1 unless lr_v is given
     lr_v: Optional[float] = None  # eta_V, an alternative to lam
     head_lr: Optional[float] = None  # the classification head; defaults to lr
+    # eta_O / eta_QK and eta_MLP / eta_QK: the rates of W_o and of the MLP matrices (gate, up, down)
+    # as multiples of lr, like lam for W_v (qvtune.config.rates.GROUP_RATIOS)
+    lam_o: float = 1.0
+    lam_mlp: float = 1.0
     epochs: float = 3
     max_steps: Optional[int] = None  # stop after this many optimizer steps (overrides epochs)
     # Train only this fraction of the run's steps, then pause (resumable): a rung of a search. The
@@ -189,6 +265,7 @@ class RunConfig:
     trackers: list[str] = field(default_factory=lambda: ["wandb"])  # any of TRACKERS
     wandb: WandbConfig = field(default_factory=WandbConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    harness: HarnessConfig = field(default_factory=HarnessConfig)
 
 
 def register_configs() -> None:
@@ -206,26 +283,42 @@ def config_dir() -> Path:
 
 
 def parse_targets(value: Any) -> str:
-    """Canonical weight-type subset: "vq", "QV", [q, v] -> "qv". Raises ValueError on anything else."""
-    if isinstance(value, (list, tuple, ListConfig)):
-        letters = [str(v).strip().lower() for v in value]
-    elif isinstance(value, str):
-        letters = [c for c in value.strip().lower() if c not in " _+,"]
-    else:
-        raise ValueError(f"targets={value!r}: expected a non-empty subset of q, k, v such as qv or [q,v]")
-    bad = [x for x in letters if x not in WEIGHT_TYPES]
-    if not letters or bad or len(set(letters)) != len(letters):
-        raise ValueError(
-            f"targets={value!r}: expected a non-empty subset of q, k, v without repeats, "
-            "such as qv, qkv or [q,v]"
-        )
-    return "".join(t for t in WEIGHT_TYPES if t in letters)
+    """Canonical weight-type subset: "vq", "QV", [q, v] -> "qv"; [o, v, q] -> "qvo"; all -> "qkvo+mlp"
+    (qvtune.config.weight_types). Raises ValueError on anything else."""
+    return canonical_targets(target_names(value))
+
+
+_LAYER_RANGE = re.compile(r"(first|last):(\d+)")
+
+
+def parse_layers(value: Any) -> Optional[Union[list[int], str]]:
+    """Canonical layer subset: None (all), sorted indices ([0, 1] for first:2 too), or "last:N" (its
+    indices need the model's depth). Raises ValueError naming the value on anything else."""
+    if value is None:
+        return None
+    if isinstance(value, str) and (match := _LAYER_RANGE.fullmatch(value.strip().lower())):
+        n = int(match.group(2))
+        if n >= 1:
+            return list(range(n)) if match.group(1) == "first" else f"last:{n}"
+    elif isinstance(value, (list, tuple, ListConfig)) and value:
+        if all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value):
+            if len(set(value)) == len(value):
+                return sorted(int(i) for i in value)
+    raise ValueError(
+        f"layers={value!r}: expected null (every layer), a list of distinct layer indices such as [0,1], "
+        "first:N or last:N with N >= 1"
+    )
 
 
 def has_rank(method: Optional[str]) -> bool:
     """Whether `rank`, `alpha` and `dropout` mean anything to the method (its adapters' shape); None
     (no method, e.g. the 'Before fine-tune' row) has none."""
     return method in METHODS_WITH_RANK
+
+
+def is_data_file(source: str) -> bool:
+    """A local data file (by its extension, one of DATA_FILES) rather than a hub data set id."""
+    return Path(source).suffix.lower() in DATA_FILES
 
 
 def wandb_mode(cfg: RunConfig) -> WandbMode:

@@ -4,22 +4,30 @@ Cheap checks: no torch, no transformers, no file read but the data folder's list
 from __future__ import annotations
 
 import math
+import string
 from pathlib import Path
 from typing import Optional
 
-from qvtune.config.rates import PACK_KEYS, learning_rates
+from qvtune.config.rates import GROUP_RATIOS, PACK_KEYS, learning_rates
 from qvtune.config.schema import (
+    DATA_FILES,
+    FORMATS,
     GROUPINGS,
     METHODS,
     METRICS,
+    NORMALIZERS,
     PADDINGS,
     PRECISIONS,
     SCHEDULERS,
+    TEXT_METRICS,
     TRACKERS,
     WANDB_MODES,
     ModelConfig,
     RunConfig,
     TaskConfig,
+    has_rank,
+    is_data_file,
+    parse_layers,
     parse_targets,
     wandb_mode,
 )
@@ -41,8 +49,14 @@ def validate(cfg: RunConfig) -> list[str]:
     check(
         cfg.method.name in METHODS, f"method.name={cfg.method.name!r}: expected one of {', '.join(METHODS)}"
     )
+    targets_ok = True  # the rates below are checked only where the targets say which groups there are
     try:
         parse_targets(cfg.targets)
+    except ValueError as e:
+        errors.append(str(e))
+        targets_ok = False
+    try:
+        parse_layers(cfg.layers)
     except ValueError as e:
         errors.append(str(e))
     check(cfg.rank >= 1, f"rank={cfg.rank}: expected an integer >= 1")
@@ -66,7 +80,20 @@ def validate(cfg: RunConfig) -> list[str]:
         cfg.head_lr is None or _positive(cfg.head_lr),
         f"head_lr={cfg.head_lr}: expected a finite positive learning rate",
     )
-    if _positive(cfg.lr) and _positive(cfg.lr_v) and _positive(cfg.lam):
+    for key in GROUP_RATIOS.values():
+        ratio = getattr(cfg, key)
+        check(_positive(ratio), f"{key}={ratio}: expected a finite positive multiple of lr")
+    ratio = cfg.optim.loraplus_ratio
+    check(
+        ratio is None or _positive(ratio),
+        f"optim.loraplus_ratio={ratio}: expected a finite positive multiple of a group's rate, or null (off)",
+    )
+    check(
+        ratio in (None, 1) or has_rank(cfg.method.name),
+        f"optim.loraplus_ratio={ratio}: LoRA+ scales the rate of LoRA's B matrices; "
+        f"method={cfg.method.name} has none (use lora or dora, or optim.loraplus_ratio=null)",
+    )
+    if targets_ok and _positive(cfg.lr) and _positive(cfg.lr_v) and _positive(cfg.lam):
         try:
             learning_rates(cfg)
         except ValueError as e:
@@ -133,7 +160,12 @@ def validate(cfg: RunConfig) -> list[str]:
     )
     check(cfg.threads is None or cfg.threads >= 1, f"threads={cfg.threads}: expected an integer >= 1")
     errors += _validate_model(cfg.model)
+    errors += _validate_harness(cfg)
     errors += _validate_task(cfg.task, cfg.data_dir)
+    if cfg.task.format not in FORMATS:
+        errors.append(f"task.format={cfg.task.format!r}: expected one of {', '.join(FORMATS)}")
+    else:
+        errors += _validate_text(cfg) if cfg.task.format == "text" else _validate_head(cfg.task)
     return errors + (_validate_pack(cfg) if cfg.pack else [])
 
 
@@ -151,15 +183,30 @@ def member_configs(cfg: RunConfig) -> list[RunConfig]:
     return members
 
 
-def _validate_pack(cfg: RunConfig) -> list[str]:
-    errors = []
+def unpackable(cfg: RunConfig) -> list[str]:
+    """Why a run cannot share a pack (none: it can): the one rule for validate() and for the
+    sweeper, which leaves such runs alone instead of forming packs that would be refused."""
+    reasons = []
     if cfg.method.name == "full":
-        errors.append(
-            "pack: method=full is not packed (every member would hold its own copy of the tuned "
-            "matrices); run its runs one by one (no pack, or hydra.sweeper.pack=1)"
+        reasons.append(
+            "method=full is not packed (every member would hold its own copy of the tuned matrices)"
         )
     if cfg.output_dir:
-        errors.append(f"pack: output_dir={cfg.output_dir}: a pack saves no weights; run alone to save them")
+        reasons.append(f"output_dir={cfg.output_dir}: a pack saves no weights; run alone to save them")
+    if cfg.task.format == "text":
+        reasons.append(
+            "task.format=text is not packed (a pack's members share one forward pass, but each would "
+            "write its own answers with its own generation)"
+        )
+    if cfg.harness.tasks:
+        reasons.append("harness.tasks: a pack is not one model for the harness to score")
+    return reasons
+
+
+def _validate_pack(cfg: RunConfig) -> list[str]:
+    errors = [
+        f"pack: {r}; run its runs one by one (no pack, or hydra.sweeper.pack=1)" for r in unpackable(cfg)
+    ]
     for i, values in enumerate(cfg.pack):
         bad = [k for k in values if k not in PACK_KEYS]
         if bad:
@@ -225,7 +272,7 @@ def _validate_task(task: TaskConfig, data_dir: Optional[str]) -> list[str]:
     bad = [m for m in metrics if m not in METRICS]
     if bad:
         errors.append(f"task {task.name}: metric {bad[0]!r} unknown; expected one of {', '.join(METRICS)}")
-    if task.synthetic is not None:
+    if task.synthetic is not None or generative(task):
         return errors
     if data_dir is None:
         if not task.hub_path:
@@ -242,4 +289,134 @@ def _validate_task(task: TaskConfig, data_dir: Optional[str]) -> list[str]:
             f"{', '.join(str(Path(task.tsv.folder) / f) for f in wanted)}"
             f" but {', '.join(missing)} is missing in {folder}"
         )
+    return errors
+
+
+def _validate_harness(cfg: RunConfig) -> list[str]:
+    """harness.*: checked before training, so that a long run does not end in a harness that cannot start."""
+    h = cfg.harness
+    errors = []
+    if not all(t.strip() and not any(c in t for c in " ,\t") for t in h.tasks):
+        errors.append(
+            f"harness.tasks={list(h.tasks)}: expected a list of lm-eval task names, such as [arc_easy]"
+        )
+    whole = h.limit is not None and math.isfinite(h.limit) and h.limit >= 1 and h.limit == int(h.limit)
+    if h.limit is not None and not (0 < h.limit < 1 or whole):
+        errors.append(
+            f"harness.limit={h.limit}: expected a count >= 1, a fraction in (0, 1), or null for all"
+        )
+    if h.num_fewshot is not None and h.num_fewshot < 0:
+        errors.append(f"harness.num_fewshot={h.num_fewshot}: expected an integer >= 0, or null")
+    if h.batch_size < 1:
+        errors.append(f"harness.batch_size={h.batch_size}: expected an integer >= 1")
+    missing = [f for f in h.include if not Path(f).expanduser().is_dir()]
+    if missing:
+        errors.append(f"harness.include: no such folder {missing[0]}; expected folders of task YAML files")
+    if h.tasks:
+        import importlib.util
+
+        if importlib.util.find_spec("lm_eval") is None:
+            errors.append("harness.tasks: lm-eval is not installed: pip install 'qvtune[harness]'")
+        if cfg.task.format != "text":
+            errors.append(
+                f"harness.tasks: task={cfg.task.name} trains a classifier; the harness scores a causal LM "
+                "(task.format=text)"
+            )
+    return errors
+
+
+def template_fields(template: str) -> list[str]:
+    """The field names a prompt template uses ("Review: {sentence}" -> [sentence])."""
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+
+
+# Encoder families: they have no causal LM to write a text task's answers.
+ENCODERS = ("bert", "roberta", "distilbert", "xlm-roberta", "electra", "deberta", "deberta-v2")
+
+
+def generative(task: TaskConfig) -> bool:
+    """A task whose answers are text of its own (kv-recall, arithmetic, a response column), not labels."""
+    return task.kv_recall is not None or task.arithmetic is not None or task.response_field is not None
+
+
+def _validate_head(task: TaskConfig) -> list[str]:
+    """A classifier's task: labels to predict, and its metrics of them."""
+    if generative(task):
+        return [f"task={task.name} has no labels, its answers are text: give task.format=text"]
+    bad = [m for m in [task.metric, *task.extra_metrics] if m in TEXT_METRICS]
+    if bad:
+        return [
+            f"task {task.name}: metric {bad[0]!r} needs task.format=text; a classifier's: accuracy, f1, ..."
+        ]
+    return []
+
+
+def _validate_text(cfg: RunConfig) -> list[str]:
+    """A text task (qvtune.data.text): a decoder, a prompt over the task's fields, answers, metrics it has."""
+    task, errors = cfg.task, []
+    model_type = cfg.model.arch.get("model_type")
+    if model_type in ENCODERS:
+        errors.append(
+            f"task.format=text: model={cfg.model.name} is an encoder ({model_type}); "
+            "text tasks need a decoder (Llama family: tiny-llama, smollm2, ...)"
+        )
+    if not task.prompt:
+        errors.append(
+            f"task={task.name}: task.format=text needs task.prompt, e.g. 'Review: {{sentence}}\\nSentiment:'"
+        )
+    else:
+        try:
+            unknown = [f for f in template_fields(task.prompt) if f not in task.text_fields]
+        except ValueError as e:
+            unknown = [f"({e})"]
+        if unknown:
+            errors.append(
+                f"task.prompt={task.prompt!r}: {{{unknown[0]}}} is not among task.text_fields "
+                f"[{', '.join(task.text_fields)}] (write literal braces as {{{{ }}}})"
+            )
+    if task.max_new_tokens < 1:
+        errors.append(f"task.max_new_tokens={task.max_new_tokens}: expected an integer >= 1")
+    if task.normalize not in NORMALIZERS:
+        errors.append(f"task.normalize={task.normalize!r}: expected one of {', '.join(NORMALIZERS)}")
+    if not 0 < task.holdout < 1:
+        errors.append(f"task.holdout={task.holdout}: expected a fraction in (0, 1)")
+    labelled = not generative(task)
+    words = task.label_words
+    if labelled and task.num_labels > 1 and (not words or len(words) != task.num_labels):
+        errors.append(
+            f"task.label_words={list(words) if words else words}: task {task.name} needs the answer text of "
+            f"each of its {task.num_labels} labels, in label order"
+        )
+    if not labelled and words:
+        errors.append(f"task.label_words: task {task.name} has no labels (its answers are text): give null")
+    for m in [task.metric, *task.extra_metrics]:
+        if m in ("accuracy", "f1", "matthews", "rank_accuracy") and not (labelled and words):
+            errors.append(
+                f"task {task.name}: metric {m!r} ranks label words, and it has none; use exact_match"
+            )
+        elif m in ("pearson", "spearman") and task.num_labels != 1:
+            errors.append(f"task {task.name}: metric {m!r} needs a score (num_labels=1); use exact_match")
+    return errors + _validate_source(task)
+
+
+def _validate_source(task: TaskConfig) -> list[str]:
+    """task.source / eval_source: local data files that exist, or a hub data set id (checked on load)."""
+    errors = []
+    if task.source is not None and task.response_field is None:
+        errors.append(f"task.source={task.source}: needs task.response_field, the column holding the answers")
+    if task.response_field is not None and not (task.source or task.hub_path):
+        errors.append(
+            f"task={task.name}: give task.source=FILE_OR_HUB_ID (a JSON/JSONL/CSV/Parquet file or hub id)"
+        )
+    for key, value in (("task.source", task.source), ("task.eval_source", task.eval_source)):
+        if value is None:
+            continue
+        local = value.startswith((".", "/", "~")) or key == "task.eval_source"
+        if local and not is_data_file(value):
+            hub = "" if key == "task.eval_source" else " or a hub data set id"
+            errors.append(f"{key}={value}: expected a {', '.join(DATA_FILES)} file{hub}")
+        elif is_data_file(value) and not Path(value).expanduser().is_file():
+            errors.append(f"{key}={value}: no such file")
+    if task.eval_source is not None and not (task.source and is_data_file(task.source)):
+        errors.append(f"task.eval_source={task.eval_source}: goes with a local task.source file")
     return errors

@@ -1,5 +1,6 @@
 """Token ids for a task, computed once per (tokenizer, data, max_len) and kept on disk for every run
-of a sweep, and batches that spend compute on real tokens: length-grouped, dynamically padded."""
+of a sweep, and batches that spend compute on real tokens: length-grouped, dynamically padded. A text
+task's ids come from qvtune.data.text (prompt + answer + EOS; labels on the answer only)."""
 
 from __future__ import annotations
 
@@ -8,25 +9,32 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
 
 from qvtune.common.files import atomic_write
 from qvtune.data.tasks import Split, TaskData
+from qvtune.data.text import IGNORE, answer_ids, answer_prefix, prompt_ids, uses_chat
+
+if TYPE_CHECKING:
+    from qvtune.config.schema import TaskConfig
 
 PAD_MULTIPLE = 8
 
 
 @dataclass
 class Encoded:
-    """Ragged token ids stored flat: example i is ids[offsets[i]:offsets[i+1]]."""
+    """Ragged token ids stored flat: example i is ids[offsets[i]:offsets[i+1]]. A text task's example is
+    its prompt's first prompt_lengths[i] tokens, then the answer and EOS; references hold the answers."""
 
     ids: np.ndarray  # int32
     types: Optional[np.ndarray]  # token type ids (BERT segments), same layout, or None
     offsets: np.ndarray  # int64, len n + 1
     labels: np.ndarray
+    prompt_lengths: Optional[np.ndarray] = None  # int64, text tasks only
+    references: Optional[list[str]] = None  # the answers' texts, text tasks only
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -40,7 +48,9 @@ class Encoded:
             return self
         end = self.offsets[n]
         types = None if self.types is None else self.types[:end]
-        return Encoded(self.ids[:end], types, self.offsets[: n + 1], self.labels[:n])
+        prompts = None if self.prompt_lengths is None else self.prompt_lengths[:n]
+        references = None if self.references is None else self.references[:n]
+        return Encoded(self.ids[:end], types, self.offsets[: n + 1], self.labels[:n], prompts, references)
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -57,10 +67,15 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 
 def encode_cached(
-    tokenizer: Any, read: Callable[[], Split], max_len: int, cache_dir: Path, key: str
+    tokenizer: Any,
+    read: Callable[[], Split],
+    max_len: int,
+    cache_dir: Path,
+    key: str,
+    text: Optional[TaskConfig] = None,
 ) -> Encoded:
-    """Tokenize the split that `read` returns, or read it from the cache without calling `read`;
-    several jobs may race here safely.
+    """Tokenize the split that `read` returns (as prompts and answers for the text task `text`), or
+    read it from the cache without calling `read`; several jobs may race here safely.
 
     Each writer tokenizes into a private temp file and renames it into place, so readers see a
     complete file or none, and concurrent writers produce the same bytes.
@@ -68,19 +83,34 @@ def encode_cached(
     path = Path(cache_dir).expanduser() / f"{key}-{max_len}.npz"
     if path.exists():
         with np.load(path) as z:
-            return Encoded(z["ids"], z["types"] if "types" in z else None, z["offsets"], z["labels"])
-    enc = encode(tokenizer, read(), max_len)
+            references = json.loads(z["references"].tobytes()) if "references" in z else None
+            prompts = z["prompt_lengths"] if "prompt_lengths" in z else None
+            types = z["types"] if "types" in z else None
+            return Encoded(z["ids"], types, z["offsets"], z["labels"], prompts, references)
+    if text is not None:
+        enc = encode_text(tokenizer, read(), max_len, text)
+    else:
+        enc = encode(tokenizer, read(), max_len)
     # Any: numpy's savez also takes a keyword allow_pickle, which mypy matches **arrays against
     arrays: dict[str, Any] = {"ids": enc.ids, "offsets": enc.offsets, "labels": enc.labels}
     if enc.types is not None:
         arrays["types"] = enc.types
+    if enc.prompt_lengths is not None:
+        arrays["prompt_lengths"] = enc.prompt_lengths
+    if enc.references is not None:  # UTF-8 JSON bytes: no pickle, no fixed-width strings
+        arrays["references"] = np.frombuffer(json.dumps(enc.references).encode(), dtype=np.uint8)
     atomic_write(path, lambda f: np.savez(f, **arrays))
     return enc
 
 
 def cache_key(task_name: str, tokenizer: Any, task: TaskData) -> str:
-    """The tokenization cache's name for a task's splits: it changes with the tokenizer and with the data."""
-    return f"{task_name}-{tokenizer_fingerprint(tokenizer)[:16]}-{task.fingerprint[:16]}"
+    """The tokenization cache's name for a task's splits: it changes with the tokenizer and with the data
+    (for a text task also with how its prompts become tokens: the chat template, if used)."""
+    key = f"{task_name}-{tokenizer_fingerprint(tokenizer)[:16]}-{task.fingerprint[:16]}"
+    if task.text is None:
+        return key
+    chat = tokenizer.chat_template if uses_chat(task.text, tokenizer) else "plain"
+    return f"{key}-text{hashlib.sha256(str(chat).encode()).hexdigest()[:8]}"
 
 
 def encode_task(
@@ -92,9 +122,9 @@ def encode_task(
     def read_eval(name: str) -> Callable[[], Split]:
         return lambda: task.evals[name]  # read only on a cache miss
 
-    train = encode_cached(tokenizer, lambda: task.train, max_len, cache_dir, f"{key}-train")
+    train = encode_cached(tokenizer, lambda: task.train, max_len, cache_dir, f"{key}-train", task.text)
     evals = {
-        name: encode_cached(tokenizer, read_eval(name), max_len, cache_dir, f"{key}-{name}")
+        name: encode_cached(tokenizer, read_eval(name), max_len, cache_dir, f"{key}-{name}", task.text)
         for name in task.eval_names
     }
     return train, evals
@@ -181,5 +211,45 @@ def collate(data: Encoded, index: np.ndarray, pad_id: int, pad_to: Optional[int]
     batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
     if types is not None:
         batch["token_type_ids"] = torch.from_numpy(types)
-    batch["labels"] = torch.from_numpy(data.labels[index])
+    if data.prompt_lengths is not None:  # a text task: the answer's tokens, the rest ignored
+        batch["labels"] = torch.from_numpy(token_labels(data, index, width))
+    else:
+        batch["labels"] = torch.from_numpy(data.labels[index])
     return batch
+
+
+def encode_text(tokenizer: Any, split: Split, max_len: int, task: TaskConfig, chunk: int = 4096) -> Encoded:
+    """Prompt + answer + EOS per example, at most `max_len` tokens: a long answer is cut to leave one
+    prompt token, a long prompt loses its start (the question and the answer cue are at its end). The
+    answers' texts stay beside the ids: exact_match compares with them, whatever the cut."""
+    assert split.answers is not None, "a text split has answers"
+    chat, prefix = uses_chat(task, tokenizer), answer_prefix(task, tokenizer)
+    ids: list[np.ndarray] = []
+    lengths, prompts = [], []
+    for start in range(0, len(split), chunk):
+        rows = zip(
+            prompt_ids(tokenizer, split.columns[0][start : start + chunk], chat),
+            answer_ids(tokenizer, split.answers[start : start + chunk], prefix),
+        )
+        for p, a in rows:
+            a = a[: max_len - 1]
+            p = p[-(max_len - len(a)) :]
+            ids.append(np.asarray(p + a, dtype=np.int32))
+            lengths.append(len(p) + len(a))
+            prompts.append(len(p))
+    offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+    flat = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32)
+    prompt_lengths = np.asarray(prompts, dtype=np.int64)
+    return Encoded(flat, None, offsets, split.labels, prompt_lengths, list(split.answers))
+
+
+def token_labels(data: Encoded, index: np.ndarray, width: int) -> np.ndarray:
+    """The LM labels of a right-padded batch: each answer token's id (EOS included), IGNORE on the
+    prompt and the padding, so the loss falls on the answer only."""
+    assert data.prompt_lengths is not None, "a text split has prompt lengths"
+    labels = np.full((len(index), width), IGNORE, dtype=np.int64)
+    for row, i in enumerate(index):
+        start, end = data.offsets[i], data.offsets[i + 1]
+        p = data.prompt_lengths[i]
+        labels[row, p : end - start] = data.ids[start + p : end]
+    return labels

@@ -1,5 +1,6 @@
 """Tasks: the GLUE tasks (from the hub, or a folder in the original GLUE TSV layout), qvtune's own
-synthetic task, and the paper's metrics computed with scikit-learn and scipy."""
+synthetic task, and the paper's metrics computed with scikit-learn and scipy. Text tasks (format=text:
+prompts and answers for a causal LM) are built from these and others in qvtune.data.text."""
 
 from __future__ import annotations
 
@@ -22,10 +23,12 @@ if TYPE_CHECKING:
 
 @dataclass
 class Split:
-    """Texts as columns (one list per text field) and labels (ints, or floats for regression)."""
+    """Texts as columns (one list per text field) and labels (ints, or floats for regression). A text
+    task's split also holds each example's answer text (its labels: the label ids, -1 where none)."""
 
     columns: list[list[str]]
     labels: np.ndarray
+    answers: Optional[list[str]] = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -33,7 +36,8 @@ class Split:
     def head(self, n: Optional[int]) -> Split:
         if n is None or n >= len(self):
             return self
-        return Split([c[:n] for c in self.columns], self.labels[:n])
+        answers = None if self.answers is None else self.answers[:n]
+        return Split([c[:n] for c in self.columns], self.labels[:n], answers)
 
 
 @dataclass
@@ -43,6 +47,7 @@ class TaskData:
     fingerprint: str  # changes when the data changes: part of the tokenization cache key
     eval_names: list[str]  # MNLI has two
     read: Callable[[], tuple[Split, dict[str, Split]]]
+    text: Optional[TaskConfig] = None  # a text task's settings: how its prompts and answers are encoded
 
     @cached_property
     def _splits(self) -> tuple[Split, dict[str, Split]]:
@@ -57,8 +62,8 @@ class TaskData:
         return self._splits[1]
 
 
-def load_task(task: TaskConfig, data_dir: Optional[str]) -> TaskData:
-    """The task's train and dev data from its generator, a GLUE TSV folder, or the hub."""
+def load_labelled(task: TaskConfig, data_dir: Optional[str]) -> TaskData:
+    """A classification task's texts and labels: from its generator, a GLUE TSV folder, or the hub."""
     if task.synthetic is not None:
         return synthetic_task(task.synthetic)
     if data_dir is not None:
@@ -188,6 +193,7 @@ def compute_metrics(
 
 
 def _metric(name: str, outputs: np.ndarray, labels: np.ndarray) -> float:
+    """One of the paper's metrics of logits (or scores) [n, labels], or predictions [n, 1] (regression)."""
     from sklearn import metrics
 
     if name in ("pearson", "spearman"):

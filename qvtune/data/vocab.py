@@ -21,13 +21,35 @@ WORDS: tuple[str, ...] = tuple(
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
+DIGITS = tuple("0123456789")
 
-def builtin_tokenizer() -> Any:
-    """A word-level fast tokenizer over WORDS (+ specials), BERT-style [CLS] a [SEP] b [SEP]: no download."""
+# Appended after WORDS for text tasks only (the classifiers' tokenizer and ids stay as they were): an
+# end of answer, digits (a number is a digit then "##" continuations, so it decodes without spaces), the
+# prompts' and answers' words, and punctuation.
+TEXT_TOKENS: tuple[str, ...] = (
+    ("[EOS]",)
+    + DIGITS
+    + tuple(f"##{d}" for d in DIGITS)
+    + tuple(
+        """yes no true false positive negative entailment not neutral contradiction equivalent acceptable
+        unacceptable similar different maybe key value query list answer question review sentiment sentence
+        is what the of a plus""".split()
+    )
+    + tuple("+-=:?,.#_")
+)
+
+TEXT_VOCAB: tuple[str, ...] = SPECIAL_TOKENS + WORDS + TEXT_TOKENS  # ids of the text tokenizer, in order
+
+
+def builtin_tokenizer(text: bool = False) -> Any:
+    """A word-level fast tokenizer over WORDS (+ specials), BERT-style [CLS] a [SEP] b [SEP]: no download.
+    `text`: the causal LMs' variant over TEXT_VOCAB, "[CLS] prompt" (CLS as its BOS), [EOS] ending answers."""
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
+    if text:
+        return _text_tokenizer()
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + WORDS)}
     tok = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.Lowercase()
@@ -46,4 +68,31 @@ def builtin_tokenizer() -> Any:
         sep_token="[SEP]",
         mask_token="[MASK]",
         name_or_path="qvtune-builtin",
+    )
+
+
+def _text_tokenizer() -> Any:
+    """WordPiece over TEXT_VOCAB: whole words as in the classifiers' vocabulary, numbers as digits."""
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(TEXT_VOCAB)}
+    tok = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A", pair="[CLS] $A $B:1", special_tokens=[("[CLS]", vocab["[CLS]"])]
+    )
+    tok.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        bos_token="[CLS]",
+        eos_token="[EOS]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        name_or_path="qvtune-builtin-text",
     )

@@ -1,4 +1,5 @@
-"""Build or load a sequence classifier and its tokenizer from a model config."""
+"""Build or load a sequence classifier, or for text tasks a causal LM, and its tokenizer from a model
+config."""
 
 from __future__ import annotations
 
@@ -140,9 +141,12 @@ def unreachable(source: str, error: OSError) -> ModelError:
     )
 
 
-def model_config(model_cfg: ModelConfig, num_labels: int, folder: Optional[str] = None) -> Any:
+def model_config(
+    model_cfg: ModelConfig, num_labels: int, folder: Optional[str] = None, causal: bool = False
+) -> Any:
     """The transformers config: that in `folder` when given (the weights about to load), else from `arch`
-    (no download), else from the source."""
+    (no download), else from the source. A random-init causal LM with the builtin tokenizer gets the
+    embeddings of its text vocabulary (TEXT_VOCAB, larger than the classifiers' WORDS)."""
     from transformers import AutoConfig
 
     if folder is None and model_cfg.arch:
@@ -157,6 +161,10 @@ def model_config(model_cfg: ModelConfig, num_labels: int, folder: Optional[str] 
         except OSError as e:
             raise unreachable(source, e) from None
     config.num_labels = num_labels
+    if causal and model_cfg.tokenizer == "builtin" and folder is None:
+        from qvtune.data.vocab import TEXT_VOCAB
+
+        config.vocab_size = max(config.vocab_size, len(TEXT_VOCAB))
     if config.pad_token_id is None:
         config.pad_token_id = 0 if model_cfg.tokenizer == "builtin" else getattr(config, "eos_token_id", None)
         if isinstance(config.pad_token_id, list):
@@ -164,13 +172,18 @@ def model_config(model_cfg: ModelConfig, num_labels: int, folder: Optional[str] 
     return config
 
 
-def build_on_meta(model_cfg: ModelConfig, num_labels: int) -> nn.Module:
-    """The model's structure without weights: for checks and parameter counts, no download, no memory."""
-    from transformers import AutoModelForSequenceClassification
+def auto_class(causal: bool) -> Any:
+    """transformers' class for a classifier, or (text tasks) a causal LM: its own head, no new one."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    config = model_config(model_cfg, num_labels)
+    return AutoModelForCausalLM if causal else AutoModelForSequenceClassification
+
+
+def build_on_meta(model_cfg: ModelConfig, num_labels: int, causal: bool = False) -> nn.Module:
+    """The model's structure without weights: for checks and parameter counts, no download, no memory."""
+    config = model_config(model_cfg, num_labels, causal=causal)
     with torch.device("meta"):
-        return AutoModelForSequenceClassification.from_config(config)
+        return auto_class(causal).from_config(config)
 
 
 def set_attention_dropout(config: Any, p: Optional[float]) -> None:
@@ -193,24 +206,24 @@ def load_model(
     seed: int,
     attention_dropout: Optional[float] = None,
     cache_dir: Optional[str] = None,
+    causal: bool = False,
 ) -> nn.Module:
     """Pretrained weights from the source (the head freshly initialised from `seed`), or random weights.
-    A GGUF model is read from `cache_dir` (RunConfig's default when None), dequantised there first."""
-    from transformers import AutoModelForSequenceClassification
-
+    A GGUF model is read from `cache_dir` (RunConfig's default when None), dequantised there first.
+    `causal`: the model as a causal LM (text tasks), with its own LM head and no classification head."""
     torch.manual_seed(seed)
     dtype = getattr(torch, model_cfg.dtype)
     if model_cfg.source is None:
-        config = model_config(model_cfg, num_labels)
+        config = model_config(model_cfg, num_labels, causal=causal)
         set_attention_dropout(config, attention_dropout)
-        model = AutoModelForSequenceClassification.from_config(config)
+        model = auto_class(causal).from_config(config)
         model.to(dtype)
     else:
         folder = model_folder(model_cfg, cache_dir)
         try:
             config = model_config(model_cfg, num_labels, folder)
             set_attention_dropout(config, attention_dropout)
-            model = AutoModelForSequenceClassification.from_pretrained(folder, config=config, dtype=dtype)
+            model = auto_class(causal).from_pretrained(folder, config=config, dtype=dtype)
         except OSError as e:
             raise unreachable(model_cfg.source, e) from None
     if model_cfg.gradient_checkpointing:
@@ -218,15 +231,16 @@ def load_model(
     return model
 
 
-def load_tokenizer(model_cfg: ModelConfig, cache_dir: Optional[str] = None) -> Any:
+def load_tokenizer(model_cfg: ModelConfig, cache_dir: Optional[str] = None, text: bool = False) -> Any:
     """The model's tokenizer; a pad token is added where the family has none (Llama, Mistral). That of a
-    GGUF model is read from `cache_dir`, like its weights."""
+    GGUF model is read from `cache_dir`, like its weights. `text`: for a text task (the builtin one's
+    text vocabulary)."""
     from transformers import AutoTokenizer
 
     if model_cfg.tokenizer == "builtin":
         from qvtune.data.vocab import builtin_tokenizer
 
-        return builtin_tokenizer()
+        return builtin_tokenizer(text)
     named = model_cfg.tokenizer
     source = resolve_source(named) if named else model_folder(model_cfg, cache_dir)
     try:

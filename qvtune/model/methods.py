@@ -1,6 +1,8 @@
-"""Methods (full fine-tune, LoRA, DoRA) applied to exactly the targeted W_q/W_k/W_v modules, and the
-optimizer's parameter groups: every trainable tensor lands in exactly one of qk, v, head, decided by
-the module that owns it (not by substrings of its name)."""
+"""Methods (full fine-tune, LoRA, DoRA) applied to exactly the targeted modules (any weight type of
+qvtune.config.weight_types, in the chosen layers), and the optimizer's parameter groups: every
+trainable tensor lands in exactly one of the run's groups (qk, v, then o and mlp where targeted, head;
+with LoRA+ a "<group>.B" for each group's B matrices), decided by the module that owns it (not by
+substrings of its name). A causal LM (text tasks) trains no head."""
 
 from __future__ import annotations
 
@@ -11,15 +13,16 @@ import torch
 from torch import nn
 
 from qvtune.config.rates import LearningRates
-from qvtune.config.schema import RunConfig, parse_targets
-from qvtune.model.weights import attention_modules, head_modules, weight_type
+from qvtune.config.schema import RunConfig
+from qvtune.config.weight_types import QKV, TYPES
+from qvtune.model.weights import head_modules, tuned_modules, weight_type
 
-GROUPS = ("qk", "v", "head")
+PAPER_GROUPS = ("qk", "v", "head")  # the groups the paper's scripts know (see paper_group)
 
 
 @dataclass
 class ParamGroup:
-    name: str  # qk | v | head
+    name: str  # a key of LearningRates.groups: qk | v | o | mlp | head, or "<group>.B" (LoRA+)
     lr: float
     params: list[tuple[str, nn.Parameter]] = field(default_factory=list)
 
@@ -44,10 +47,8 @@ def trainables_in_fp32(model: nn.Module) -> nn.Module:
 
 
 def _attach(model: nn.Module, cfg: RunConfig) -> nn.Module:
-    targets = parse_targets(cfg.targets)
-    modules = attention_modules(model)
-    chosen = [name for t in targets for name in modules[t]]
-    heads = head_modules(model)
+    chosen = [name for names in tuned_modules(model, cfg.targets, cfg.layers).values() for name in names]
+    heads = head_modules(model, required=cfg.task.format != "text")  # a causal LM keeps its own head
     if cfg.method.name == "full":
         model.requires_grad_(False)
         for name in chosen + heads:
@@ -62,14 +63,14 @@ def _attach(model: nn.Module, cfg: RunConfig) -> nn.Module:
         lora_dropout=float(cfg.dropout),
         target_modules=chosen,  # full dotted names: exactly these modules, nothing matched by accident
         use_dora=cfg.method.name == "dora",
-        modules_to_save=heads,
+        modules_to_save=heads or None,
         bias="none",
     )
     return get_peft_model(model, peft_config)
 
 
 def param_groups(model: nn.Module, rates: LearningRates, grouping: str = "by_module") -> list[ParamGroup]:
-    """Assign each trainable tensor to qk, v or head by its owning module (`by_module`), or by the paper
+    """Assign each trainable tensor to the group of its owning module (`by_module`), or by the paper
     scripts' rule (`paper`, see paper_group); a tensor owned by none of them is an error."""
     owner = owners(model)
     named = []
@@ -78,7 +79,7 @@ def param_groups(model: nn.Module, rates: LearningRates, grouping: str = "by_mod
             continue
         group = owner.get(id(p))
         if group is None:
-            raise RuntimeError(f"trainable parameter {name} belongs to no q/k/v projection and no head")
+            raise RuntimeError(f"trainable parameter {name} belongs to no tuned weight type and no head")
         named.append((name, p, group))
     return group_params(named, rates, grouping)
 
@@ -86,12 +87,15 @@ def param_groups(model: nn.Module, rates: LearningRates, grouping: str = "by_mod
 def group_params(
     named: list[tuple[str, nn.Parameter, str]], rates: LearningRates, grouping: str
 ) -> list[ParamGroup]:
-    """The qk, v and head groups of trainable tensors given as (name, tensor, owning module's group)."""
-    lr = {"qk": rates.qk, "v": rates.v, "head": rates.head}
-    groups = {g: ParamGroup(g, lr[g]) for g in GROUPS}
+    """The run's groups (rates.groups, in order) of trainable tensors given as (name, tensor, owning
+    module's group, see owners). A LoRA B matrix joins its group's ".B" group where LoRA+ made one.
+    The paper's rule applies to the groups it knows; W_o's and the MLP's tensors keep their group."""
+    groups = {g: ParamGroup(g, lr) for g, lr in rates.groups.items()}
     for name, p, owner in named:
-        groups[paper_group(name, p, owner) if grouping == "paper" else owner].params.append((name, p))
-    return [groups[g] for g in GROUPS]
+        base, _, part = owner.partition(".")
+        group = paper_group(name, p, base) if grouping == "paper" and base in PAPER_GROUPS else base
+        groups[f"{group}.{part}" if f"{group}.{part}" in groups else group].params.append((name, p))
+    return list(groups.values())
 
 
 def paper_group(name: str, p: nn.Parameter, owner: str) -> str:
@@ -106,15 +110,20 @@ def paper_group(name: str, p: nn.Parameter, owner: str) -> str:
 
 
 def owners(model: nn.Module) -> dict[int, str]:
-    """id(parameter) -> the group of the module that owns it (qk, v or head)."""
+    """id(parameter) -> the group of the module that owns it (qk, v, o, mlp or head); a LoRA B
+    matrix's is "<group>.B" (group_params folds it into the group where LoRA+ is off)."""
     get_base_model = getattr(model, "get_base_model", None)  # a PEFT model wraps the base model
     base = get_base_model() if get_base_model is not None else model
-    heads = set(head_modules(base))  # PEFT wraps them as base_model.model.<head>
+    # PEFT wraps them as base_model.model.<head>; a causal LM (text tasks) has none: its head group is empty
+    heads = set(head_modules(base, required=False))
     owner: dict[int, str] = {}
     for module_name, module in model.named_modules():  # parents come before their children
         kind = weight_type(module_name)
         if kind is not None:
-            group = "v" if kind == "v" else "qk"
+            group = TYPES[kind].group
+            lora_b = getattr(module, "lora_B", None)  # PEFT's LoRA layer: its B matrices (LoRA+)
+            for p in lora_b.parameters() if isinstance(lora_b, nn.ModuleDict) else ():
+                owner.setdefault(id(p), f"{group}.B")
         elif module_name.rsplit(".", 1)[-1] in heads:
             group = "head"
         else:
@@ -144,7 +153,8 @@ def format_group_table(table: dict[str, Any]) -> str:
 
 
 class UpdateNorms:
-    """Frobenius norms of the accumulated updates of W_q, W_k, W_v (over all layers).
+    """Frobenius norms of the accumulated updates per weight type (over all layers): W_q, W_k, W_v in
+    every run (the paper's curves), and every other type the run tunes (`types`, in registry order).
 
     Full fine-tune: ||W_t - W_0||. LoRA/DoRA: ||s * B A||, the adapters' product, computed through
     r x r Gram matrices so that it costs little even on wide models. `lora` holds (weight type, A, B,
@@ -157,6 +167,8 @@ class UpdateNorms:
         full: Optional[list[tuple[str, torch.Tensor, torch.Tensor]]] = None,
     ) -> None:
         self.lora, self.full = lora, full or []
+        tuned = {kind for kind, *_ in [*self.lora, *self.full]}
+        self.types = [t for t in TYPES if t in QKV or t in tuned]
 
     @classmethod
     def of(cls, model: nn.Module) -> UpdateNorms:
@@ -174,7 +186,7 @@ class UpdateNorms:
 
     @torch.no_grad()
     def __call__(self) -> dict[str, float]:
-        sq = {"q": 0.0, "k": 0.0, "v": 0.0}
+        sq = dict.fromkeys(self.types, 0.0)
         for kind, w, w0 in self.full:
             sq[kind] += float((w.float() - w0.float()).pow(2).sum())
         for kind, a, b, s in self.lora:

@@ -1,5 +1,6 @@
-"""Packed runs: K LoRA/DoRA runs that differ only in learning rates or targets train as one model, on
-one frozen base, in one forward pass over their concatenated batches.
+"""Packed runs: K LoRA/DoRA runs that differ only in learning rates or targets (any weight types, LoRA+
+included: each member's groups are its lone run's) train as one model, on one frozen base, in one
+forward pass over their concatenated batches.
 
 Why qvtune's own layer and not PEFT's: PEFT trains one adapter at a time (its mixed-batch forward
 refuses training mode: "Cannot pass `adapter_names` when the model is in training mode"), and the
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qvtune.config.schema import RunConfig
+from qvtune.config.weight_types import QKV
 from qvtune.model.load import ATTENTION_DROPOUT_KEYS
 from qvtune.model.methods import UpdateNorms, apply_method, owners
 from qvtune.model.weights import weight_type
@@ -251,7 +253,7 @@ class PackedModel(nn.Module):
             for name, adapter in member.adapters.items():
                 if name not in layers:
                     linear = base.get_submodule(name)
-                    assert isinstance(linear, nn.Linear), f"{name} is a q/k/v projection"
+                    assert isinstance(linear, nn.Linear), f"{name} is a tuned linear module"
                     layers[name] = PackedLinear(linear, self.slots, dropout, adapter.scaling)
                 layers[name].add(i, adapter)
             for name, head in member.heads.items():
@@ -268,7 +270,7 @@ class PackedModel(nn.Module):
         attention_dropout = any(getattr(config, key, 0) for key in ATTENTION_DROPOUT_KEYS)
         if attention_dropout and config._attn_implementation == "sdpa":
             for name, _ in base.named_modules():
-                if weight_type(name):  # its parent computes the attention
+                if weight_type(name) in QKV:  # its parent computes the attention
                     setattr(base.get_submodule(name.rpartition(".")[0]), PACK_SLOTS, self.slots)
             use_per_member_attention(base)
         for member in members:

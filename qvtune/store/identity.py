@@ -17,9 +17,11 @@ changes: a run with another value is another run and must get another key, and a
 would move every run that keeps the old value (or the new one) to a key nobody asked for before.
 
 The values are normalised first, so that one run has one identity whatever its spelling: targets
-canonical ("qv"); lr and lam rounded (qvtune.config.rates.rounded), lr_v folded into lam; head_lr
-None where it equals lr; alpha None where it equals rank (its default); rank, alpha and dropout left
-out where the method has no rank; model.arch left out where model.source names the weights.
+canonical ("qv"), layers canonical ([0, 1]); lr, lam, lam_o, lam_mlp and the LoRA+ ratio rounded
+(qvtune.config.rates.rounded), lr_v folded into lam, a LoRA+ ratio of 1 (off) None; head_lr None
+where it equals lr; alpha None where it equals rank (its default); rank, alpha and dropout left
+out where the method has no rank; model.arch left out where model.source names the weights; a
+classifier's text-only task settings (TEXT_ONLY) left out.
 
 The precision is keyed as the one actually used (fp32 on CPU; bf16 or fp16 autocast on a GPU), not
 as requested: `precision=auto` on a CPU and on a GPU are two different runs. Nothing heavy is
@@ -34,8 +36,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from qvtune.config.rates import learning_rates, rounded
-from qvtune.config.schema import RunConfig, has_rank, parse_targets, plain
+from qvtune.config.rates import GROUP_RATIOS, learning_rates, rounded
+from qvtune.config.schema import RunConfig, has_rank, parse_layers, parse_targets, plain
 from qvtune.train.runtime import PRECISIONS_USED
 
 
@@ -85,9 +87,31 @@ IDENTITY: dict[str, Any] = {
     "task.synthetic.data_seed": 1234,
     "task.train_size": UNKEYED,  # a cost hint for plan=true
     "task.paper_epochs": UNKEYED,  # sweep files read it into `epochs`, which is keyed
+    "task.format": "head",
+    "task.prompt": None,  # TEXT_ONLY: left out of a classifier's identity
+    "task.label_words": None,  # TEXT_ONLY
+    "task.chat_template": True,  # TEXT_ONLY
+    "task.max_new_tokens": 16,  # TEXT_ONLY
+    "task.answer_marker": None,  # TEXT_ONLY
+    "task.normalize": "text",  # TEXT_ONLY
+    "task.response_field": None,
+    "task.source": None,
+    "task.eval_source": None,
+    "task.holdout": 0.1,
+    "task.kv_recall": None,  # {} for the kv-recall task: its fields are the rows below
+    "task.kv_recall.pairs": 4,
+    "task.kv_recall.train_size": 3000,
+    "task.kv_recall.eval_size": 500,
+    "task.kv_recall.data_seed": 1234,
+    "task.arithmetic": None,  # {} for the arithmetic task: its fields are the rows below
+    "task.arithmetic.digits": 2,
+    "task.arithmetic.train_size": 3000,
+    "task.arithmetic.eval_size": 500,
+    "task.arithmetic.data_seed": 1234,
     "method.name": REQUIRED,
     "recipe": UNKEYED,  # a name for a set of settings; the settings themselves are keyed
     "targets": "qv",
+    "layers": None,  # every layer; canonical (parse_layers): first:2 is [0, 1]
     "rank": 8,
     "alpha": None,  # None where it equals rank
     "dropout": 0.0,
@@ -96,6 +120,8 @@ IDENTITY: dict[str, Any] = {
     "lam": 1.0,  # with lr_v folded in: lr_v / lr
     "lr_v": None,  # folded into lam, never keyed by itself
     "head_lr": None,  # None where it equals lr
+    "lam_o": 1.0,  # eta_O / eta_QK, rounded
+    "lam_mlp": 1.0,  # eta_MLP / eta_QK, rounded
     "epochs": 3.0,
     "max_steps": None,
     "until": UNKEYED,  # a rung of a search is a prefix of the same run: it pauses and resumes
@@ -120,6 +146,7 @@ IDENTITY: dict[str, Any] = {
     "optim.warmup_ratio": 0.0,
     "optim.max_grad_norm": None,
     "optim.grouping": "by_module",
+    "optim.loraplus_ratio": None,  # None where LoRA+ is off (null or 1), rounded
     # where files go, how it is watched, where it runs
     "data_dir": UNKEYED,
     "results_dir": UNKEYED,
@@ -140,7 +167,24 @@ IDENTITY: dict[str, Any] = {
     "wandb.dir": UNKEYED,
     "mlflow.tracking_uri": UNKEYED,
     "mlflow.experiment": UNKEYED,
+    # lm-evaluation-harness after training: its scores are part of the record
+    "harness.tasks": [],
+    "harness.limit": None,
+    "harness.num_fewshot": None,
+    "harness.batch_size": UNKEYED,  # like eval_batch_size: the same scores in other batch sizes
+    "harness.include": UNKEYED,  # where task files live, like data_dir; the tasks are named in harness.tasks
 }
+
+# How a text task prompts and compares answers: a GLUE task's file carries them for format=text, and a
+# classifier (format=head) does not use them, so its key leaves them out.
+TEXT_ONLY = (
+    "task.prompt",
+    "task.label_words",
+    "task.chat_template",
+    "task.max_new_tokens",
+    "task.answer_marker",
+    "task.normalize",
+)
 
 # Hydra's config groups: a run is named by them (the collector gives each a column), so the top
 # level of `keyed_fields` lists the settings beside them, not the groups themselves.
@@ -189,6 +233,11 @@ def run_identity(cfg: RunConfig, precision: str, table: Mapping[str, Any] = IDEN
             # a nested config that is there is {}: its fields are keyed by their own rows
             ident[path] = {} if path in nested and value is not None else plain(value)
     ident["targets"] = parse_targets(ident["targets"])
+    ident["layers"] = parse_layers(ident["layers"])
+    for key in GROUP_RATIOS.values():
+        ident[key] = rounded(float(ident[key]))
+    ratio = ident["optim.loraplus_ratio"]
+    ident["optim.loraplus_ratio"] = None if ratio is None or ratio == 1 else rounded(float(ratio))
     rates = learning_rates(cfg)
     lr, head = rounded(rates.qk), rounded(rates.head)
     ident.update(lr=lr, lam=rounded(rates.lam), head_lr=None if head == lr else head, precision=precision)
@@ -200,6 +249,9 @@ def run_identity(cfg: RunConfig, precision: str, table: Mapping[str, Any] = IDEN
         ident["alpha"] = None
     if cfg.model.source is not None:
         del ident["model.arch"]  # loaded from the source; arch only describes it
+    if cfg.task.format != "text":
+        for path in TEXT_ONLY:
+            ident.pop(path, None)
     return ident
 
 

@@ -6,8 +6,9 @@ fields are documented there. A run's folder holds
 
     result.json    the record without its per-step curves (schema 2): small, so that the collector
                    and the sweeper read thousands of them quickly
-    curves.json    a finished run's curves ({"run_key", "train_loss", "update_norms", "lr_trace"}),
-                   written before the result.json that names it in `curves_file`
+    curves.json    a finished run's curves ({"run_key", "train_loss", "update_norms", "lr_trace", and
+                   the names of their columns "norm_types", "lr_groups"}), written before the
+                   result.json that names it in `curves_file`
     run.log        the run's log;  checkpoint.pt  its latest checkpoint while it works;  .lock
 
 Records of schema 1 (the curves inline in result.json) are read everywhere, their curves included.
@@ -29,6 +30,7 @@ from qvtune import __version__
 from qvtune.common.files import atomic_write
 from qvtune.config.rates import learning_rates
 from qvtune.config.schema import RunConfig
+from qvtune.config.weight_types import QKV
 from qvtune.status import Status
 
 if TYPE_CHECKING:
@@ -66,17 +68,21 @@ class Curves:
     """A run's per-step curves, one row per optimizer step."""
 
     train_loss: list[list[float]] = field(default_factory=list)  # [[step, loss], ...]
-    # [[step, |dW_q|, |dW_k|, |dW_v|], ...]: Frobenius norms of the accumulated updates (for LoRA/DoRA
-    # of the adapters' product)
+    # [[step, |dW_q|, |dW_k|, |dW_v|, ...], ...]: Frobenius norms of the accumulated updates (for
+    # LoRA/DoRA of the adapters' product), one column per weight type of `norm_types`
     update_norms: list[list[float]] = field(default_factory=list)
-    # [[step, lr_qk, lr_v, lr_head], ...]: the learning rates the optimizer applied (None for a
-    # group with no trainable tensor)
+    # [[step, lr_qk, lr_v, ..., lr_head], ...]: the learning rates the optimizer applied, one column
+    # per group of `lr_groups` (None for a group with no trainable tensor)
     lr_trace: list[list[Optional[float]]] = field(default_factory=list)
+    # the columns' names; curves written before they were named have the paper's
+    norm_types: list[str] = field(default_factory=lambda: list(QKV))  # q, k, v, then o, gate, up, down
+    lr_groups: list[str] = field(default_factory=lambda: ["qk", "v", "head"])  # qk, v, [o, mlp, *.B], head
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Curves:
-        """The curves in a curves.json (or inline in a schema 1 record); absent ones are empty."""
-        values = {f.name: data.get(f.name) or [] for f in fields(cls)}
+        """The curves in a curves.json (or inline in a schema 1 record); absent ones are empty, absent
+        column names the paper's."""
+        values = {f.name: data.get(f.name) or cast(Any, f.default_factory)() for f in fields(cls)}
         bad = [name for name, value in values.items() if not isinstance(value, list)]
         if bad:
             raise InvalidRecord(f"{bad[0]}: expected a list of [step, value, ...] rows")
@@ -96,7 +102,8 @@ class RunRecord:
     run_key: str = ""  # 12 hex digits: qvtune.store.identity.run_key of the config and the precision used
     # the resolved RunConfig: model.name, task.name, method.name, targets as given, rank, lr, lam, ...
     config: dict[str, Any] = field(default_factory=dict)
-    # {"qk": eta_QK, "v": eta_V, "head": the head's rate, "lam": lambda}
+    # {"qk": eta_QK, "v": eta_V, "head": the head's rate, "lam": lambda}, and every other group's rate
+    # where the run has it (qvtune.config.rates.LearningRates.groups: "o", "mlp", LoRA+'s "qk.B", ...)
     rates: dict[str, float] = field(default_factory=dict)
     metric: str = ""  # the task's headline metric: accuracy, f1, matthews, pearson, spearman
     precision: Optional[str] = None  # the precision used: fp32, bf16 or fp16 (see qvtune.store.identity)
@@ -109,6 +116,10 @@ class RunRecord:
     history: list[dict[str, Any]] = field(default_factory=list)
     final: dict[str, float] = field(default_factory=dict)  # {metric: value} at the last evaluation
     best: dict[str, float] = field(default_factory=dict)  # ... at the one with the best headline metric
+    # lm-evaluation-harness on the tuned model (harness.tasks; qvtune.train.harness.evaluate_harness):
+    # {"lm_eval": version, "limit", "num_fewshot", "seconds", "tasks": {name: {"acc": .., "acc_stderr": ..,
+    # "samples": n}}}, or in place of "tasks" an "error" line where it could not run; None: not asked
+    harness: Optional[dict[str, Any]] = None
     steps: int = 0  # optimizer steps taken
     planned_steps: Optional[int] = None  # optimizer steps of the whole run (a paused run took fewer)
     samples: int = 0  # training samples seen
@@ -141,7 +152,7 @@ class RunRecord:
             status=Status.RUNNING,
             run_key=key,
             config=cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True)),
-            rates={"qk": rates.qk, "v": rates.v, "head": rates.head, "lam": rates.lam},
+            rates={**rates.groups, "qk": rates.qk, "v": rates.v, "head": rates.head, "lam": rates.lam},
             metric=cfg.task.metric,
             precision=precision,
             sweep=cfg.sweep_name,
@@ -169,7 +180,9 @@ class RunRecord:
         self.best = max(history, key=lambda h: h["metrics"][self.metric])["metrics"] if history else {}
         self.steps, self.samples, self.tokens = state.step, state.samples, state.tokens
         self.planned_steps = state.total_steps
-        self.curves = Curves(state.train_loss, state.update_norms, state.lr_trace)
+        self.curves = Curves(
+            state.train_loss, state.update_norms, state.lr_trace, state.norm_types, state.lr_groups
+        )
         train_s = state.train_s
         self.timing = {
             **setup,

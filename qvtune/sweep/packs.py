@@ -12,6 +12,8 @@ from qvtune.sweep.plan import Job
 if TYPE_CHECKING:
     from qvtune.config.schema import RunConfig
 
+from qvtune.config.validate import unpackable
+
 log = logging.getLogger(__name__)
 
 
@@ -21,22 +23,24 @@ def launcher_jobs(jobs: list[Job], size: int) -> list[list[Job]]:
     if size <= 1:
         return [[j] for j in jobs]
     packs = form_packs(jobs, size)
-    full = sum(j.config.method.name == "full" for j in jobs)
-    if full:
-        log.info(
-            f"{full} method=full runs stay unpacked: each member would hold its own copy of the matrices"
-        )
+    alone: dict[str, int] = {}
+    for j in jobs:
+        for reason in unpackable(j.config):
+            alone[reason] = alone.get(reason, 0) + 1
+    for reason, count in alone.items():
+        log.info(f"{count} runs stay unpacked: {reason}")
     log.info(f"{len(jobs)} runs in {len(packs)} jobs ({sum(len(p) > 1 for p in packs)} packs)")
     return packs
 
 
 def form_packs(jobs: list[Job], size: int) -> list[list[Job]]:
     """The jobs grouped into packs of at most `size` that may share a forward pass (the same config
-    but for PACK_KEYS), in sweep order and as even as the count allows; a method=full job, and one
-    without a partner, is a pack of one: a lone run."""
+    but for PACK_KEYS), in sweep order and as even as the count allows; a job that cannot pack
+    (qvtune.config.validate.unpackable: method=full, a text task, ...), and one without a partner, is
+    a pack of one: a lone run."""
     groups: dict[str, list[Job]] = {}
     for j in jobs:
-        groups.setdefault(pack_signature(j.config) if j.config.method.name != "full" else j.key, []).append(j)
+        groups.setdefault(j.key if unpackable(j.config) else pack_signature(j.config), []).append(j)
     packs = []
     for group in groups.values():
         n = -(-len(group) // max(1, size))

@@ -1,6 +1,7 @@
-"""The training loop, top to bottom: AdamW over the qk / v / head groups with one scheduler factor
-for all (so lambda holds at every step), dev evaluation each epoch and every `eval_every` steps, a
-stop on divergence, and checkpoints from which an interrupted run resumes exactly.
+"""The training loop, top to bottom: AdamW over the run's groups (qk / v / head, and o / mlp / LoRA+'s
+"<group>.B" where it has them) with one scheduler factor for all (so lambda holds at every step), dev
+evaluation each epoch and every `eval_every` steps, a stop on divergence, and checkpoints from which
+an interrupted run resumes exactly.
 
 The loop trains a list of members on one model (qvtune.model.runs: a lone run is a list of one) and
 yields each member's outcome as it ends: a diverged member at once, the others at the end of the
@@ -31,6 +32,7 @@ from qvtune.data.encode import Encoded, collate, eval_batches, micro_batches, tr
 from qvtune.data.tasks import compute_metrics
 from qvtune.model.methods import ParamGroup, UpdateNorms
 from qvtune.status import Status
+from qvtune.train.generate import text_metrics
 
 LOSS_WINDOW = 10  # steps averaged when comparing the loss with its start
 START_BATCHES = 4  # the start of the loss: the model's mean loss on this many batches, not one lucky one
@@ -54,9 +56,11 @@ class TrainState:
     recent_losses: list[float] = field(default_factory=list)  # the last LOSS_WINDOW
     history: list[dict[str, Any]] = field(default_factory=list)
     train_loss: list[list[float]] = field(default_factory=list)
-    update_norms: list[list[float]] = field(default_factory=list)
-    # [step, lr of qk, v, head] as applied (None for a group with no trainable tensor)
+    update_norms: list[list[float]] = field(default_factory=list)  # [step, |dW| per norm_types]
+    norm_types: list[str] = field(default_factory=list)  # q, k, v and every other type tuned
+    # [step, lr of each of lr_groups] as applied (None for a group with no trainable tensor)
     lr_trace: list[list[Optional[float]]] = field(default_factory=list)
+    lr_groups: list[str] = field(default_factory=list)  # the lr_trace's groups: qk, v, [o, mlp, *.B], head
 
 
 # The autocast dtype of each precision used (qvtune.train.runtime.resolve_precision); trainable
@@ -84,7 +88,7 @@ class Outcome:
 
 
 class Learner:
-    """A member's AdamW over its qk / v / head groups, its schedule (one factor for every group, so
+    """A member's AdamW over its groups (qk / v / head, ...), its schedule (one factor for every group, so
     lambda holds at every step), its loss scaler and its progress, restored from its checkpoint."""
 
     def __init__(
@@ -115,6 +119,8 @@ class Learner:
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
         self.state = self.load() if member.checkpoint.exists() else TrainState()
         self.state.total_steps = total_steps
+        self.state.lr_groups = [g.name for g in member.groups]
+        self.state.norm_types = list(member.norms.types)
 
     @property
     def running(self) -> bool:
@@ -127,7 +133,7 @@ class Learner:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.max_grad_norm)
         applied = {pg["name"]: pg["lr"] for pg in self.optimizer.param_groups}
-        state.lr_trace.append([state.step + 1] + [applied.get(g) for g in ("qk", "v", "head")])
+        state.lr_trace.append([state.step + 1] + [applied.get(g) for g in state.lr_groups])
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -135,7 +141,7 @@ class Learner:
         state.step += 1
         norm = self.member.norms()
         state.train_loss.append([state.step, loss])
-        state.update_norms.append([state.step, norm["q"], norm["k"], norm["v"]])
+        state.update_norms.append([state.step, *(norm[t] for t in state.norm_types)])
         rates = {f"lr/{name}": lr for name, lr in applied.items()}
         self.member.log(
             {"train/loss": loss, **{f"update_norm/{k}": v for k, v in norm.items()}, **rates}, state.step
@@ -204,10 +210,12 @@ def train(
     device: torch.device,
     precision: str,
     stop_asked: Callable[[], Optional[str]] = lambda: None,
+    tokenizer: Any = None,
 ) -> Iterator[Outcome]:
     """Train every member on the same batches to the end of its budget (or `until`), yielding each
     member's outcome as it ends. `stop_asked` names the signal when a stop was asked for: the loop then
-    ends at the next step boundary with every running member checkpointed there (interrupted)."""
+    ends at the next step boundary with every running member checkpointed there (interrupted). A text
+    task's evaluation decodes its answers with `tokenizer`."""
     planned = budget(len(train_data), cfg)
     total_steps, per_epoch = planned.steps, planned.per_epoch
     amp = AUTOCAST[precision]
@@ -221,7 +229,7 @@ def train(
 
     def evaluate_at(chosen: list[Learner], epoch: float) -> None:
         tic = time.perf_counter()
-        metrics = evaluate(model, [c.index for c in chosen], evals, task, cfg, pad_id, device, amp)
+        metrics = evaluate(model, [c.index for c in chosen], evals, task, cfg, pad_id, device, amp, tokenizer)
         elapsed = time.perf_counter() - tic  # one pass for every member evaluated
         for learner, values in zip(chosen, metrics):
             learner.state.eval_s += elapsed
@@ -326,10 +334,13 @@ def evaluate(
     pad_id: int,
     device: torch.device,
     amp: Optional[torch.dtype],
+    tokenizer: Any = None,
 ) -> list[dict[str, float]]:
-    """Each member's dev metrics, with large, length-sorted batches and no autograd bookkeeping."""
+    """Each member's dev metrics, with large, length-sorted batches and no autograd bookkeeping; a text
+    task's (a lone run) from its written and ranked answers (qvtune.train.generate)."""
     model.eval()
     k = len(members)
+    text = task.format == "text"
     outputs: list[dict[str, np.ndarray]] = [{} for _ in members]
     losses = np.zeros(k)
     for name, data in evals.items():
@@ -341,14 +352,21 @@ def evaluate(
         )
         for piece in pieces:
             loss, logits, _ = forward(model, members, data, piece, pad_id, pad_to(cfg), device, amp)
-            out[:, piece] = logits.float().cpu().numpy().reshape(k, len(piece), -1)
+            if not text:
+                out[:, piece] = logits.float().cpu().numpy().reshape(k, len(piece), -1)
             losses += loss.float().cpu().numpy() * len(piece)
         for i in range(k):
             outputs[i][name] = out[i]
+    if text:
+        if k != 1:
+            raise ValueError("a text task trains a lone run: its answers are generated by one model")
+        metrics = [text_metrics(model, evals, task, cfg, tokenizer, device, amp)]
+    else:
+        labels = {name: data.labels for name, data in evals.items()}
+        metrics = [compute_metrics(task, outputs[i], labels) for i in range(k)]
     model.train()
-    labels = {name: data.labels for name, data in evals.items()}
     n = sum(len(d) for d in evals.values())
-    return [{**compute_metrics(task, outputs[i], labels), "loss": float(losses[i] / n)} for i in range(k)]
+    return [{**metrics[i], "loss": float(losses[i] / n)} for i in range(k)]
 
 
 def pad_to(cfg: RunConfig) -> Optional[int]:
