@@ -16,6 +16,8 @@ CLAIMED = {
     "curves": 6,
     "demo": 13,
     "search": 48,
+    "block": 45,
+    "loraplus": 36,
 }
 
 

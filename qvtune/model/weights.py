@@ -9,7 +9,7 @@ from typing import Any, Optional
 from torch import nn
 
 from qvtune.config.schema import parse_layers
-from qvtune.config.weight_types import ALIASES, MLP, QKV, TYPES, target_names
+from qvtune.config.weight_types import ALIASES, MLP, QKV, TYPES, canonical_targets, target_names
 
 # Every path ending of the registry, split: (type, ending's names), "#" a layer index.
 _ENDINGS = [(t.name, tuple(path.split("."))) for t in TYPES.values() for path in t.paths]
@@ -90,7 +90,8 @@ def tuned_modules(model: nn.Module, targets: Any, layers: Any = None) -> dict[st
         missing.append("an MLP matrix")
     if missing:
         raise ModelError(
-            f"{type(model).__name__}: targets={targets}: no {missing[0]} found; its weight types are "
+            f"{type(model).__name__}: targets={canonical_targets(names)}: no {missing[0]} found; its weight "
+            f"types are "
             f"{', '.join(found)} (qvtune.config.weight_types knows each family's module names)"
         )
     depth = len(found["q"])
