@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from qvtune.collect.labels import task_label
 from qvtune.collect.records import load, over_seeds, parse_filters
 from qvtune.store.record import CURVES_FILE, RESULT_FILE
 from qvtune.store.store import result_files
@@ -276,3 +277,16 @@ def test_a_setting_a_record_predates_is_its_baseline(tmp_path: Path) -> None:
     runs = load(tmp_path).runs
     runs = runs.set_index(runs["path"].str.split("/").str[0])
     assert runs.loc["old", "setting"] == runs.loc["default", "setting"] != runs.loc["other", "setting"]
+
+
+def test_a_task_answered_as_text_is_its_own_task(tmp_path: Path) -> None:
+    """The same data through a classification head and as text by a decoder are two tasks in the
+    tables, never one cell."""
+    write_record(tmp_path, make_record(task="sst2"), "head")
+    write_record(
+        tmp_path, make_record(task="sst2", extra_config={"task": {"name": "sst2", "format": "text"}}), "text"
+    )
+    runs = load(tmp_path).runs
+    runs = runs.set_index(runs["path"].str.split("/").str[0])
+    assert runs.loc["head", "task"] == "sst2" and runs.loc["text", "task"] == "sst2-text"
+    assert task_label("sst2-text") == "SST-2 (text)" and task_label("kv-recall-text") == "KV-recall (text)"

@@ -16,6 +16,10 @@ TASK_LABEL = {
     "qqp": "QQP",
     "qnli": "QNLI",
     "synthetic": "Synthetic",
+    "kv-recall": "KV-recall",
+    "arithmetic": "Arithmetic",
+    "gsm8k": "GSM8K",
+    "alpaca": "Alpaca",
 }
 GLUE = ("rte", "stsb", "mrpc", "cola", "mnli", "sst2", "qqp", "qnli")  # Table 2's column order
 TABLE1_TASKS = ("sst2", "qnli", "qqp", "mnli")  # Table 1's row order
@@ -28,6 +32,9 @@ def model_short(model: str) -> str:
 
 
 def task_label(task: str) -> str:
+    """A task's label; a task answered as text (qvtune.collect.records.task_of) is "SST-2 (text)"."""
+    if task.endswith("-text"):
+        return f"{task_label(task.removesuffix('-text'))} (text)"
     return TASK_LABEL.get(task, task)
 
 

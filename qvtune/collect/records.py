@@ -53,6 +53,13 @@ _EXTRA_PATHS = tuple(
 )
 
 
+def task_of(task: dict[str, Any]) -> str:
+    """The task's name in the tables; a task answered as text by a causal LM (task.format=text) is
+    its own column, `<name>-text`, never mixed with the same data through a classification head."""
+    name = str(task["name"])
+    return f"{name}-text" if task.get("format", "head") == "text" else name
+
+
 def _extra(cfg: dict[str, Any], ranked: bool) -> dict[str, Any]:
     """The record's keyed settings without a column of their own that differ from their baseline
     (a setting the record predates is at its baseline); dropout only where the method has a rank."""
@@ -187,7 +194,7 @@ def flatten(record: RunRecord, path: str, pick: str = "final") -> dict[str, Any]
             "status": (Status.RUNNING if record.status in AS_RUNNING else record.status).value,
             "error": record.error,
             "model": str(cfg["model"]["name"]),
-            "task": str(cfg["task"]["name"]),
+            "task": task_of(cfg["task"]),
             "metric": str(metric),
             "method": method,
             "targets": _targets(cfg["targets"]),
