@@ -94,7 +94,10 @@ def test_harness_needs_lm_eval_a_causal_lm_and_a_lone_run(monkeypatch):
     ]
     cfg = make_config(*TEXT, "harness.tasks=[arc_easy]")
     cfg.pack = [{"lr": 1e-4}, {"lr": 2e-4}]
-    assert "pack: harness.tasks: a pack is not one model; run alone (hydra.sweeper.pack=1)" in validate(cfg)
+    assert (
+        "pack: harness.tasks: a pack is not one model for the harness to score; run its runs one by one "
+        "(no pack, or hydra.sweeper.pack=1)"
+    ) in validate(cfg)
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name: None if name == "lm_eval" else find_spec(name)

@@ -24,6 +24,8 @@ PAPER = {
     "demo": "fast",
     "search": "fast",
     "search-optuna": "fast",
+    "block": "paper",
+    "loraplus": "paper",
 }
 
 

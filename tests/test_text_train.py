@@ -80,8 +80,8 @@ def test_the_loss_falls_on_the_answer_tokens_only(tmp_path):
 
 
 def test_left_padded_batched_greedy_decoding_equals_one_by_one():
+    from qvtune.data.encode import encode_text
     from qvtune.data.tasks import Split
-    from qvtune.data.text import encode_text
 
     cfg = copy.deepcopy(_composed("model=tiny-llama", "task=arithmetic"))
     tok = load_tokenizer(cfg.model, text=True)
