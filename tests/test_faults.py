@@ -125,6 +125,7 @@ def test_a_corrupt_record_is_said_moved_aside_and_its_run_starts_over(tmp_path: 
 
 
 def test_a_blow_up_in_a_run_shorter_than_the_window_is_recorded_diverged(tmp_path: Path) -> None:
+    """A diverged run is a record, not a failure: exit 0, its reason, and what it scored when it stopped."""
     results = tmp_path / "results"
     proc = run_cli(
         *TINY, "method=full", "targets=qkv", "lr=10", "max_steps=8", *store(tmp_path, results), cwd=tmp_path
@@ -133,3 +134,4 @@ def test_a_blow_up_in_a_run_shorter_than_the_window_is_recorded_diverged(tmp_pat
     [rec] = records(results)
     assert rec["status"] == "diverged" and rec["steps"] <= 8, json.dumps(rec)[:2000]
     assert "exceeds 10 x its start" in rec["error"] or "loss is" in rec["error"]
+    assert "accuracy" in rec["final"] and rec["history"][-1]["step"] == rec["steps"]  # evaluated then

@@ -73,6 +73,7 @@ def test_a_packed_sweep_writes_the_records_of_its_runs_alone(tmp_path: Path) -> 
     assert again.returncode == 0 and "skipping 4 completed" in again.stderr + again.stdout
 
 
+@pytest.mark.slow  # 13 s; each member's tracker is its run's (tests/test_track_trackers.py)
 def test_each_member_of_a_pack_logs_to_its_own_wandb_run(tmp_path: Path) -> None:
     args = [*BASE, "task.synthetic.train_size=64", "epochs=1", "wandb.mode=offline", *store(tmp_path, "r")]
     proc = run_cli(*args, "pack=[{lr:0.01},{lr:0.02},{lr:0.03}]", cwd=tmp_path)
@@ -96,6 +97,7 @@ MEMBERS = "pack=[{lr:0.003,lam:2},{lr:0.01,lam:4},{lr:0.001,targets:v}]"
 ALONE = [["lr=0.003", "lam=2"], ["lr=0.01", "lam=4"], ["lr=0.001", "targets=v"]]
 
 
+@pytest.mark.slow  # 70 s; tests/test_resume.py checks SIGTERM's exact resume of a lone run in make test
 def test_a_terminated_pack_resumes_every_member_and_skips_one_finished_elsewhere(tmp_path: Path) -> None:
     import os
     import time
@@ -145,6 +147,7 @@ def test_a_terminated_pack_resumes_every_member_and_skips_one_finished_elsewhere
         assert_same_record(got[key], want[key])
 
 
+@pytest.mark.slow  # 30 s; tests/test_pack.py checks a diverging member in process
 def test_a_member_that_diverges_has_its_record_written_then_and_a_kill_after_it_loses_nothing(
     tmp_path: Path,
 ) -> None:
@@ -190,6 +193,7 @@ def test_a_member_that_diverges_has_its_record_written_then_and_a_kill_after_it_
     assert diverged["status"] == want["status"] == "diverged" and diverged["steps"] == want["steps"]
 
 
+@pytest.mark.slow  # 12 s; packing and halving each have their own tests
 def test_a_halving_search_packs_each_rung(tmp_path: Path) -> None:
     """2 x 2 cells x 2 seeds in packs of 4: rung 1 is two packs (one per seed), the best 2 cells go
     on from their pack checkpoints as two packs of 2."""

@@ -253,6 +253,7 @@ def check_search(results: Path) -> dict[str, Any]:
     return ans
 
 
+@pytest.mark.slow  # 30 s; tests/test_sweep_search.py drives halving rung by rung in make test
 def test_search_picks_from_the_promoted_cells_and_a_rung_is_a_prefix_of_the_run(tmp_path: Path) -> None:
     proc = run_cli(*search_args(tmp_path, "results"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

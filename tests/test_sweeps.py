@@ -21,7 +21,12 @@ CLAIMED = {
 }
 
 
-@pytest.mark.parametrize("sweep", sorted(CLAIMED))
+HEAVY = ("table2", "heatmap")  # 504 and 432 runs composed: 10-20 s each, make test-slow
+
+
+@pytest.mark.parametrize(
+    "sweep", [pytest.param(s, marks=pytest.mark.slow) if s in HEAVY else s for s in sorted(CLAIMED)]
+)
 def test_sweep_file_expands_to_its_runs(tmp_path, sweep):
     proc = run_cli("-m", f"+sweep={sweep}", "plan=true", f"results_dir={tmp_path}", cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
