@@ -26,6 +26,8 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from qvtune.config.rates import rounded
+
 Range = tuple[float, float]
 
 
@@ -73,10 +75,6 @@ def validate(
     return errors
 
 
-def rounded(x: float) -> float:
-    return float(f"{x:.3g}")
-
-
 def open_study(path: Path, name: str, sampler_seed: int, startup: int) -> optuna.Study:
     """The study in its journal file, created or loaded: TPE over the two log-scaled rates, its first
     `startup` trials at random, a batch asked with the trials in flight as 'constant liars'."""
@@ -92,7 +90,7 @@ def open_study(path: Path, name: str, sampler_seed: int, startup: int) -> optuna
 def ask(study: optuna.Study, lr: Range, lam: Range) -> Point:
     """A new trial, its rates rounded (and kept as the trial's user attributes)."""
     trial = study.ask({"lr": FloatDistribution(*lr, log=True), "lam": FloatDistribution(*lam, log=True)})
-    point = Point(trial.number, rounded(trial.params["lr"]), rounded(trial.params["lam"]))
+    point = Point(trial.number, rounded(trial.params["lr"], 3), rounded(trial.params["lam"], 3))  # readable
     trial.set_user_attr("lr", point.lr)
     trial.set_user_attr("lam", point.lam)
     return point
