@@ -189,6 +189,8 @@ def execute(runs: list[Planned], store: ResultsStore, runtime: Runtime) -> list[
         finally:
             for record, tracker in zip(records, trackers):
                 summary = {"status": record.status.value, "best": record.best, "final": record.final}
+                if record.harness:  # lm-evaluation-harness scores: summary/harness/<task>/<metric>
+                    summary["harness"] = record.harness.get("tasks", {})
                 tracker.finish({**summary, "steps": record.steps}, 0 if record.status in FINE else 1)
     return records
 
