@@ -165,6 +165,7 @@ def test_search_tells_each_trial_its_runs_score_and_confirms_the_best_on_every_s
     assert {r["run_key"]: r for r in records(tmp_path / "results")} == first
 
 
+@pytest.mark.slow  # 14 s; tests/test_search.py checks the canonical grid name of every spelling
 def test_a_search_relaunched_in_another_spelling_finds_its_study_and_answer(tmp_path: Path) -> None:
     """One search launched twice: its overrides in another order, its rates spelled otherwise, its
     store given relatively from another folder. The second launch finds the first's study finished
