@@ -231,3 +231,34 @@ def test_smollm2_untrained_scores_the_local_tasks(include, tmp_path):
     print(json.dumps(section, indent=1))
     assert check_scores(section, shots=3)["acc"] >= 0.6
     assert check_scores(section, "qvtune_words_gen", shots=3)["exact_match"] >= 0.4  # 0.6 on a CPU
+
+
+@needs_lm_eval
+def test_a_run_scores_its_tuned_model_and_records_and_logs_the_scores(include, tmp_path):
+    """Through the entry point: a text run trains, the harness scores the tuned model, and the scores
+    are in the record's harness section and in the trackers' summary (here the CSV)."""
+    from tests.helpers import records, run_cli
+
+    results = tmp_path / "results"
+    proc = run_cli(
+        "model=tiny-llama",
+        "task=kv-recall",
+        "task.kv_recall.train_size=64",
+        "task.kv_recall.eval_size=16",
+        "epochs=1",
+        "harness.tasks=[qvtune_words]",
+        f"harness.include=[{include}]",
+        "harness.limit=4",
+        "trackers=[csv]",
+        "wandb.mode=disabled",
+        f"results_dir={results}",
+        f"cache_dir={tmp_path / 'cache'}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [rec] = records(results)
+    assert rec["status"] == "completed" and "error" not in rec["harness"], rec["harness"]
+    scores = rec["harness"]["tasks"]["qvtune_words"]
+    assert scores["samples"] == 4 and 0 <= scores["acc"] <= 1
+    logged = (results / rec["run_key"] / "metrics.csv").read_text()
+    assert "summary/harness/qvtune_words/acc," in logged
