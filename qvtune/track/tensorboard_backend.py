@@ -42,7 +42,7 @@ class TensorBoardBackend:
     def _writer(self, purge_step: Optional[int]) -> SummaryWriter:
         if self.writer is None:
             self.writer = self.open_writer(str(self.folder), purge_step=purge_step, flush_secs=FLUSH_SECS)
-            # at this session's first step: a later session that purges it writes its own
+            # at this launch's first step: a resumed launch that purges it writes its own
             self.writer.add_text("config", self.config, purge_step or 0)
         return self.writer
 
