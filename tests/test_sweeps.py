@@ -18,10 +18,12 @@ CLAIMED = {
     "search": 48,
     "block": 45,
     "loraplus": 36,
+    "table1-text": 36,
+    "heatmap-text": 96,
 }
 
 
-HEAVY = ("table2", "heatmap")  # 504 and 432 runs composed: 10-20 s each, make test-slow
+HEAVY = ("table2", "heatmap", "heatmap-text")  # 504, 432 and 96 runs composed: 10-20 s each, make test-slow
 
 
 @pytest.mark.parametrize(
