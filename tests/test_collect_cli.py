@@ -16,7 +16,7 @@ from rich.console import Console
 
 from qvtune.collect import summary
 from qvtune.collect.__main__ import main
-from tests.helpers.sample_records import demo_records, make_record, write_record
+from tests.helpers.sample_records import demo_records, harness_section, make_record, write_record
 
 # qvtune's modules a collection may import: none of them imports torch or the training code
 # what collecting may import of qvtune: no model, data or training loop (train.runtime resolves a
@@ -256,3 +256,62 @@ def test_no_torch_or_training_code(demo: Path) -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_heatmap_axes_on_request(tmp_path: Path, no_figures: None, capsys: pytest.CaptureFixture) -> None:
+    """--axes draws the heatmaps over two rates; an unknown one is refused in one line naming the rest."""
+    root = tmp_path / "results"
+    for lam, ratio, seed in itertools.product((1, 4), (None, 16), (0, 1)):
+        settings = {"optim": {"loraplus_ratio": ratio}}
+        write_record(root, make_record(lam=lam, seed=seed, sweep="loraplus", extra_config=settings), "s")
+    out = tmp_path / "out"
+    assert (
+        collect(
+            "heatmap",
+            "--format",
+            "csv",
+            "--axes",
+            "loraplus_ratio,lam",
+            "--results",
+            str(root),
+            "--out",
+            str(out),
+        )
+        == 0
+    )
+    assert [p.name for p in out.iterdir()] == ["rate_heatmaps.csv"]  # not Figure 1's: not asked
+    with open(out / "rate_heatmaps.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["y_rate"], r["y"], r["x_rate"], r["x"]) for r in rows} == {
+        ("loraplus_ratio", y, "lam", x) for y in ("1", "16") for x in ("1", "4")
+    }
+    assert "sweep loraplus · R x λ" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as refused:
+        collect("heatmap", "--axes", "lam,eta", "--results", str(root))
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown rate 'eta'" in err and "lam_mlp, loraplus_ratio, head_lr" in err
+
+
+def test_all_writes_the_harness_scores(tmp_path: Path, no_figures: None) -> None:
+    """Runs with harness scores: a column per task/metric in runs.csv, and harness.md/.csv/.tex."""
+    root = tmp_path / "results"
+    text = dict(model="smollm2", task="kv-recall", text=True)
+    for seed in (0, 1):
+        section = harness_section({"arc_easy": {"acc": 0.5 + 0.1 * seed}}, limit=20)
+        write_record(root, make_record(**text, seed=seed, harness=section))
+        failed = harness_section(limit=20, error="E: gone")
+        write_record(
+            root, make_record(**text, seed=seed, epochs=0, harness=failed, harness_tasks=["arc_easy"])
+        )
+    out = tmp_path / "out"
+    assert collect("all", "--results", str(root), "--out", str(out)) == 0
+    assert {"harness.md", "harness.csv", "harness.tex"} <= {p.name for p in out.iterdir()}
+    with open(out / "runs.csv", newline="") as f:
+        runs = list(csv.DictReader(f))
+    assert sorted(r["harness:arc_easy/acc"] for r in runs) == ["", "", "0.5", "0.6"]  # failed: empty, not 0
+    assert sorted(r["harness_error"] for r in runs) == ["", "", "E: gone", "E: gone"]
+    harness_md = (out / "harness.md").read_text()
+    assert "| Before Fine-tune (smollm2) | - (0/2) |" in harness_md and "**0.550**¹ ± 0.071 (2)" in harness_md
+    assert "- 2 run(s) have no harness scores ('-'): E: gone" in harness_md
+    assert "### lm-evaluation-harness scores" in (out / "report.md").read_text()

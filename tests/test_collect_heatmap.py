@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -215,3 +217,81 @@ def test_renderer_inline_and_in_the_background(processes: int) -> None:
     renderer.close()
     assert [job.result() for job in jobs] == [1, 2, 4]
     assert figures.Renderer.for_cores(1).processes == 0 and figures.Renderer.for_cores(2).processes == 1
+
+
+LAMS = (1, 2, 4)
+RATIOS = (None, 4, 16)  # LoRA+'s ratio R; None: off, R = 1
+LORAPLUS = dict(task="rte", targets="qkv", lr=2e-4, sweep="loraplus")
+
+
+def loraplus_store(root: Path, extra: Optional[dict] = None, seeds: tuple[int, ...] = (0, 1)) -> Path:
+    """lambda x R as sweeps/loraplus.yaml crosses them; the best cell (2, 16), 0.004 better per seed."""
+    for lam, ratio, seed in itertools.product(LAMS, RATIOS, seeds):
+        value = 0.70 + 0.02 * (lam == 2) + 0.001 * (ratio or 1) + 0.004 * seed
+        settings = {"optim": {"loraplus_ratio": ratio}, **(extra or {})}
+        record = make_record(**LORAPLUS, lam=lam, seed=seed, value=value, extra_config=settings)
+        write_record(root, record, "loraplus")
+    return root
+
+
+def test_a_sweep_over_lambda_and_the_loraplus_ratio_is_a_heatmap(tmp_path: Path) -> None:
+    root = loraplus_store(tmp_path / "results")
+    # the same grid evaluated untuned (max_steps = 0): never cells of a heatmap
+    loraplus_store(root, {"max_steps": 0}, seeds=(0,))
+    coll = load(root)
+    assert heatmap.find(coll) == []  # one eta_QK: no Figure 1
+    (h,) = heatmap.find_rates(coll)
+    assert (h.y.name, h.x.name) == ("lam", "loraplus_ratio")
+    assert h.name == "heatmap_loraplus_roberta-base_rte_lora_qkv_r8_lam_x_loraplus_ratio"
+    assert list(h.mean.index) == [1, 2, 4] and list(h.mean.columns) == [1, 4, 16]  # off is R = 1
+    assert h.mean.loc[1, 1] == pytest.approx(0.703) and h.cells["n"].tolist() == [2] * 9
+    assert (h.best.y, h.best.x, h.best.value) == (2, 16, pytest.approx(0.738))
+    assert (h.reference.y, h.reference.x) == (1, 1)
+    assert h.caption == "best (λ, R) = (2, 16): 0.738; best with λ = 1, R = 1: 0.703; gap +0.035"
+    assert h.title == "roberta-base · RTE · LoRA (QKV) r = 8 · sweep loraplus · λ x R"
+    (rows_r,) = heatmap.find_rates(coll, ("loraplus_ratio", "lam"))  # asked: rows R, columns lambda
+    assert list(rows_r.mean.index) == [1, 4, 16] and rows_r.best == heatmap.Point(16, 2, h.best.value)
+    assert heatmap.find_rates(coll, ("lr", "lam")) == []  # one eta_QK: no grid
+
+    fig = heatmap.draw_rates(h)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "4", "16"]
+    assert ax.get_ylabel() == "λ = η_V / η_QK" and ax.get_xlabel().startswith("R: LoRA+ ratio")
+    red = sorted(t.get_text() for t in ax.texts if t.get_color() == heatmap.HIGHLIGHT)
+    assert red == ["0.703", "0.738"]  # the plain run (lambda = 1, R = 1) and the best cell
+    frame = heatmap.rate_frame([h])
+    assert frame["best"].sum() == 1 and frame["reference"].sum() == 1 and len(frame) == 9
+
+
+def test_three_varying_rates_are_drawn_only_when_asked(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    for lam_o in (1.0, 2.0):
+        loraplus_store(root, {"lam_o": lam_o}, seeds=(0,))
+    coll = load(root)
+    assert heatmap.find_rates(coll) == []  # lambda, R and lambda_O vary: which two is not clear
+    found = heatmap.find_rates(coll, ("lam", "loraplus_ratio"))
+    assert len(found) == 2 and len({h.name for h in found}) == 2  # one per lambda_O
+    by_lam = heatmap.find_rates(coll, ("lam_o", "loraplus_ratio"))  # one per lambda
+    assert len(by_lam) == 3 and all(list(h.mean.index) == [1.0, 2.0] for h in by_lam)
+
+
+def test_figure1_grid_over_lambda_on_request(grid: heatmap.Heatmap, tmp_path: Path) -> None:
+    """Figure 1's grid is never drawn twice unasked; over (eta_QK, lambda) its lambda = 1 row is the
+    diagonal, so it finds the same best lambda = 1 cell."""
+    coll = load(grid_store(tmp_path / "results"))
+    assert heatmap.find_rates(coll) == []
+    (h,) = heatmap.find_rates(coll, ("lr", "lam"))
+    assert h.reference == heatmap.Point(4e-4, 1.0, pytest.approx(grid.best_diagonal.value))
+    assert h.best == heatmap.Point(1e-4, 4.0, pytest.approx(grid.best.value))
+    assert h.caption.endswith("best with λ = 1: η_QK = 4e-4: 0.811; gap +0.020")
+
+
+def test_the_axes_a_heatmap_takes() -> None:
+    assert heatmap.parse_axes("lam,loraplus_ratio") == ("lam", "loraplus_ratio")
+    assert heatmap.parse_axes("lam_o, optim.loraplus_ratio") == ("lam_o", "loraplus_ratio")
+    accepted = "lr, lr_v, lam, lam_o, lam_mlp, loraplus_ratio, head_lr"
+    with pytest.raises(ValueError, match=f"unknown rate 'eta'; expected two of {accepted}"):
+        heatmap.parse_axes("lam,eta")
+    for bad in ("lam", "lam,lam", "lr,lam,lr_v", "lam,lr_v"):
+        with pytest.raises(ValueError, match=f"--axes {bad}: "):
+            heatmap.parse_axes(bad)

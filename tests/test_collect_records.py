@@ -16,7 +16,7 @@ from qvtune.collect.labels import task_label
 from qvtune.collect.records import load, over_seeds, parse_filters
 from qvtune.store.record import CURVES_FILE, RESULT_FILE
 from qvtune.store.store import result_files
-from tests.helpers.sample_records import make_record, write_record
+from tests.helpers.sample_records import harness_section, make_record, write_record
 
 
 @pytest.fixture
@@ -290,3 +290,49 @@ def test_a_task_answered_as_text_is_its_own_task(tmp_path: Path) -> None:
     runs = runs.set_index(runs["path"].str.split("/").str[0])
     assert runs.loc["head", "task"] == "sst2" and runs.loc["text", "task"] == "sst2-text"
     assert task_label("sst2-text") == "SST-2 (text)" and task_label("kv-recall-text") == "KV-recall (text)"
+
+
+@pytest.mark.parametrize(
+    "settings, tuned",
+    [({"epochs": 3}, True), ({"epochs": 0}, False), ({"epochs": 3, "max_steps": 0}, False)]
+    + [({"epochs": 0, "max_steps": 20}, True)],
+)
+def test_a_run_is_tuned_when_it_takes_a_step(tmp_path: Path, settings: dict, tuned: bool) -> None:
+    """epochs = 0 evaluates the untuned model unless max_steps asks for steps; max_steps = 0 takes none."""
+    write_record(tmp_path, make_record(epochs=settings["epochs"], extra_config=settings))
+    coll = load(tmp_path)
+    assert coll.runs["tuned"].tolist() == [tuned]
+    assert (len(coll.trained), len(coll.untuned)) == ((1, 0) if tuned else (0, 1))
+
+
+def test_harness_scores_are_columns_and_a_failed_harness_is_missing(tmp_path: Path) -> None:
+    scores = {"arc_easy": {"acc": 0.61, "acc_norm": None}, "gsm8k": {"exact_match,strict-match": 0.2}}
+    write_record(tmp_path, make_record(seed=0, harness=harness_section(scores, limit=50)), "ok")
+    failed = harness_section(limit=50, error="ValueError: no such task")
+    write_record(tmp_path, make_record(seed=1, harness=failed, harness_tasks=["arc_easy"]), "failed")
+    write_record(tmp_path, make_record(seed=2), "none")
+    coll = load(tmp_path)
+    assert coll.problems == []
+    assert coll.harness_columns == [
+        "harness:arc_easy/acc",
+        "harness:arc_easy/acc_norm",
+        "harness:gsm8k/exact_match,strict-match",
+    ]
+    assert "harness:arc_easy/acc_stderr" in coll.runs  # in runs.csv, not a column of the table
+    runs = coll.runs.set_index(coll.runs["path"].str.split("/").str[0])
+    assert runs.loc["ok", "harness:arc_easy/acc"] == 0.61 and runs.loc["ok", "harness_limit"] == 50
+    assert math.isnan(runs.loc["ok", "harness:arc_easy/acc_norm"])  # N/A, not 0
+    assert runs.loc["failed", "harness_error"] == "ValueError: no such task"
+    assert runs.loc[["failed", "none"], coll.harness_columns].isna().all().all()
+    assert runs.loc[["ok", "failed", "none"], "harness_tasks"].tolist() == ["arc_easy,gsm8k", "arc_easy", ""]
+
+
+def test_a_harness_score_that_is_not_a_number_is_reported(tmp_path: Path) -> None:
+    section = harness_section({"arc_easy": {"acc": 0.5}})
+    section["tasks"]["arc_easy"]["acc"] = "0.5"
+    write_record(tmp_path, make_record(harness=section))
+    coll = load(tmp_path)
+    assert coll.runs.empty
+    assert coll.problems[0][1] == (
+        'not a usable run record (harness.tasks.arc_easy.acc: string "0.5" where a number was expected)'
+    )

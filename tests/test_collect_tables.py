@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from qvtune.collect import render, tables
 from qvtune.collect.records import load
-from tests.helpers.sample_records import make_record, write_record
+from tests.helpers.sample_records import harness_section, make_record, write_record
 
 FIXTURES = Path(__file__).parent / "fixtures" / "collect"
 T1 = dict(model="roberta-base", task="mnli", rank=8, sweep="table1")
@@ -187,3 +189,128 @@ def test_compare_has_a_column_per_target_set_and_the_block_rates(tmp_path: Path)
     assert (runs.loc[3e-4, ["lam_o", "lam_mlp", "loraplus_ratio"]] == [2.0, 0.5, 16.0]).all()
     old = runs.loc[1e-4]
     assert (old["lam_o"] == 1).all() and (old["lam_mlp"] == 1).all() and old["loraplus_ratio"].isna().all()
+
+
+TEXT = dict(model="smollm2", task="sst2", text=True, method="lora", rank=8)
+ZERO_SHOT = {0: 0.55, 1: 0.57}  # seed -> the untuned model's accuracy on SST-2 as text
+
+
+def text_store(root: Path) -> Path:
+    """SST-2 as text on smollm2: LoRA on q, v, qv (3 seeds, a table1-text sweep); its zero-shot runs
+    (epochs = 0, 2 seeds, outside sweeps); a zero-shot run scored on another metric; kv-recall zero-shot
+    only (no tuned row to stand beside)."""
+    for targets, base in (("q", 0.80), ("v", 0.84), ("qv", 0.86)):
+        for seed in (0, 1, 2):
+            record = make_record(
+                **TEXT, targets=targets, seed=seed, value=base + 0.001 * seed, sweep="table1-text"
+            )
+            write_record(root, record, "table1-text")
+    for seed, value in ZERO_SHOT.items():
+        write_record(root, make_record(**TEXT, targets="qv", epochs=0, seed=seed, value=value))
+    other = make_record(**TEXT, targets="qv", epochs=0, seed=5, value=0.01, extra_config={"max_len": 256})
+    other.metric = other.config["task"]["metric"] = "exact_match"  # same task, another headline metric
+    write_record(root, other)
+    write_record(root, make_record(model="smollm2", task="kv-recall", text=True, epochs=0, value=0.1))
+    return root
+
+
+def test_a_text_task_has_its_zero_shot_row_beside_table1_and_the_comparison(tmp_path: Path) -> None:
+    coll = load(text_store(tmp_path))
+    for t in (tables.table1(coll), tables.compare(coll)):
+        before = "SST-2 (text)(smollm2) Before Fine-tune"
+        assert t.rows[0] == before and len(t.rows) == 2  # no kv-recall row: nothing tuned to compare
+        cells = t.cells.set_index(["row", "column"])
+        assert sorted(cells.loc[before].index) == ["q", "qv", "v"]  # under each weight type tuned
+        zero = cells.loc[(before, "qv")]
+        assert zero["mean"] == pytest.approx(0.56) and zero["std"] == pytest.approx(0.01 * 2**0.5)
+        assert (zero["n"], zero["n_expected"], zero["place"]) == (2, 2, 0)  # its own seeds; not ranked
+        assert np.isnan(zero["paper"]) and zero["method"] == "" and zero["targets"] == ""
+        assert cells.loc[(t.rows[1], "qv"), "place"] == 1
+        assert any("zero-shot" in note for note in t.notes)
+        row = next(line for line in render.to_markdown(t).splitlines() if line.startswith(f"| {before}"))
+        assert "0.560 ± 0.014 (2)" in row
+    assert any("table1 sweep has no epochs = 0 run" in note for note in tables.table1(coll).notes)
+
+
+def test_table2_shows_the_zero_shot_row_of_a_text_task(tmp_path: Path) -> None:
+    coll = load(text_store(tmp_path))
+    t = tables.table2(coll)
+    assert t.rows[0] == "Before Fine-tune" and t.columns == ["kv-recall-text", "sst2-text"]
+    cells = t.cells.set_index(["row", "column"])
+    assert cells.loc[("Before Fine-tune", "sst2-text"), "mean"] == pytest.approx(0.56)  # accuracy only
+    assert cells.loc[("Before Fine-tune", "kv-recall-text"), "metric"] == "exact_match"
+    assert any("untuned model answering zero-shot" in note for note in t.notes)
+
+
+def test_a_classifier_gets_the_same_before_row_in_table1(tmp_path: Path) -> None:
+    """Both formats alike: the epochs = 0 evaluation of the fresh head beside Table 1, the paper's
+    Before Fine-tune value (Table 2) next to it. max_steps = 0 takes no step either, whatever its
+    epochs: a baseline, never a tuned cell."""
+    for targets, seed in itertools.product(("v", "qkv"), (0, 1)):
+        write_record(tmp_path, make_record(**T1, targets=targets, seed=seed, value=0.8), "table1")
+    for seed, value in ((0, 0.33), (1, 0.35)):
+        write_record(tmp_path, make_record(**T1, targets="qv", epochs=0, seed=seed, value=value), "table1")
+    no_steps = make_record(**T1, targets="qv", seed=0, value=0.3, extra_config={"max_steps": 0})
+    write_record(tmp_path, no_steps, "table1")
+    coll = load(tmp_path)
+    assert coll.runs.set_index("value").loc[0.3, "tuned"] == False  # noqa: E712
+    t = tables.table1(coll)
+    assert t.rows == ["MNLI(R) Before Fine-tune", "MNLI(R) r = 8"]
+    cells = t.cells.set_index(["row", "column"])
+    assert ("MNLI(R) r = 8", "qv") not in cells.index
+    zero = cells.loc[("MNLI(R) Before Fine-tune", "v")]
+    assert zero["mean"] == pytest.approx(0.34) and zero["paper"] == pytest.approx(0.3295)
+    assert zero["sweeps"] == "table1" and zero["alternatives"] == 1  # the max_steps = 0 setting
+    assert any("the fresh head" in note for note in t.notes)
+
+
+HARNESS_ACC = {1: 0.50, 4: 0.54}  # lambda -> arc_easy accuracy of the tuned model (seed s adds 0.002 s)
+
+
+def harness_store(root: Path) -> Path:
+    """smollm2 tuned on SST-2 as text, scored with the harness: qv at lambda 1 and 4 (3 seeds; lambda 4
+    also on hellaswag), q whose harness failed, and the base model's scores from epochs = 0 runs."""
+    for (lam, acc), seed in itertools.product(HARNESS_ACC.items(), (0, 1, 2)):
+        scores = {"arc_easy": {"acc": acc + 0.002 * seed, "acc_norm": acc - 0.01}}
+        if lam == 4:
+            scores["hellaswag"] = {"acc": 0.3, "acc_norm": None}  # null: N/A in lm-eval
+        section = harness_section(scores, limit=100, num_fewshot=0)
+        write_record(root, make_record(**TEXT, targets="qv", lam=lam, seed=seed, harness=section))
+        failed = harness_section(limit=100, num_fewshot=0, error="ConnectionError: arc_easy is not cached")
+        record = make_record(**TEXT, targets="q", seed=seed, harness=failed, harness_tasks=["arc_easy"])
+        write_record(root, record)
+    for seed in (0, 1):
+        section = harness_section({"arc_easy": {"acc": 0.40, "acc_norm": 0.41}}, limit=100, num_fewshot=0)
+        write_record(root, make_record(**TEXT, targets="qv", epochs=0, seed=seed, harness=section))
+    write_record(root, make_record(**TEXT, targets="v", seed=0))  # no harness: not a row
+    return root
+
+
+def test_the_harness_table(tmp_path: Path) -> None:
+    t = tables.harness(load(harness_store(tmp_path)))
+    assert t.columns == ["arc_easy/acc", "arc_easy/acc_norm", "hellaswag/acc", "hellaswag/acc_norm"]
+    before, q = "Before Fine-tune (smollm2)", "SST-2 (text)(smollm2) LoRA (Q) r = 8, λ = 1"
+    qv1, qv4 = (f"SST-2 (text)(smollm2) LoRA (QV) r = 8, λ = {lam}" for lam in (1, 4))
+    assert t.rows == [before, q, qv1, qv4]
+    cells = t.cells.set_index(["row", "column"])
+    assert cells.loc[(qv4, "arc_easy/acc"), ["mean", "n", "place"]].tolist() == [pytest.approx(0.542), 3, 1]
+    assert cells.loc[(qv4, "arc_easy/acc"), "std"] == pytest.approx(0.002)
+    assert cells.loc[(before, "arc_easy/acc"), ["mean", "n", "n_expected", "place"]].tolist() == [
+        pytest.approx(0.40),
+        2,
+        2,
+        0,
+    ]
+    # a failed harness and an N/A score are missing, never 0; a task not asked for has no cell
+    assert np.isnan(cells.loc[(q, "arc_easy/acc"), "mean"]) and cells.loc[(q, "arc_easy/acc"), "n"] == 0
+    assert np.isnan(cells.loc[(qv4, "hellaswag/acc_norm"), "mean"])
+    assert (qv1, "hellaswag/acc") not in cells.index and (q, "hellaswag/acc") not in cells.index
+    assert "3 run(s) have no harness scores ('-'): ConnectionError: arc_easy is not cached" in t.notes
+    assert "The harness scored limit 100, 0-shot." in t.notes
+    md = render.to_markdown(t)
+    q_row = next(line for line in md.splitlines() if line.startswith(f"| {q} "))
+    assert [c.strip() for c in q_row.strip("|").split("|")][1:] == ["- (0/3)", "- (0/3)", "", ""]
+
+
+def test_no_harness_table_without_harness_runs(tmp_path: Path) -> None:
+    assert tables.harness(load(table1_store(tmp_path))).empty

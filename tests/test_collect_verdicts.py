@@ -107,6 +107,22 @@ def test_pairs_need_the_same_seed_and_setting(tmp_path: Path) -> None:
     assert verdict.claim == "v>k" and verdict.status == verdicts.NOT_ENOUGH and verdict.pairs == 1
 
 
+def test_untuned_runs_are_never_a_pair_or_a_grid(tmp_path: Path) -> None:
+    """Runs that take no optimizer step (epochs = 0, max_steps = 0) are baselines: v and k evaluated
+    untuned, or a grid of rates never trained, give no verdict."""
+    write(tmp_path, {"v": [0.81, 0.80, 0.82], "k": [0.50, 0.51, 0.50]}, epochs=0)
+    write(tmp_path, {"qv": [0.8, 0.8, 0.8], "qkv": [0.5, 0.5, 0.5]}, extra_config={"max_steps": 0})
+    untuned_grid = {"max_steps": 0}
+    for qk, v, seed in itertools.product((1e-4, 2e-4), (2e-4, 4e-4), (0, 1, 2)):
+        record = make_record(
+            targets="qkv", lr=qk, lam=None, lr_v=v, seed=seed, value=0.5, extra_config=untuned_grid
+        )
+        write_record(tmp_path, record)
+    coll = load(tmp_path)
+    assert len(coll.untuned) == len(coll.runs) == 24
+    assert heatmap.find(coll) == [] and claims(tmp_path) == []
+
+
 def grid(root: Path, best: tuple[float, float], seeds: tuple[int, ...] = (0, 1, 2), skip: tuple = ()) -> None:
     """A 2 x 3 grid, `best` 0.02 above the rest; `skip`: (eta_QK, eta_V, seed) runs left out."""
     for qk, v, seed in itertools.product((1e-4, 2e-4), (1e-4, 2e-4, 4e-4), seeds):

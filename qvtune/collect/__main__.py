@@ -1,4 +1,4 @@
-"""python -m qvtune.collect {table1,table2,heatmap,curves,all,summary} [key=value ...] [options]
+"""python -m qvtune.collect {table1,table2,harness,heatmap,curves,all,summary} [key=value ...] [options]
 
 Reads every result.json below --results (recursively; the record's own config decides where a run
 belongs), writes Markdown / LaTeX / CSV tables and PNG / PDF figures under --out, prints the tables,
@@ -11,12 +11,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 from rich.console import Console
 from rich.markup import escape
 
-from qvtune.collect.commands import COMMANDS, run
+from qvtune.collect.commands import COMMANDS, HEATMAP_COMMANDS, run
+from qvtune.collect.heatmap import AXES, parse_axes
 from qvtune.collect.records import PICKS, load, parse_filters
 from qvtune.collect.report import parse_formats
 from qvtune.collect.verdicts import DEFAULT_MARGIN
@@ -54,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="heatmap cells below this value are drawn in its colour (default: best - 0.10)",
     )
     parser.add_argument(
+        "--axes",
+        default=None,
+        metavar="ROWS,COLUMNS",
+        help="draw the heatmaps over these two rates, e.g. lam,loraplus_ratio (any two of "
+        f"{', '.join(AXES)}; default: eta_QK x eta_V and the two rates each sweep varies)",
+    )
+    parser.add_argument(
         "--pool",
         action="store_true",
         help="put runs of every sweep into one heatmap grid and one pairing (default: each sweep on its own)",
@@ -75,16 +83,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def refuse(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    """A bad value of the command line: one line naming it and what is accepted, exit 2."""
+    parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)
     try:
         filters = parse_filters(args.filters)
         formats = parse_formats(args.format)
+        axes = None if args.axes is None else parse_axes(args.axes)
     except ValueError as e:
-        parser.error(str(e))
+        refuse(parser, str(e))
+    if axes is not None and args.command not in HEATMAP_COMMANDS:
+        refuse(parser, f"--axes: {args.command} draws no heatmap; give it to {', '.join(HEATMAP_COMMANDS)}")
     if not args.margin > 0:
-        parser.error(f"--margin {args.margin:g}: expected a positive number, in the metric's units")
+        refuse(parser, f"--margin {args.margin:g}: expected a positive number, in the metric's units")
     console = Console(highlight=False)
     results = Path(args.results).expanduser()
     if not results.is_dir():
@@ -113,6 +129,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             filtered=bool(filters),
             pool=args.pool,
             margin=args.margin,
+            axes=axes,
         )
     except ValueError as e:
         console.print(f"[red]{escape(str(e))}[/]")

@@ -1,4 +1,4 @@
-"""The collect commands (table1, table2, heatmap, curves, all, summary) on a loaded collection."""
+"""The collect commands (table1, table2, harness, heatmap, curves, all, summary) on a loaded collection."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from qvtune.collect.records import Collection, load, parse_filters
 from qvtune.collect.report import Report
 from qvtune.train.runtime import available_cpus
 
-COMMANDS = ("table1", "table2", "heatmap", "curves", "all", "summary")
+COMMANDS = ("table1", "table2", "harness", "heatmap", "curves", "all", "summary")
+HEATMAP_COMMANDS = ("heatmap", "all", "summary")  # those that draw heatmaps (and take --axes)
 
 
 def run(
@@ -27,12 +28,15 @@ def run(
     filtered: bool = False,
     pool: bool = False,
     margin: float = verdicts.DEFAULT_MARGIN,
+    axes: Optional[tuple[str, str]] = None,
 ) -> Report:
     """Produce what `command` asks for; `all` is everything the runs support, `summary` the demo's short view.
 
     `curves` draws every setting that matches the filters when there are filters (`filtered`), and each
     heatmap's best cell against its best lambda = 1 cell otherwise. Heatmaps, their curves and the
     verdicts take each sweep's runs on their own unless `pool`; `margin` is claim 2's equivalence margin.
+    The heatmaps are Figure 1's and those over the two rates each sweep varies alone, or with `axes`
+    (two names of qvtune.collect.heatmap.AXES) those only; curves and claim 3 stay Figure 1's.
     Raises ValueError when `curves` matches too many settings to draw or the margin is not positive.
     Figures are drawn in background processes, one per spare core.
     """
@@ -43,9 +47,12 @@ def run(
     report = Report(coll, out, formats, console, Renderer.for_cores(available_cpus()))
     report.records()
     # figures first: they are drawn in worker processes while the tables are built here
-    found = heatmap.find(coll, pool) if command not in ("table1", "table2") else []
-    if command in ("heatmap", "all", "summary"):
-        report.heatmaps(found, floor)
+    found = heatmap.find(coll, pool) if command not in ("table1", "table2", "harness") else []
+    if command in HEATMAP_COMMANDS:
+        if axes in (None, heatmap.PAPER_AXES):
+            report.heatmaps(found, floor)
+        if axes != heatmap.PAPER_AXES:
+            report.rate_heatmaps(heatmap.find_rates(coll, axes, pool), floor, axes)
     if command == "curves" and filtered:
         report.curves([curves.for_runs(coll)])
     elif command in ("curves", "all"):
@@ -56,6 +63,10 @@ def run(
         report.table(tables.table2(coll))
     if command in ("all", "summary"):
         report.table(tables.compare(coll))
+    scores = tables.harness(coll) if command in ("harness", "all") else None
+    if scores is not None and (command == "harness" or not scores.empty):  # `all`: where runs asked for it
+        report.table(scores)
+    if command in ("all", "summary"):
         report.claims(found, margin, pool)
     report.finish()
     if command == "all":

@@ -1,4 +1,5 @@
-"""How models, tasks, methods and weight types are named in the tables, and the order rows follow."""
+"""How models, tasks, methods and weight types are named in the tables, the order rows follow, and text
+as LaTeX writes it."""
 
 from __future__ import annotations
 
@@ -41,3 +42,21 @@ def task_label(task: str) -> str:
 def order(value: str, known: tuple[str, ...]) -> tuple[int, str]:
     """Sort key: known names in the paper's order first, then the rest alphabetically."""
     return (known.index(value), "") if value in known else (len(known), value)
+
+
+def latex_escape(text: str) -> str:
+    """Text as LaTeX writes it: its special characters escaped, λ ± Δ in math mode."""
+    for a, b in (
+        ("\\", "\\textbackslash{}"),
+        ("&", "\\&"),
+        ("%", "\\%"),
+        ("#", "\\#"),
+        ("_", "\\_"),
+        ("{", "\\{"),
+        ("}", "\\}"),
+        ("λ", "$\\lambda$"),
+        ("±", "$\\pm$"),
+        ("Δ", "$\\Delta$"),
+    ):
+        text = text.replace(a, b)
+    return text

@@ -37,6 +37,7 @@ SCORED = (Status.COMPLETED, Status.DIVERGED)  # a diverged run counts with what 
 PICKS = ("final", "best")
 
 LORAPLUS = "optim.loraplus_ratio"  # its column: loraplus_ratio, NaN where LoRA+ is off
+HARNESS = "harness:"  # the column of a harness score: harness:<task>/<metric> (arc_easy/acc)
 
 # Keyed config fields with their own column; every other top-level one that decides a result (see
 # qvtune.store.identity) goes, as JSON, into `extra` where it differs from its identity baseline
@@ -117,15 +118,24 @@ COLUMNS = [
     "value",
     "steps",
     "budget",
+    "tuned",  # False: the run takes no optimizer step (epochs = 0), a 'Before fine-tune' baseline
+    "harness_tasks",  # the harness tasks the run asked for, comma-joined; "" for none
+    "harness_limit",  # harness.limit (NaN: every example) and harness.num_fewshot (NaN: each task's own)
+    "harness_fewshot",
+    "harness_error",  # the harness's one-line error where it could not run
+    "harness",  # {task/metric: score} while loading; then one HARNESS column per task/metric
 ]
 _NUMBERS = {
     **dict.fromkeys(
         ("rank", "alpha", "lr", "lr_v", "lam", *GROUP_RATIOS.values(), "loraplus_ratio", "head_lr"),
         "float64",
     ),
-    **dict.fromkeys(("epochs", "trainable", "value", "budget"), "float64"),
+    **dict.fromkeys(
+        ("epochs", "trainable", "value", "budget", "harness_limit", "harness_fewshot"), "float64"
+    ),
     "seed": "int64",
     "steps": "int64",
+    "tuned": "bool",
 }
 _PARALLEL_FROM = 400  # below this many files a worker pool costs more than it saves
 
@@ -188,6 +198,8 @@ def flatten(record: RunRecord, path: str, pick: str = "final") -> dict[str, Any]
         extra = _extra(cfg, ranked)
         if record.precision is not None:
             extra["precision"] = record.precision
+        asked = cfg.get("harness") or {}
+        scores, harness_error = _harness(record.harness)
         return {
             "path": path,
             "run_key": record.run_key,
@@ -214,11 +226,56 @@ def flatten(record: RunRecord, path: str, pick: str = "final") -> dict[str, Any]
             "value": math.nan if value is None else float(value),
             "steps": record.steps,
             "budget": _budget(record),
+            "tuned": _tuned(cfg),
+            "harness_tasks": ",".join(map(str, asked.get("tasks") or [])),
+            "harness_limit": _number(asked.get("limit")),
+            "harness_fewshot": _number(asked.get("num_fewshot")),
+            "harness_error": harness_error,
+            "harness": scores,
         }
     except InvalidRecord:
         raise  # its message says what is wrong already
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise InvalidRecord(f"{type(e).__name__}: {e}") from None
+
+
+def _tuned(cfg: dict[str, Any]) -> bool:
+    """Whether the run takes an optimizer step. epochs = 0 (and max_steps = 0) evaluates the untuned
+    model: the 'Before fine-tune' row, never a cell of a tuned setting, a heatmap or a verdict."""
+    max_steps = cfg.get("max_steps")
+    return float(max_steps) > 0 if max_steps is not None else float(cfg.get("epochs", 0) or 0) > 0
+
+
+def _number(x: Any) -> float:
+    return math.nan if x is None else float(x)
+
+
+def _harness(section: Optional[dict[str, Any]]) -> tuple[Optional[dict[str, float]], Optional[str]]:
+    """({task/metric: score}, None) from the record's harness section (qvtune.train.harness); ({},
+    its one-line error) where the harness could not run; (None, None) where none was asked for.
+
+    A score lm-eval could not give (null: N/A) is NaN, never 0; one that is not a number makes the
+    record unusable, as in `_check_metrics`. Shots and sample counts are not scores."""
+    if section is None:
+        return None, None
+    tasks = section.get("tasks")
+    if tasks is None:
+        return {}, str(section.get("error") or "no scores and no error in the harness section")
+    if not isinstance(tasks, dict):
+        raise InvalidRecord(f"harness.tasks: {_json_kind(tasks)} where an object was expected")
+    scores = {}
+    for task, values in tasks.items():
+        if not isinstance(values, dict):
+            raise InvalidRecord(f"harness.tasks.{task}: {_json_kind(values)} where an object was expected")
+        for metric, value in values.items():
+            if metric in ("samples", "num_fewshot"):
+                continue
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise InvalidRecord(
+                    f"harness.tasks.{task}.{metric}: {_json_kind(value)} where a number was expected"
+                )
+            scores[f"{task}/{metric}"] = _number(value)
+    return scores, None
 
 
 def _check_metrics(record: RunRecord) -> None:
@@ -351,8 +408,18 @@ class Collection:
 
     @property
     def trained(self) -> pd.DataFrame:
-        """Runs that trained (epochs > 0); epochs = 0 records are the 'Before fine-tune' baselines."""
-        return self.runs[self.runs["epochs"] > 0]
+        """Runs that tune the model (they take optimizer steps): the cells, heatmaps and verdicts."""
+        return self.runs[self.runs["tuned"]]
+
+    @property
+    def untuned(self) -> pd.DataFrame:
+        """Runs that evaluate the untuned model (epochs = 0): the 'Before fine-tune' baselines."""
+        return self.runs[~self.runs["tuned"]]
+
+    @property
+    def harness_columns(self) -> list[str]:
+        """The runs' harness score columns (harness:<task>/<metric>), standard errors left out."""
+        return [c for c in self.runs.columns if c.startswith(HARNESS) and not c.endswith("_stderr")]
 
 
 def _read(job: tuple[str, str, tuple[Filter, ...], str]) -> tuple[str, Any]:
@@ -425,7 +492,18 @@ def load(
     duplicates = len(runs) - len(deduped)
     deduped = deduped.drop(columns="_order").sort_values("path", kind="stable").reset_index(drop=True)
     deduped["grid"] = setting_key(deduped, GRID_COLUMNS)
-    return Collection(root, deduped, problems, duplicates, pick)
+    return Collection(root, _harness_columns(deduped), problems, duplicates, pick)
+
+
+def _harness_columns(runs: pd.DataFrame) -> pd.DataFrame:
+    """The `harness` dicts as one float column per task/metric (HARNESS prefix, sorted; NaN where a
+    run has no such score: not asked, failed or N/A)."""
+    scores = runs.pop("harness").dropna()
+    if scores.empty:
+        return runs
+    wide = pd.DataFrame.from_records(scores.tolist(), index=scores.index)
+    wide = wide.reindex(columns=sorted(wide.columns)).astype("float64").add_prefix(HARNESS)
+    return runs.join(wide)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pandas as pd
 from rich.table import Table as RichTable
 from rich.text import Text
 
+from qvtune.collect.labels import latex_escape
 from qvtune.collect.tables import Table
 from qvtune.status import Status
 
@@ -106,23 +107,6 @@ def to_markdown(table: Table) -> str:
     lines += ["", _legend(table, "md"), ""]
     lines += [f"- {note}" for note in table.notes]
     return "\n".join(lines) + "\n"
-
-
-def latex_escape(text: str) -> str:
-    for a, b in (
-        ("\\", "\\textbackslash{}"),
-        ("&", "\\&"),
-        ("%", "\\%"),
-        ("#", "\\#"),
-        ("_", "\\_"),
-        ("{", "\\{"),
-        ("}", "\\}"),
-        ("λ", "$\\lambda$"),
-        ("±", "$\\pm$"),
-        ("Δ", "$\\Delta$"),
-    ):
-        text = text.replace(a, b)
-    return text
 
 
 def to_latex(table: Table) -> str:

@@ -20,7 +20,17 @@ from qvtune.collect.records import STATUSES, Collection
 from qvtune.collect.tables import Table
 from qvtune.common.figures import figure_paths
 
-SECTIONS = ("records", "table1", "table2", "compare", "heatmaps", "curves", "verdicts")  # order in report.md
+SECTIONS = (  # order in report.md
+    "records",
+    "table1",
+    "table2",
+    "compare",
+    "harness",
+    "heatmaps",
+    "rate_heatmaps",
+    "curves",
+    "verdicts",
+)
 FORMATS = {"md": "md", "markdown": "md", "latex": "latex", "tex": "latex", "csv": "csv"}
 
 
@@ -99,20 +109,48 @@ class Report:
             self.console.out(self.sections[table.name], highlight=False)
 
     def heatmaps(self, found: list[heatmap.Heatmap], floor: Optional[float] = None) -> None:
+        """Figure 1's (eta_QK, eta_V) grids: heatmaps/*.png, heatmaps.csv."""
         if not found:
             self.console.print("[dim]Heatmaps: no learning-rate grid (2 x 2 or more) in the runs[/]")
             return
+        self._heatmaps(found, floor, "heatmaps", "Heatmaps (eta_QK x eta_V)", heatmap.grid_frame(found))
+
+    def rate_heatmaps(
+        self,
+        found: list[heatmap.RateHeatmap],
+        floor: Optional[float] = None,
+        axes: Optional[tuple[str, str]] = None,
+    ) -> None:
+        """Grids over two other rates (those `axes`, or each sweep's two varying ones): heatmaps/*.png,
+        rate_heatmaps.csv."""
+        if not found:
+            if axes:
+                self.console.print(
+                    f"[dim]Heatmaps over ({', '.join(axes)}): no grid (2 x 2 or more) in the runs[/]"
+                )
+            return
+        frame = heatmap.rate_frame(found)
+        self._heatmaps(found, floor, "rate_heatmaps", "Heatmaps over other rates", frame)
+
+    def _heatmaps(
+        self,
+        found: Sequence[heatmap.Heatmap | heatmap.RateHeatmap],
+        floor: Optional[float],
+        name: str,
+        title: str,
+        frame: pd.DataFrame,
+    ) -> None:
         pooled = "pools the runs of every sweep (--pool)" if found[0].pooled else "holds one sweep's runs"
-        lines = ["### Heatmaps (eta_QK x eta_V)", "", f"Each grid {pooled}.", ""]
+        lines = [f"### {title}", "", f"Each grid {pooled}.", ""]
         folder = self.out / "heatmaps"
         for h in found:
             self._figure(folder, h.name, self.renderer.submit(heatmap.save, h, folder, floor))
             lines += [f"![{h.name}](heatmaps/{h.name}.png)", "", f"{h.title}: {h.caption}", ""]
             self.console.print(escape(f"{h.title}: {h.caption}"))
-        self.frames["heatmaps"] = heatmap.grid_frame(found)
+        self.frames[name] = frame
         if "csv" in self.formats:
-            self._write("heatmaps.csv", render.frame_to_csv(self.frames["heatmaps"]))
-        self.sections["heatmaps"] = "\n".join(lines)
+            self._write(f"{name}.csv", render.frame_to_csv(frame))
+        self.sections[name] = "\n".join(lines)
 
     def curves(self, sets: list[curves.CurveSet]) -> None:
         if not sets:

@@ -1,6 +1,9 @@
-"""Table 1 (weight types x rank, LoRA) and Table 2 (methods x GLUE tasks) built from the runs. Table 1's
-columns are the paper's target sets and every other one the runs have (qvo, qkvo+mlp, ...: any set of
-qvtune.config.weight_types), ordered by size, then by the registry.
+"""Table 1 (weight types x rank, LoRA) and Table 2 (methods x GLUE tasks) built from the runs, the
+weight-type comparison, and the lm-evaluation-harness scores. Table 1's columns are the paper's target
+sets and every other one the runs have (qvo, qkvo+mlp, ...: any set of qvtune.config.weight_types),
+ordered by size, then by the registry. Each table has a 'Before Fine-tune' row per model and task:
+the runs that take no optimizer step (epochs = 0), for a classifier its fresh head, for a text task
+the untuned model answering zero-shot.
 
 A table is kept long (one row per cell, every number the cell rests on) so that CSV, Markdown, LaTeX
 and the terminal all render the same data; the wide layout is only a rendering.
@@ -16,13 +19,24 @@ import numpy as np
 import pandas as pd
 
 from qvtune.collect import labels, paper
-from qvtune.collect.records import STATUSES, Collection, describe, of_sweep, over_seeds, pick_settings
+from qvtune.collect.records import (
+    HARNESS,
+    SCORED,
+    STATUSES,
+    Collection,
+    describe,
+    of_sweep,
+    over_seeds,
+    pick_settings,
+)
 from qvtune.config.weight_types import target_label, target_order
 from qvtune.status import Status
 
 TABLE1_COLUMNS = ("q", "k", "v", "qk", "qv", "qkv")
 COMPARE_COLUMNS = ("q", "k", "v", "qv", "qkv")  # the demo summary's comparison
 TABLE2_TARGETS = ("qkv", "qv")
+BEFORE = "Before Fine-tune"  # the paper's row for the untuned model (its Table 2)
+HARNESS_PROTOCOL = ["harness_limit", "harness_fewshot"]  # runs the harness scored otherwise: other rows
 CELL_COLUMNS = [
     "row",
     "column",
@@ -140,15 +154,64 @@ def _own_sweep(runs: pd.DataFrame, name: str) -> tuple[pd.DataFrame, str]:
     return runs, f"No run belongs to a {name} sweep, so every matching run is used."
 
 
+def _before_what(tasks: pd.Series) -> str:
+    """What a 'Before Fine-tune' score is, for the formats of `tasks` (text tasks are <name>-text)."""
+    text = {str(t).endswith("-text") for t in tasks}
+    if text == {True}:
+        return "the untuned model answering zero-shot"
+    if text == {True, False}:
+        return "the untuned model: a fresh head for a classifier, zero-shot for a text task"
+    return "the fresh head"
+
+
+def _before(
+    coll: Collection, sweep: Optional[str], beside: pd.DataFrame, alone: bool = False
+) -> tuple[pd.DataFrame, list[str]]:
+    """The 'Before Fine-tune' settings, one per model and task, from the runs that take no optimizer
+    step; of the table's own `sweep` where it has any. Each scored with the metric of the tuned cells
+    `beside` it; with `alone`, also those of tasks without tuned cells. Returns them with their seeds
+    and counts (as `describe` gives), and a note when they come from other sweeps."""
+    runs, notes = coll.untuned, []
+    if sweep is not None and not runs.empty:
+        own = of_sweep(runs, sweep)
+        if own.any():
+            runs = runs[own]
+        elif of_sweep(coll.runs, sweep).any():
+            notes.append(
+                f"The {sweep} sweep has no epochs = 0 run: '{BEFORE}' rows take those of other sweeps."
+            )
+    stats = over_seeds(runs, ["model", "task", "metric", "setting"])
+    tuned = beside[["model", "task", "metric"]].drop_duplicates()
+    same = stats.merge(tuned, on=["model", "task", "metric"]) if not stats.empty else stats
+    if alone:
+        tasks = pd.MultiIndex.from_frame(tuned[["model", "task"]])
+        same = pd.concat([same, stats[~pd.MultiIndex.from_frame(stats[["model", "task"]]).isin(tasks)]])
+    chosen = describe(pick_settings(same, ["model", "task"]), runs)
+    if chosen.empty:
+        return chosen, []
+    chosen = chosen.assign(
+        method="",
+        targets="",
+        rank=np.nan,
+        lam=np.nan,
+        trainable_min=0.0,
+        trainable_max=0.0,
+        n_expected=_expected(chosen),
+        _before=True,
+    )
+    return chosen, notes
+
+
 def _table1_like(
     coll: Collection, name: str, title: str, columns: Sequence[str], methods: Optional[Sequence[str]]
 ) -> Table:
     """Weight types as columns, (task, model[, method], rank) as rows; `methods` None: every method."""
-    runs = coll.trained
+    runs, sweep = coll.trained, None
     if methods is not None:  # Table 1 proper: LoRA at lambda = 1, from the table1 sweep when there is one
         runs = runs[runs["method"].isin(methods) & np.isclose(runs["lam"], 1.0)]
         runs, sweep_note = _own_sweep(runs, name)
         rule = [sweep_note, "Cells are LoRA runs with lambda = 1 (eta_V = eta_QK)."]
+        sweep = name
     else:
         rule = [
             "Cells prefer lambda = 1 runs, at the learning rates most cells use, when a cell has several."
@@ -159,15 +222,6 @@ def _table1_like(
     if chosen.empty:
         return _empty(name, title)
     chosen["n_expected"] = _expected(chosen)
-    chosen = _sorted(
-        chosen,
-        {
-            "task": _known(labels.TABLE1_TASKS + labels.GLUE),
-            "model": _known(labels.MODEL_ORDER),
-            "method": _known(labels.METHOD_ORDER),
-            "rank": None,
-        },
-    )
     with_method = methods is None
 
     def row_label(r: pd.Series) -> str:
@@ -182,10 +236,39 @@ def _table1_like(
         paper.table1_value(r.model, r.task, r.method, r.targets, r["rank"], r.lam)
         for _, r in chosen.iterrows()
     ]
-    chosen["paper"] = chosen["paper"].astype("float64")
-    chosen["place"] = _places(chosen, "row", 3, 1.0, 3)
+    # beside the tuned rows of its model and task, with their metric, under each weight type they fill
+    before, before_notes = _before(coll, sweep, chosen)
+    if not before.empty:
+        rule += [
+            *before_notes,
+            f"'{BEFORE}' rows are the epochs = 0 evaluation of {_before_what(before['task'])}, "
+            "repeated under each weight type of its model and task; their [paper] value is the paper's "
+            f"Table 2 {BEFORE} row.",
+        ]
+    beside = before.merge(chosen[["model", "task", "column"]].drop_duplicates(), on=["model", "task"])
+    beside["row"] = [
+        f"{labels.task_label(t)}({labels.model_short(m)}) {BEFORE}" for m, t in zip(beside.model, beside.task)
+    ]
+    beside["paper"] = [
+        paper.table2_value(m, t, None, None, None, None) for m, t in zip(beside.model, beside.task)
+    ]
+    cells = pd.concat(
+        [df for df in (beside, chosen.assign(_before=False)) if not df.empty], ignore_index=True
+    )
+    cells["paper"] = cells["paper"].astype("float64")
+    cells = _sorted(
+        cells,
+        {
+            "task": _known(labels.TABLE1_TASKS + labels.GLUE),
+            "model": _known(labels.MODEL_ORDER),
+            "_before": lambda b: not b,
+            "method": _known(labels.METHOD_ORDER),
+            "rank": None,
+        },
+    )
+    cells["place"] = _places(cells, "row", 3, 1.0, 3, skip=tuple(beside["row"]))
     present = [c for c in wanted if c in set(chosen["column"])] if with_method else wanted
-    rows = list(dict.fromkeys(chosen["row"]))
+    rows = list(dict.fromkeys(cells["row"]))
     return Table(
         name=name,
         title=title,
@@ -194,11 +277,11 @@ def _table1_like(
         columns=present,
         column_labels={c: c for c in present},
         latex_labels={c: target_label(c) for c in present},
-        cells=_finish(chosen, rows, present),
+        cells=_finish(cells, rows, present),
         scale=1.0,
         digits=3,
         marks=3,
-        notes=_notes_for(chosen, rule),
+        notes=_notes_for(pd.concat([chosen, before], ignore_index=True), rule),
     )
 
 
@@ -242,23 +325,17 @@ def table2(coll: Collection) -> Table:
     title = "Table 2: fine-tuning methods across tasks (mean ± std over seeds, in %)"
     row_key = ["model", "method", "targets", "rank", "lam"]
     runs, sweep_note = _own_sweep(coll.runs, "table2")
-    trained_runs = runs[(runs["epochs"] > 0) & runs["targets"].isin(TABLE2_TARGETS)]
+    trained_runs = runs[runs["tuned"] & runs["targets"].isin(TABLE2_TARGETS)]
     cell = [*row_key, "task"]
     trained = describe(pick_settings(over_seeds(trained_runs, [*cell, "setting"]), cell), runs)
-    untrained = runs[runs["epochs"] == 0]
-    before = describe(
-        pick_settings(over_seeds(untrained, ["model", "task", "setting"]), ["model", "task"]), untrained
-    )
+    before, before_notes = _before(coll, "table2", trained, alone=True)
     if trained.empty and before.empty:
         return _empty("table2", title)
-    before = before.assign(
-        method="", targets="", rank=np.nan, lam=np.nan, trainable_min=0.0, trainable_max=0.0
-    )
+    if not trained.empty:
+        trained = trained.assign(n_expected=_expected(trained), _before=False)
     cells = pd.concat([df for df in (before, trained) if not df.empty], ignore_index=True)
-    cells["n_expected"] = _expected(cells)
-    cells["_before"] = cells["method"] == ""
     cells["row"] = [
-        "Before Fine-tune" if b else _table2_label(m, t, r, lam)
+        BEFORE if b else _table2_label(m, t, r, lam)
         for b, m, t, r, lam in zip(
             cells["_before"], cells["method"], cells["targets"], cells["rank"], cells["lam"]
         )
@@ -288,9 +365,11 @@ def table2(coll: Collection) -> Table:
     columns = sorted(set(cells["column"]), key=lambda t: labels.order(t, labels.GLUE))
     rule = [
         sweep_note,
-        "Rows are QKV and QV runs; 'Before Fine-tune' is the epochs = 0 evaluation of the fresh head. "
+        f"Rows are QKV and QV runs; '{BEFORE}' is the epochs = 0 evaluation of "
+        f"{_before_what(cells['task'])}. "
         "Trainable parameters are the records' true counts (head included once); "
         "the paper's LoRA rows count the head twice.",
+        *before_notes,
     ]
     return Table(
         name="table2",
@@ -321,3 +400,110 @@ def _params(cells: pd.DataFrame) -> dict[str, str]:
         )
         out[row] = text if ref is None else f"{text} [paper {ref:.2f}]"
     return out
+
+
+def _protocol(limit: float, fewshot: float) -> str:
+    """How the harness scored: 'limit 200, 0-shot'; NaN: every example, each task's own shots."""
+    return ", ".join(
+        [
+            "every example" if np.isnan(limit) else f"limit {labels.num(limit)}",
+            "each task's shots" if np.isnan(fewshot) else f"{int(fewshot)}-shot",
+        ]
+    )
+
+
+def harness(coll: Collection) -> Table:
+    """The lm-evaluation-harness scores (the record's `harness` section): one column per harness task
+    and metric, one row per model, task trained on, method, targets, rank and lambda (one setting per
+    row, chosen as in Table 1), and a 'Before Fine-tune' row per model: the harness on the base model,
+    from its epochs = 0 runs. Runs scored with another limit or number of shots are rows of their own.
+    A harness that failed is a missing score ('-'), its one-line reason in the notes, never a 0."""
+    title = "lm-evaluation-harness scores (mean ± std over seeds)"
+    runs = coll.runs[coll.runs["harness_tasks"] != ""]
+    columns = [c.removeprefix(HARNESS) for c in coll.harness_columns]
+    if runs.empty or not columns:
+        return _empty("harness", title)
+    row_key = ["model", *HARNESS_PROTOCOL, "task", "method", "targets", "rank", "lam"]
+    tuned, untuned = runs[runs["tuned"]], runs[~runs["tuned"]]
+    chosen = describe(pick_settings(over_seeds(tuned, [*row_key, "setting"]), row_key), tuned)
+    before_key = ["model", *HARNESS_PROTOCOL]
+    before = describe(pick_settings(over_seeds(untuned, [*before_key, "setting"]), before_key), untuned)
+    if not before.empty:  # the base model's: no task trained on, no method
+        before = before.assign(task="", method="", targets="", rank=np.nan, lam=np.nan)
+    frames = [
+        df.assign(n_expected=_expected(df), _before=is_before)
+        for df, is_before in ((before, True), (chosen, False))
+        if not df.empty
+    ]
+    settings = pd.concat(frames, ignore_index=True)
+    several = settings[HARNESS_PROTOCOL].drop_duplicates().shape[0] > 1
+
+    def row_label(r: pd.Series) -> str:
+        if r._before:
+            label = f"{BEFORE} ({labels.model_short(r.model)})"
+        else:
+            label = (
+                f"{labels.task_label(r.task)}({labels.model_short(r.model)}) "
+                f"{_table2_label(r.method, r.targets, r['rank'], r.lam)}"
+            )
+        return f"{label} [{_protocol(r.harness_limit, r.harness_fewshot)}]" if several else label
+
+    settings["row"] = settings.apply(row_label, axis=1)
+    settings = _sorted(
+        settings,
+        {
+            "model": _known(labels.MODEL_ORDER),
+            "harness_limit": lambda x: -1 if np.isnan(x) else x,
+            "harness_fewshot": lambda x: -1 if np.isnan(x) else x,
+            "_before": lambda b: not b,
+            "task": _known(labels.TABLE1_TASKS + labels.GLUE),
+            "method": _known(labels.METHOD_ORDER),
+            "targets": lambda t: target_order(t) if t else (),
+            "rank": lambda r: -1 if np.isnan(r) else r,
+            "lam": lambda lam: -1 if np.isnan(lam) else lam,
+        },
+    )
+    members = runs[runs["setting"].isin(settings["setting"])]
+    counted = members["status"].isin([s.value for s in SCORED])  # failed and running runs: no score
+    scores = members[[HARNESS + c for c in columns]].where(counted, np.nan, axis=0)
+    stats = scores.groupby(members["setting"]).agg(["mean", "std", "count"])
+    asked = members.groupby("setting")["harness_tasks"].first().str.split(",")
+    cells = pd.DataFrame(
+        [
+            {
+                **r,
+                "column": c,
+                "metric": c,
+                "mean": stats.loc[r["setting"], (HARNESS + c, "mean")],
+                "std": stats.loc[r["setting"], (HARNESS + c, "std")],
+                "n": stats.loc[r["setting"], (HARNESS + c, "count")],
+                "paper": np.nan,
+            }
+            for r in settings.to_dict("records")
+            for c in columns
+            if c.split("/", 1)[0] in asked[r["setting"]]  # a task the run did not ask for stays blank
+        ]
+    )
+    cells["place"] = _places(cells, "column", 2, 1.0, 3, skip=tuple(settings.loc[settings["_before"], "row"]))
+    rows = list(dict.fromkeys(settings["row"]))
+    present = [c for c in columns if c in set(cells["column"])]
+    rule = [] if several else [f"The harness scored {_protocol(*settings[HARNESS_PROTOCOL].iloc[0])}."]
+    if not before.empty:
+        rule.append(f"'{BEFORE}' rows are the harness on the base model, from its epochs = 0 runs.")
+    failed = members.loc[counted & members["harness_error"].notna(), "harness_error"]
+    for error, count in failed.value_counts(sort=False).sort_index().items():
+        rule.append(f"{count} run(s) have no harness scores ('-'): {error}")
+    return Table(
+        name="harness",
+        title=title,
+        row_header="Model, task trained on, method",
+        rows=rows,
+        columns=present,
+        column_labels={c: c for c in present},
+        latex_labels={c: labels.latex_escape(c) for c in present},
+        cells=_finish(cells, rows, present),
+        scale=1.0,
+        digits=3,
+        marks=2,
+        notes=_notes_for(settings, rule),
+    )

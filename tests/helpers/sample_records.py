@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,6 +29,7 @@ TASK_METRIC = {
     "qqp": "accuracy",
     "qnli": "accuracy",
     "synthetic": "accuracy",
+    "kv-recall": "exact_match",  # a text task (task.format=text) without label words
 }
 
 TASK_BASE = {
@@ -40,6 +42,7 @@ TASK_BASE = {
     "qqp": 0.84,
     "qnli": 0.88,
     "synthetic": 0.80,
+    "kv-recall": 0.60,
 }
 
 TARGET_EFFECT = {"q": -0.07, "k": -0.09, "v": -0.015, "qk": -0.05, "qv": 0.0, "kv": -0.01, "qkv": 0.002}
@@ -93,9 +96,16 @@ def make_record(
     evals: int = 4,
     loss_points: int = 20,
     extra_config: Optional[dict[str, Any]] = None,
+    text: bool = False,
+    harness: Optional[dict[str, Any]] = None,
+    harness_tasks: Optional[Sequence[str]] = None,
 ) -> RunRecord:
     """One record as a run writes it; `value` overrides the synthetic final headline metric. Finished
-    records (completed, diverged) have curves, running and failed ones none, as with a real run."""
+    records (completed, diverged) have curves, running and failed ones none, as with a real run.
+
+    `text`: the task answered as text by a causal LM (task.format=text): exact_match and, for a task
+    with label words, rank_accuracy beside the headline metric. `harness`: the record's harness
+    section (`harness_section`), asked for `harness_tasks` (default: the tasks it scored)."""
     status = Status(status)
     letters = (targets if isinstance(targets, str) else "".join(targets)).lower()
     canon = "".join(t for t in "qkv" if t in letters)
@@ -105,9 +115,10 @@ def make_record(
     if epochs == 0:
         final_value = TASK_BASE[task] - 0.35 if value is None else value
     steps = 0 if epochs == 0 else 100 * max(1, int(epochs))
+    task_config = {"name": task, "metric": metric, "num_labels": 1 if task == "stsb" else 2}
     config = {
         "model": {"name": model, "source": None, "arch": {}, "dtype": "float32"},
-        "task": {"name": task, "metric": metric, "num_labels": 1 if task == "stsb" else 2},
+        "task": {**task_config, "format": "text"} if text else task_config,
         "method": {"name": method},
         "targets": targets,
         "rank": 8 if rank is None else rank,  # RunConfig keeps its default for a full fine-tune
@@ -126,12 +137,21 @@ def make_record(
         "wandb": {"mode": "offline"},
         **(extra_config or {}),
     }
+    if harness is not None:
+        asked = list(harness_tasks if harness_tasks is not None else harness.get("tasks", {}))
+        config["harness"] = {
+            "tasks": asked,
+            "include": [],
+            "limit": harness.get("limit"),
+            "num_fewshot": harness.get("num_fewshot"),
+            "batch_size": 8,
+        }
     evals = evals if steps else 1  # an epochs = 0 run evaluates once
     history: list[dict[str, Any]] = [
         {
             "step": steps * (i + 1) // evals,
             "epoch": epochs * (i + 1) / evals,
-            "metrics": {metric: round(final_value - 0.05 * (evals - 1 - i) / evals, 6)},
+            "metrics": _metrics(metric, round(final_value - 0.05 * (evals - 1 - i) / evals, 6), text),
         }
         for i in range(evals)
     ]
@@ -177,7 +197,41 @@ def make_record(
         finished_at=None if status == Status.RUNNING else "2025-01-01T01:00:00",
         qvtune_version="0.1.0",
         curves=curves if status in (Status.COMPLETED, Status.DIVERGED) else None,
+        harness=harness if status in (Status.COMPLETED, Status.DIVERGED) else None,
     )
+
+
+def _metrics(metric: str, value: float, text: bool) -> dict[str, float]:
+    """An evaluation's metrics: a text task's exact_match (below the label ranking) and rank_accuracy."""
+    if not text or metric == "exact_match":
+        return {metric: value}
+    return {metric: value, "exact_match": round(value - 0.02, 6), "rank_accuracy": value}
+
+
+def harness_section(
+    scores: Optional[dict[str, dict[str, Optional[float]]]] = None,
+    limit: Optional[float] = None,
+    num_fewshot: Optional[int] = None,
+    error: Optional[str] = None,
+) -> dict[str, Any]:
+    """A record's harness section as qvtune.train.harness writes it: per task its metrics with a
+    standard error, shots and samples; or, with `error`, the one-line error in place of the tasks."""
+    section: dict[str, Any] = {
+        "lm_eval": "0.4.9",
+        "limit": limit,
+        "num_fewshot": num_fewshot,
+        "seconds": 12.5,
+    }
+    if error is not None:
+        return {**section, "error": error}
+    section["tasks"] = {}
+    for task, metrics in (scores or {}).items():
+        values: dict[str, Any] = {}
+        for metric, value in metrics.items():
+            values[metric] = value
+            values[f"{metric}_stderr"] = None if value is None else 0.01  # lm-eval's N/A is null
+        section["tasks"][task] = {**values, "num_fewshot": num_fewshot or 0, "samples": int(limit or 100)}
+    return section
 
 
 def write_record(root: Path, record: RunRecord, folder: Optional[str] = None) -> Path:
