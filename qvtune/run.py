@@ -6,8 +6,8 @@
 
 The config is validated before torch is imported. A run is keyed by a hash of what changes its
 result: a finished key is skipped, an interrupted one resumes from its checkpoint, and a failure is
-recorded in result.json instead of stopping a sweep. The data flows one way: config -> model and
-method (qvtune.model) -> data -> the training loop, which yields each run's outcome -> the record,
+recorded in result.json instead of stopping a sweep. The data flows one way: config -> data -> model
+and method (qvtune.model) -> the training loop, which yields each run's outcome -> the record,
 written here.
 """
 
@@ -30,6 +30,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from qvtune.config.methods import METHODS, fold_options, method_options
 from qvtune.config.rates import learning_rates
 from qvtune.config.schema import RunConfig, config_dir, has_rank, parse_targets, register_configs
 from qvtune.config.validate import member_configs, validate
@@ -54,6 +55,7 @@ def main(composed: DictConfig) -> Optional[Union[RunRecord, dict[str, Any]]]:
         for e in errors:
             print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    fold_options(cfg)  # the method's options under both spellings, as the record will say
     if cfg.dry_run:
         return dry_run(cfg)
     alone = HydraConfig.get().mode == RunMode.RUN  # a single run (or pack), not a job of a sweep
@@ -133,9 +135,11 @@ def dry_run(cfg: RunConfig) -> dict[str, Any]:
     groups = param_groups(model, learning_rates(cfg), cfg.optim.grouping)
     table = group_table(groups, sum(p.numel() for p in model.parameters()))
     targets = parse_targets(cfg.targets)
-    rank = f" r={cfg.rank}" if has_rank(cfg.method.name) else ""
-    print(f"{cfg.model.name} {cfg.method.name} {targets.upper()}{rank}, {cfg.task.num_labels} labels")
+    rank = f" r={method_options(cfg).rank}" if has_rank(cfg.method.name) else ""
+    answers = "text answers" if causal else f"{cfg.task.num_labels} labels"  # a causal LM has no head
+    print(f"{cfg.model.name} {cfg.method.name} {targets.upper()}{rank}, {answers}")
     print(format_group_table(table))
+    print(f"update_norm/<type>: {METHODS[cfg.method.name].norm}")
     return table
 
 
@@ -317,7 +321,7 @@ class Ended:
 def fine_tune(
     runs: list[Planned], store: ResultsStore, runtime: Runtime, trackers: list[Any], stop: StopSignals
 ) -> Iterator[Ended]:
-    """Model -> method and groups -> data -> training loop, for one run or a pack (qvtune.model.runs:
+    """Data -> model -> method and groups -> training loop, for one run or a pack (qvtune.model.runs:
     one path); yields each run's outcome as it ends, so that a member of a pack that diverges is
     recorded then, not at the pack's end."""
     wall = time.perf_counter()  # imports included: the first run of a process pays for them
@@ -326,7 +330,7 @@ def fine_tune(
     from qvtune.data.encode import encode_task
     from qvtune.data.load import load_task
     from qvtune.model.load import build_on_meta, load_model, load_tokenizer
-    from qvtune.model.methods import apply_method, format_group_table
+    from qvtune.model.methods import TrainData, apply_method, format_group_table
     from qvtune.model.runs import LoneRun, attach
     from qvtune.train.loop import Member, train
     from qvtune.train.runtime import peak_memory_mb, set_threads
@@ -341,15 +345,6 @@ def fine_tune(
 
     tic = time.perf_counter()
     tokenizer = load_tokenizer(cfg.model, cfg.cache_dir, causal)
-    base = load_model(cfg.model, cfg.task.num_labels, cfg.seed, cfg.attention_dropout, cfg.cache_dir, causal)
-    model, parts = attach(base, configs)
-    model = model.to(device)
-    dirs = [store.run_dir(r.key) for r in runs]
-    members = [
-        Member(p.groups, p.norms, d / CHECKPOINT_FILE, t.log) for p, d, t in zip(parts, dirs, trackers)
-    ]
-    for p in parts:
-        log.info("\n" + format_group_table(p.table))
     timings = {"load_s": time.perf_counter() - tic}
 
     tic = time.perf_counter()
@@ -359,6 +354,21 @@ def fine_tune(
     train_data = train_data.subset(cfg.max_train_samples)
     evals = {name: data.subset(cfg.max_eval_samples) for name, data in evals.items()}
     timings["data_s"] = time.perf_counter() - tic
+
+    # the data comes first: eva initialises from the run's first batches, adalora's schedule needs its
+    # steps (load_model seeds the random state: the order does not change what a run draws)
+    tic = time.perf_counter()
+    base = load_model(cfg.model, cfg.task.num_labels, cfg.seed, cfg.attention_dropout, cfg.cache_dir, causal)
+    model, parts = attach(base, configs, TrainData(train_data, tokenizer.pad_token_id))
+    model = model.to(device)
+    dirs = [store.run_dir(r.key) for r in runs]
+    members = [
+        Member(p.groups, p.norms, d / CHECKPOINT_FILE, t.log, p.training)
+        for p, d, t in zip(parts, dirs, trackers)
+    ]
+    for p in parts:
+        log.info("\n" + format_group_table(p.table))
+    timings["load_s"] += time.perf_counter() - tic
     timings["setup_s"] = time.perf_counter() - wall
 
     outcomes = train(

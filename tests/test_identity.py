@@ -9,7 +9,8 @@ from typing import Any, Optional
 import pytest
 from omegaconf import MISSING, OmegaConf
 
-from qvtune.config.schema import OptimConfig, RunConfig, SyntheticSpec, TaskConfig
+from qvtune.config.methods import METHODS
+from qvtune.config.schema import MethodConfig, OptimConfig, RunConfig, SyntheticSpec, TaskConfig
 from qvtune.store.identity import IDENTITY, keyed_fields, run_identity, run_key
 from qvtune.train.runtime import PRECISIONS_USED, expected_precisions, resolve_precision
 from tests.helpers import make_config
@@ -89,6 +90,10 @@ VARIED = [
     ["model=tiny-llama", "task=cola", "method=dora", "lr_v=3e-4", "head_lr=1e-2", "seed=2"],
     ["recipe=paper", "model=tiny-roberta", "task=stsb", "epochs=20", "dropout=0.1"],
     ["model=llama3.1-8b", "task=mnli", "eval_every=50", "optim.max_grad_norm=1.0", "max_steps=10"],
+    ["model=tiny-bert", "method=adalora", "method.tinit=0.2", "rank=4"],
+    ["method=galore", "method.update_proj_gap=50"],
+    ["method=eva", "dropout=0.1"],
+    ["model=tiny-llama", "method=ia3", "targets=all"],
 ]
 
 
@@ -252,7 +257,7 @@ def test_expected_precisions_where_a_run_will_be_launched():
 
 
 def test_keyed_fields_lists_groups_and_top_level():
-    assert keyed_fields("method") == ["name"]
+    assert keyed_fields("method") == [f.name for f in dataclasses.fields(MethodConfig)]  # name, options
     assert "train_size" not in keyed_fields("task") and "synthetic" in keyed_fields("task")
     assert (
         "results_dir" not in keyed_fields() and "eval_every" in keyed_fields() and "optim" in keyed_fields()
@@ -261,3 +266,70 @@ def test_keyed_fields_lists_groups_and_top_level():
     assert not {"model", "task", "method"} & set(keyed_fields())
     assert {"source", "arch", "tokenizer", "dtype"} <= set(keyed_fields("model"))
     assert "name" not in keyed_fields("model") and "betas" in keyed_fields("optim")
+
+
+# Keys computed before the methods' options moved into the method group (rank, alpha and dropout were
+# top-level fields then): every run of that store must keep its key.
+EARLIER_KEYS = [
+    ([], "058ddb9fc965", "782c18e97cc9"),
+    (["method=full"], "4d251177e607", "cf8a5827cc1b"),
+    (["method=dora"], "4c9e7e2e5669", "6b56194041ac"),
+    (["rank=16"], "c40024f495ff", "5ca34c802bd9"),
+    (["rank=16", "alpha=8"], "c235404e30cf", "edecc2b84f74"),
+    (["alpha=8"], "058ddb9fc965", "782c18e97cc9"),
+    (["dropout=0.1"], "68dcb3c847c4", "9895b3d67da5"),
+    (["recipe=paper"], "4601e808b233", "364fab062b45"),
+    (["recipe=paper-llama", "model=tiny-llama"], "f40358bef53c", "ebfc4f835d0d"),
+    (["method=full", "rank=16", "dropout=0.1"], "4d251177e607", "cf8a5827cc1b"),
+    (
+        ["model=roberta-base", "task=rte", "targets=qkv", "rank=16", "alpha=8", "lam=4"],
+        "6649ef90a4ab",
+        "218ced25ef41",
+    ),
+    (
+        ["+sweep=table2", "task=rte", "method=dora", "rank=16", "targets=qv", "lam=4"],
+        "98577fd5c86e",
+        "d23387945a78",
+    ),
+    (["+sweep=heatmap", "task=mnli"], "f7c34bdde13b", "4f5f9f40ce08"),
+    (["optim.loraplus_ratio=4"], "5efb0099d709", "295962601be4"),
+]
+
+
+@pytest.mark.parametrize("overrides, fp32, bf16", EARLIER_KEYS)
+def test_keys_from_before_the_method_options_moved_stay(overrides, fp32, bf16):
+    cfg = make_config(*overrides)
+    assert (run_key(cfg, "fp32"), run_key(cfg, "bf16")) == (fp32, bf16)
+
+
+@pytest.mark.parametrize(
+    "shorthand, inside",
+    [
+        (["rank=16"], ["method.rank=16"]),
+        (["rank=16", "alpha=32"], ["method.rank=16", "method.alpha=32"]),
+        (["dropout=0.1"], ["method.dropout=0.1"]),
+        (["method=dora", "rank=4"], ["method=dora", "method.rank=4", "rank=4"]),
+        (["method=galore", "rank=32"], ["method=galore", "method.rank=32"]),
+    ],
+)
+def test_a_shorthand_and_its_method_option_are_one_run(shorthand, inside):
+    assert run_key(make_config(*shorthand), "fp32") == run_key(make_config(*inside), "fp32")
+
+
+def test_a_methods_options_are_keyed_for_it_alone():
+    configs = {name: make_config(f"method={name}") for name in METHODS}
+    for name, cfg in configs.items():
+        ident = run_identity(cfg, "fp32")
+        have = set(METHODS[name].option_names)
+        keyed = {p.removeprefix("method.") for p in ident if p.startswith("method.") and p != "method.name"}
+        assert keyed == have - {"rank", "alpha", "dropout"}, name  # those three under their own rows
+        assert {"rank", "alpha", "dropout"} & set(ident) == {"rank", "alpha", "dropout"} & have, name
+        if name == "galore":
+            assert ident["method.update_proj_gap"] == 500 and ident["method.proj_type"] == "std"
+    keys = {name: run_key(cfg, "fp32") for name, cfg in configs.items()}
+    assert len(set(keys.values())) == len(METHODS)
+    # at its default an option keeps the method's key; away from it, it is another run
+    assert run_key(make_config("method=galore", "method.update_proj_gap=500"), "fp32") == keys["galore"]
+    for option in ("method.init_r=16", "method.tinit=0.2", "method.deltaT=10"):
+        assert run_key(make_config("method=adalora", option), "fp32") != keys["adalora"]
+    assert run_key(make_config("method=eva", "method.rho=1"), "fp32") != keys["eva"]

@@ -26,6 +26,8 @@ PAPER = {
     "search-optuna": "fast",
     "block": "paper",
     "loraplus": "paper",
+    "table1-text": "fast",
+    "heatmap-text": "fast",
 }
 
 

@@ -64,8 +64,9 @@ def test_the_loss_falls_on_the_answer_tokens_only(tmp_path):
     cfg, tok, model, _, train, _ = tiny_run(tmp_path)
     index = np.arange(4)
     batch = collate(train, index, tok.pad_token_id, None)
-    loss, logits = model([0], **batch)
-    logp = torch.log_softmax(logits[0].float(), -1)
+    loss, _ = model([0], **batch)  # it computes the logits of the answer positions only
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logp = torch.log_softmax(model.model(**inputs).logits.float(), -1)  # every position's
     expected = []
     for row, i in enumerate(index):
         p, n = int(train.prompt_lengths[i]), int(train.lengths[i])

@@ -8,7 +8,8 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from qvtune.config.schema import RunConfig, has_rank
+from qvtune.config.methods import METHODS
+from qvtune.config.schema import RunConfig
 from qvtune.config.weight_types import GROUPS, target_groups, target_names
 
 # The ratio to eta_QK that sets each group's rate beyond qk and v (v's is lam): one per group of the
@@ -69,6 +70,9 @@ def learning_rates(cfg: RunConfig) -> LearningRates:
 
 
 def loraplus_ratio(cfg: RunConfig) -> Optional[float]:
-    """LoRA+'s ratio where it acts (an adapter method, a ratio other than 1), else None."""
+    """LoRA+'s ratio where it acts (a method with LoRA B matrices, a ratio other than 1), else None."""
     ratio = cfg.optim.loraplus_ratio
-    return None if ratio is None or float(ratio) == 1.0 or not has_rank(cfg.method.name) else float(ratio)
+    method = METHODS.get(cfg.method.name)
+    return (
+        None if ratio is None or float(ratio) == 1.0 or method is None or not method.lora_b else float(ratio)
+    )

@@ -10,11 +10,13 @@ from typing import Any, Literal, Optional, Union, cast
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from qvtune.config.methods import METHODS as METHOD_REGISTRY
+from qvtune.config.methods import shorthand
 from qvtune.config.weight_types import canonical_targets, target_names
 
-METHODS = ("full", "lora", "dora")
+METHODS = tuple(METHOD_REGISTRY)  # full, lora, dora, rslora, pissa, olora, eva, adalora, ia3, galore
 
-METHODS_WITH_RANK = ("lora", "dora")  # adapters have a rank, alpha and dropout; a full fine-tune has none
+METHODS_WITH_RANK = tuple(name for name, m in METHOD_REGISTRY.items() if m.has_rank)  # all but full, ia3
 
 METRICS = ("accuracy", "f1", "matthews", "pearson", "spearman", "exact_match", "rank_accuracy")
 
@@ -152,7 +154,24 @@ class TaskConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = MISSING  # full | lora | dora
+    """A method (METHODS) and its options. Each method's options, their defaults and checks are its
+    dataclass in qvtune.config.methods; this node holds the options of every method (a test keeps them
+    the same), null where the chosen method has no such option."""
+
+    name: str = MISSING
+    rank: Optional[int] = None  # the top-level `rank` is a shorthand for it (and alpha, dropout)
+    alpha: Optional[float] = None
+    dropout: Optional[float] = None
+    rho: Optional[float] = None  # eva
+    batches: Optional[int] = None  # eva
+    init_r: Optional[int] = None  # adalora
+    tinit: Optional[float] = None  # adalora
+    tfinal: Optional[float] = None  # adalora
+    deltaT: Optional[int] = None  # adalora
+    orth_reg_weight: Optional[float] = None  # adalora
+    update_proj_gap: Optional[int] = None  # galore
+    scale: Optional[float] = None  # galore
+    proj_type: Optional[str] = None  # galore
 
 
 @dataclass
@@ -211,9 +230,11 @@ class RunConfig:
     targets: Any = "qv"
     # the layers tuned: null (all), a list of indices [0, 5], first:N or last:N
     layers: Any = None
-    rank: int = 8
-    alpha: Optional[float] = None  # defaults to rank (the paper's alpha = r)
-    dropout: float = 0.0  # LoRA/DoRA dropout
+    # Shorthands for method.rank, method.alpha, method.dropout (null: the method file's value, 8, = rank
+    # (the paper's alpha = r) and 0 for LoRA); a run writes the values it used into both
+    rank: Optional[int] = None
+    alpha: Optional[float] = None
+    dropout: Optional[float] = None
     # Dropout on the attention probabilities. 0 lets attention run as one fused kernel, which on CPU
     # trains about 1.4x faster in ~40 % less memory (scripts/bench.py); null keeps the model's own
     # (0.1 for BERT/RoBERTa: the paper's recipe).
@@ -269,10 +290,12 @@ class RunConfig:
 
 
 def register_configs() -> None:
-    """Register the schema so Hydra type-checks every key of the composed config."""
+    """Register the schema so Hydra type-checks every key of the composed config, and the resolver the
+    method files read the top-level shorthands with (qvtune.config.methods)."""
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    OmegaConf.register_new_resolver("shorthand", shorthand, replace=True)
 
 
 def config_dir() -> Path:
@@ -311,8 +334,8 @@ def parse_layers(value: Any) -> Optional[Union[list[int], str]]:
 
 
 def has_rank(method: Optional[str]) -> bool:
-    """Whether `rank`, `alpha` and `dropout` mean anything to the method (its adapters' shape); None
-    (no method, e.g. the 'Before fine-tune' row) has none."""
+    """Whether the method has a rank (qvtune.config.methods); None (no method, e.g. the 'Before
+    fine-tune' row) has none."""
     return method in METHODS_WITH_RANK
 
 

@@ -8,6 +8,8 @@ import string
 from pathlib import Path
 from typing import Optional
 
+from qvtune.config.methods import METHODS as METHOD_REGISTRY
+from qvtune.config.methods import method_problems
 from qvtune.config.rates import GROUP_RATIOS, PACK_KEYS, learning_rates
 from qvtune.config.schema import (
     DATA_FILES,
@@ -25,7 +27,6 @@ from qvtune.config.schema import (
     ModelConfig,
     RunConfig,
     TaskConfig,
-    has_rank,
     is_data_file,
     parse_layers,
     parse_targets,
@@ -59,9 +60,7 @@ def validate(cfg: RunConfig) -> list[str]:
         parse_layers(cfg.layers)
     except ValueError as e:
         errors.append(str(e))
-    check(cfg.rank >= 1, f"rank={cfg.rank}: expected an integer >= 1")
-    check(cfg.alpha is None or _positive(cfg.alpha), f"alpha={cfg.alpha}: expected a finite positive number")
-    check(0 <= cfg.dropout < 1, f"dropout={cfg.dropout}: expected a number in [0, 1)")
+    errors += method_problems(cfg)
     check(
         cfg.attention_dropout is None or 0 <= cfg.attention_dropout < 1,
         f"attention_dropout={cfg.attention_dropout}: expected a number in [0, 1), "
@@ -89,9 +88,9 @@ def validate(cfg: RunConfig) -> list[str]:
         f"optim.loraplus_ratio={ratio}: expected a finite positive multiple of a group's rate, or null (off)",
     )
     check(
-        ratio in (None, 1) or has_rank(cfg.method.name),
-        f"optim.loraplus_ratio={ratio}: LoRA+ scales the rate of LoRA's B matrices; "
-        f"method={cfg.method.name} has none (use lora or dora, or optim.loraplus_ratio=null)",
+        ratio in (None, 1) or cfg.method.name not in METHODS or METHOD_REGISTRY[cfg.method.name].lora_b,
+        f"optim.loraplus_ratio={ratio}: LoRA+ scales the rate of LoRA's B matrices; method={cfg.method.name} "
+        f"has none (use {', '.join(n for n, m in METHOD_REGISTRY.items() if m.lora_b)}, or null)",
     )
     if targets_ok and _positive(cfg.lr) and _positive(cfg.lr_v) and _positive(cfg.lam):
         try:
@@ -187,17 +186,11 @@ def unpackable(cfg: RunConfig) -> list[str]:
     """Why a run cannot share a pack (none: it can): the one rule for validate() and for the
     sweeper, which leaves such runs alone instead of forming packs that would be refused."""
     reasons = []
-    if cfg.method.name == "full":
-        reasons.append(
-            "method=full is not packed (every member would hold its own copy of the tuned matrices)"
-        )
+    method = METHOD_REGISTRY.get(cfg.method.name)
+    if method is not None and method.packed_layer is None:
+        reasons.append(method.pack_refusal)
     if cfg.output_dir:
         reasons.append(f"output_dir={cfg.output_dir}: a pack saves no weights; run alone to save them")
-    if cfg.task.format == "text":
-        reasons.append(
-            "task.format=text is not packed (a pack's members share one forward pass, but each would "
-            "write its own answers with its own generation)"
-        )
     if cfg.harness.tasks:
         reasons.append("harness.tasks: a pack is not one model for the harness to score")
     return reasons

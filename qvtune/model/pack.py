@@ -13,6 +13,11 @@ lone run's). What this module adds is small: `PackedLinear` (a frozen nn.Linear 
 DoRA adapter per member, computed as PEFT computes it, batched with bmm), `PackedHead` (one head
 per member) and `PackedModel` (replicates the batch, returns every member's loss and logits).
 
+Text tasks (a causal LM trained on its answer tokens): there is no head, the LM head stays frozen
+and shared, and each member's loss is its lone run's (`answer_losses`). A member writes and ranks
+its dev answers alone (`PackedModel.alone`): transformers' `generate` on the packed base with only
+that member's slot active, so its batches, padding and stops are its lone run's.
+
 The batch of a pack holds one copy of the data per active member, slot s for member
 `active[s]`: a member that diverged leaves `active` and costs nothing from then on.
 
@@ -29,6 +34,7 @@ masks of its lone run.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional, cast
 
@@ -36,8 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qvtune.config.methods import METHODS, method_options
 from qvtune.config.schema import RunConfig
 from qvtune.config.weight_types import QKV
+from qvtune.data.text import IGNORE
 from qvtune.model.load import ATTENTION_DROPOUT_KEYS
 from qvtune.model.methods import UpdateNorms, apply_method, owners
 from qvtune.model.weights import weight_type
@@ -240,12 +248,16 @@ class PackedHead(nn.Module):
 
 class PackedModel(nn.Module):
     """The frozen base with packed layers: `forward` returns each listed member's mean loss and
-    logits, as the lone model's `loss` and `logits` (cross-entropy; mean squared error for one label)."""
+    logits, as the lone model's `loss` and `logits` (cross-entropy; mean squared error for one label;
+    `text`: a causal LM's answer loss, as qvtune.model.runs.LoneRun computes it)."""
 
-    def __init__(self, base: nn.Module, members: list[MemberWeights], dropout: float) -> None:
+    def __init__(
+        self, base: nn.Module, members: list[MemberWeights], dropout: float, text: bool = False
+    ) -> None:
         super().__init__()
         self.base = base
         self.members = members
+        self.text = text
         self.slots = Slots(list(range(len(members))))
         layers: dict[str, PackedLinear] = {}
         heads: dict[str, dict[int, nn.Module]] = {}
@@ -283,13 +295,21 @@ class PackedModel(nn.Module):
         self.slots.active = members
         n = len(members)
         repeated = {k: v.repeat(n, *[1] * (v.dim() - 1)) for k, v in inputs.items()}
-        logits = self.base(**repeated).logits.unflatten(0, (n, -1))  # (members, batch, labels)
+        if self.text:  # labels: the answer's token ids, (batch, length); no logits are returned
+            losses = answer_losses(self.base, labels.repeat(n, 1), **repeated).view(n, -1).mean(1)
+            return losses, losses.new_empty(n, 0)
+        logits = self.base(**repeated).logits
+        logits = logits.unflatten(0, (n, -1))  # (members, batch, labels)
         if logits.shape[-1] == 1:
             losses = (logits.squeeze(-1).float() - labels.float()).pow(2).mean(1)
         else:
             flat = logits.flatten(0, 1).float()
             losses = F.cross_entropy(flat, labels.repeat(n), reduction="none").view(n, -1).mean(1)
         return losses, logits
+
+    def alone(self, member: int) -> PackedMember:
+        """The member as a lone text model (qvtune.train.generate): only its slot active."""
+        return PackedMember(self, member)
 
     def lone_size(self, member: int) -> int:
         """The parameters of the member's lone PEFT model: the frozen base (its head kept frozen
@@ -303,6 +323,52 @@ class PackedModel(nn.Module):
         return UpdateNorms(
             [(kind, a.A, a.B, a.scaling) for name, a in adapters.items() if (kind := weight_type(name))]
         )
+
+
+class PackedMember:
+    """One member of a text pack with a lone run's `score` and `generate`: the pack's base runs with
+    only this member's slot, so every call (transformers' generation with its KV cache included) is
+    the member's lone model on the same batch."""
+
+    def __init__(self, pack: PackedModel, member: int) -> None:
+        self.pack, self.member = pack, member
+
+    @torch.no_grad()
+    def score(self, labels: torch.Tensor, **batch: torch.Tensor) -> torch.Tensor:
+        """Each row's summed log-probability of its labelled tokens (a text task's answer + EOS)."""
+        self.pack.slots.active = [self.member]
+        return answer_logprobs(self.pack.base, labels, **batch)[0]
+
+    def generate(self, **kwargs: Any) -> torch.Tensor:
+        """transformers' generation (KV cache) with this member's adapters."""
+        self.pack.slots.active = [self.member]
+        return cast(Any, self.pack.base).generate(**kwargs)
+
+
+def answer_logprobs(
+    model: Callable[..., Any], labels: torch.Tensor, **inputs: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of `labels` (token ids on the answer, IGNORE elsewhere): the sum of log p(token) over its
+    labelled positions, each token predicted from the position before it, and how many there are.
+    `model(**inputs)` computes the logits of those positions only (transformers' `logits_to_keep`
+    mask): with a vocabulary of 50k the others would be most of a forward pass's cost and memory."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE
+    logits = model(**inputs, logits_to_keep=keep).logits
+    if logits.dim() == 3:  # a model that does not take a mask: every position's logits
+        logits = logits[keep]
+    logp = -F.cross_entropy(logits.float(), labels[:, 1:][keep[:, :-1]], reduction="none")
+    rows = keep.nonzero()[:, 0]  # row-major, as the mask selects the positions
+    total = torch.zeros(len(labels), dtype=logp.dtype, device=logp.device).index_add(0, rows, logp)
+    return total, keep.sum(1)
+
+
+def answer_losses(model: Callable[..., Any], labels: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+    """Each row's loss: its mean negative log-probability over its answer tokens. A batch's loss is the
+    mean of these, so every example weighs the same and a batch split into micro-batches
+    (max_batch_tokens) has the same gradient."""
+    total, count = answer_logprobs(model, labels, **inputs)
+    return -(total / count.clamp(min=1))
 
 
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -325,7 +391,7 @@ def member_of(base: nn.Module, cfg: RunConfig, rng: torch.Tensor) -> MemberWeigh
     for name, module in peft_model.named_modules():
         layer = cast(Any, module)  # PEFT's layers: torch types their attributes as Tensor | Module
         if isinstance(module, LoraLayer) and "default" in layer.lora_A:
-            dora = cfg.method.name == "dora"
+            dora = METHODS[cfg.method.name].packed_layer == "dora"  # its PackedLinear adapter
             adapters[name.removeprefix(prefix)] = Adapter(
                 layer.lora_A["default"].weight,
                 layer.lora_B["default"].weight,
@@ -345,4 +411,5 @@ def build_pack(base: nn.Module, configs: list[RunConfig]) -> PackedModel:
     rng = torch.get_rng_state()
     members = [member_of(base, cfg, rng) for cfg in configs]
     base.requires_grad_(False)
-    return PackedModel(base, members, float(configs[0].dropout))
+    dropout = float(method_options(configs[0]).dropout)  # the members share the method's options
+    return PackedModel(base, members, dropout, configs[0].task.format == "text")

@@ -19,9 +19,11 @@ would move every run that keeps the old value (or the new one) to a key nobody a
 The values are normalised first, so that one run has one identity whatever its spelling: targets
 canonical ("qv"), layers canonical ([0, 1]); lr, lam, lam_o, lam_mlp and the LoRA+ ratio rounded
 (qvtune.config.rates.rounded), lr_v folded into lam, a LoRA+ ratio of 1 (off) None; head_lr None
-where it equals lr; alpha None where it equals rank (its default); rank, alpha and dropout left
-out where the method has no rank; model.arch left out where model.source names the weights; a
-classifier's text-only task settings (TEXT_ONLY) left out.
+where it equals lr; the method's options as it uses them (qvtune.config.methods.method_options:
+`rank=16` and `method.rank=16` are one run), rank, alpha and dropout under those top-level names
+with alpha None where it equals rank (its default), every option left out where the method has no
+such option (a full fine-tune has no rank); model.arch left out where model.source names the
+weights; a classifier's text-only task settings (TEXT_ONLY) left out.
 
 The precision is keyed as the one actually used (fp32 on CPU; bf16 or fp16 autocast on a GPU), not
 as requested: `precision=auto` on a CPU and on a GPU are two different runs. Nothing heavy is
@@ -30,14 +32,16 @@ imported here: the sweeper and the collector use it far from the GPUs.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
 
+from qvtune.config.methods import SHORTHANDS, method_options
 from qvtune.config.rates import GROUP_RATIOS, learning_rates, rounded
-from qvtune.config.schema import RunConfig, has_rank, parse_layers, parse_targets, plain
+from qvtune.config.schema import RunConfig, parse_layers, parse_targets, plain
 from qvtune.train.runtime import PRECISIONS_USED
 
 
@@ -109,10 +113,25 @@ IDENTITY: dict[str, Any] = {
     "task.arithmetic.eval_size": 500,
     "task.arithmetic.data_seed": 1234,
     "method.name": REQUIRED,
+    # The method's options (qvtune.config.methods), each keyed only where the chosen method has it.
+    # rank, alpha and dropout are keyed under their top-level rows, whichever spelling set them.
+    "method.rank": None,  # folded into rank, never keyed by itself
+    "method.alpha": None,  # folded into alpha
+    "method.dropout": None,  # folded into dropout
+    "method.rho": 2.0,  # eva
+    "method.batches": 4,  # eva
+    "method.init_r": None,  # adalora: None is 1.5 x rank
+    "method.tinit": 0.1,  # adalora
+    "method.tfinal": 0.5,  # adalora
+    "method.deltaT": 1,  # adalora
+    "method.orth_reg_weight": 0.5,  # adalora
+    "method.update_proj_gap": 500,  # galore
+    "method.scale": 4.0,  # galore
+    "method.proj_type": "std",  # galore
     "recipe": UNKEYED,  # a name for a set of settings; the settings themselves are keyed
     "targets": "qv",
     "layers": None,  # every layer; canonical (parse_layers): first:2 is [0, 1]
-    "rank": 8,
+    "rank": 8,  # the method's, as method.rank or the top-level shorthand
     "alpha": None,  # None where it equals rank
     "dropout": 0.0,
     "attention_dropout": 0.0,
@@ -242,10 +261,19 @@ def run_identity(cfg: RunConfig, precision: str, table: Mapping[str, Any] = IDEN
     lr, head = rounded(rates.qk), rounded(rates.head)
     ident.update(lr=lr, lam=rounded(rates.lam), head_lr=None if head == lr else head, precision=precision)
     del ident["lr_v"]
-    if not has_rank(cfg.method.name):
-        for path in ("rank", "alpha", "dropout"):
-            del ident[path]
-    elif ident["alpha"] == ident["rank"]:
+    options = dataclasses.asdict(method_options(cfg))
+    for path in [p for p in ident if p.startswith("method.") and p != "method.name"]:
+        name = path.removeprefix("method.")
+        if name in options and name not in SHORTHANDS:
+            ident[path] = options[name]
+        else:
+            del ident[path]  # an option the method does not have, or one keyed at the top level
+    for name in SHORTHANDS:
+        if name in options:
+            ident[name] = options[name]
+        else:
+            del ident[name]
+    if "alpha" in ident and ident["alpha"] == ident["rank"]:
         ident["alpha"] = None
     if cfg.model.source is not None:
         del ident["model.arch"]  # loaded from the source; arch only describes it

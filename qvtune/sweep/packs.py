@@ -36,8 +36,8 @@ def launcher_jobs(jobs: list[Job], size: int) -> list[list[Job]]:
 def form_packs(jobs: list[Job], size: int) -> list[list[Job]]:
     """The jobs grouped into packs of at most `size` that may share a forward pass (the same config
     but for PACK_KEYS), in sweep order and as even as the count allows; a job that cannot pack
-    (qvtune.config.validate.unpackable: method=full, a text task, ...), and one without a partner, is
-    a pack of one: a lone run."""
+    (qvtune.config.validate.unpackable: its method, output_dir, the harness), and one without a
+    partner, is a pack of one: a lone run."""
     groups: dict[str, list[Job]] = {}
     for j in jobs:
         groups.setdefault(j.key if unpackable(j.config) else pack_signature(j.config), []).append(j)

@@ -9,6 +9,7 @@ from typing import Any, Protocol, cast
 
 from omegaconf import OmegaConf
 
+from qvtune.config.methods import method_options
 from qvtune.config.rates import LearningRates
 from qvtune.config.schema import RunConfig, has_rank, parse_targets
 
@@ -23,7 +24,7 @@ class Backend(Protocol):
 
 def run_name(cfg: RunConfig, rates: LearningRates) -> str:
     """A readable name for the tracker UIs' run lists; the run key stays the run's identity."""
-    rank = f"-r{cfg.rank}" if has_rank(cfg.method.name) else ""
+    rank = f"-r{method_options(cfg).rank}" if has_rank(cfg.method.name) else ""
     return (
         f"{cfg.model.name}-{cfg.task.name}-{cfg.method.name}-{parse_targets(cfg.targets)}{rank}"
         f"-lr{rates.qk:g}-lam{rates.lam:g}-s{cfg.seed}"

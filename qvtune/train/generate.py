@@ -17,27 +17,34 @@ from qvtune.data.text import IGNORE, answer_ids, answer_prefix, combine_splits, 
 
 def text_metrics(
     model: Any,
+    members: list[int],
     evals: dict[str, Encoded],
     task: TaskConfig,
     cfg: RunConfig,
     tokenizer: Any,
     device: torch.device,
     amp: Optional[torch.dtype],
-) -> dict[str, float]:
-    """The metrics of a lone run (qvtune.model.runs.LoneRun) on each eval split (see text_scores)."""
+) -> list[dict[str, float]]:
+    """Each listed member's metrics on each eval split (see text_scores), member by member: a lone run
+    (qvtune.model.runs.LoneRun) or a member of a pack writes and ranks its answers alone, in the
+    batches of its lone run (`model.alone(member)`)."""
     words = None
     if task.label_words:
         words = answer_ids(tokenizer, list(task.label_words), answer_prefix(task, tokenizer))
-    per_split = {}
-    with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
-        for name, data in evals.items():
-            generated = generate(model, data, tokenizer, task.max_new_tokens, cfg, device)
-            ranks = None
-            if words is not None:
-                ranks = rank_scores(model, data, words, tokenizer.pad_token_id, cfg, device)
-            assert data.references is not None, "a text split has its answers"
-            per_split[name] = text_scores(task, generated, data.references, data.labels, ranks)
-    return combine_splits(task, per_split)
+    metrics = []
+    for member in members:
+        one = model.alone(member)
+        per_split = {}
+        with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
+            for name, data in evals.items():
+                generated = generate(one, data, tokenizer, task.max_new_tokens, cfg, device)
+                ranks = None
+                if words is not None:
+                    ranks = rank_scores(one, data, words, tokenizer.pad_token_id, cfg, device)
+                assert data.references is not None, "a text split has its answers"
+                per_split[name] = text_scores(task, generated, data.references, data.labels, ranks)
+        metrics.append(combine_splits(task, per_split))
+    return metrics
 
 
 def prompts(data: Encoded, index: np.ndarray) -> list[np.ndarray]:

@@ -1,7 +1,7 @@
-"""The training loop, top to bottom: AdamW over the run's groups (qk / v / head, and o / mlp / LoRA+'s
-"<group>.B" where it has them) with one scheduler factor for all (so lambda holds at every step), dev
-evaluation each epoch and every `eval_every` steps, a stop on divergence, and checkpoints from which
-an interrupted run resumes exactly.
+"""The training loop, top to bottom: AdamW (or its method's optimizer, qvtune.model.methods.Training)
+over the run's groups (qk / v / head, and o / mlp / LoRA+'s "<group>.B" where it has them) with one
+scheduler factor for all (so lambda holds at every step), dev evaluation each epoch and every
+`eval_every` steps, a stop on divergence, and checkpoints from which an interrupted run resumes exactly.
 
 The loop trains a list of members on one model (qvtune.model.runs: a lone run is a list of one) and
 yields each member's outcome as it ends: a diverged member at once, the others at the end of the
@@ -19,7 +19,7 @@ import types
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, cast
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from qvtune.config.budget import budget, until_step
 from qvtune.config.schema import RunConfig, TaskConfig
 from qvtune.data.encode import Encoded, collate, eval_batches, micro_batches, train_batches
 from qvtune.data.tasks import compute_metrics
-from qvtune.model.methods import ParamGroup, UpdateNorms
+from qvtune.model.methods import ParamGroup, Training, UpdateNorms
 from qvtune.status import Status
 from qvtune.train.generate import text_metrics
 
@@ -77,6 +77,7 @@ class Member:
     norms: UpdateNorms  # made before its checkpoint loads: the updates count from the loaded model
     checkpoint: Path
     log: Callable[[dict[str, float], int], None]
+    training: Training = field(default_factory=Training)  # its method's optimizer, step hook and state
 
 
 @dataclass
@@ -88,8 +89,9 @@ class Outcome:
 
 
 class Learner:
-    """A member's AdamW over its groups (qk / v / head, ...), its schedule (one factor for every group, so
-    lambda holds at every step), its loss scaler and its progress, restored from its checkpoint."""
+    """A member's AdamW (or its method's optimizer) over its groups (qk / v / head, ...), its schedule (one
+    factor for every group, so lambda holds at every step), its loss scaler and its progress, restored
+    from its checkpoint with its method's state."""
 
     def __init__(
         self,
@@ -102,16 +104,7 @@ class Learner:
     ) -> None:
         self.index, self.member = index, member
         self.params = [p for g in member.groups for _, p in g.params]
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": [p for _, p in g.params], "lr": g.lr, "name": g.name}
-                for g in member.groups
-                if g.params
-            ],
-            betas=cast(tuple[float, float], tuple(cfg.optim.betas)),  # the schema's list holds two
-            eps=cfg.optim.eps,
-            weight_decay=cfg.optim.weight_decay,
-        )
+        self.optimizer = member.training.optimizer(member.groups, cfg.optim)  # AdamW but for galore
         warmup = int(cfg.optim.warmup_ratio * total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, warmup, total_steps, cfg.optim.scheduler)
@@ -136,6 +129,7 @@ class Learner:
         state.lr_trace.append([state.step + 1] + [applied.get(g) for g in state.lr_groups])
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.member.training.after_step(state.step)  # AdaLoRA's budget: after the step, before zero_grad
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         state.step += 1
@@ -156,6 +150,7 @@ class Learner:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "method": self.member.training.state_dict(),
             "state": {**asdict(self.state), "status": self.state.status.value},
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -171,6 +166,7 @@ class Learner:
         self.optimizer.load_state_dict(blob["optimizer"])
         self.scheduler.load_state_dict(blob["scheduler"])
         self.scaler.load_state_dict(blob["scaler"])
+        self.member.training.load_state_dict(blob.get("method", {}))  # none before methods kept state
         torch.set_rng_state(blob["rng"])
         if blob["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(blob["cuda_rng"])
@@ -337,7 +333,7 @@ def evaluate(
     tokenizer: Any = None,
 ) -> list[dict[str, float]]:
     """Each member's dev metrics, with large, length-sorted batches and no autograd bookkeeping; a text
-    task's (a lone run) from its written and ranked answers (qvtune.train.generate)."""
+    task's from each member's written and ranked answers (qvtune.train.generate)."""
     model.eval()
     k = len(members)
     text = task.format == "text"
@@ -358,9 +354,7 @@ def evaluate(
         for i in range(k):
             outputs[i][name] = out[i]
     if text:
-        if k != 1:
-            raise ValueError("a text task trains a lone run: its answers are generated by one model")
-        metrics = [text_metrics(model, evals, task, cfg, tokenizer, device, amp)]
+        metrics = text_metrics(model, members, evals, task, cfg, tokenizer, device, amp)
     else:
         labels = {name: data.labels for name, data in evals.items()}
         metrics = [compute_metrics(task, outputs[i], labels) for i in range(k)]
