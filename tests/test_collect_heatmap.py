@@ -11,7 +11,7 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.image import imread
 
-from qvtune.collect import curves, figures, heatmap
+from qvtune.collect import curves, figures, heatmap, verdicts
 from qvtune.collect.records import load
 from tests.helpers.sample_records import make_record, write_record
 
@@ -32,7 +32,10 @@ GRID = {
 }
 
 
-def grid_store(root: Path, seeds: tuple[int, ...] = (0, 1, 2), sweep: str = "heatmap") -> Path:
+def grid_store(
+    root: Path, seeds: tuple[int, ...] = (0, 1, 2), sweep: str = "heatmap", **settings: object
+) -> Path:
+    """GRID's runs; `settings` (make_record's extra_config) set other keyed settings on each of them."""
     for (qk, v), value in GRID.items():
         for seed in seeds:
             if (qk, v) == (2e-4, 8e-4) and seed == 2:
@@ -47,6 +50,7 @@ def grid_store(root: Path, seeds: tuple[int, ...] = (0, 1, 2), sweep: str = "hea
                 value=value + 0.001 * seed,
                 status=status,
                 sweep=sweep,
+                extra_config=settings,
             )
             write_record(root, record, sweep)
     return root
@@ -181,6 +185,24 @@ def test_twins_belong_to_each_sweep_and_names_stay_unique(tmp_path: Path) -> Non
     (pooled,) = heatmap.find(coll, pool=True)
     assert pooled.sweeps == ("heatmap", "heatmap-b", "table1")
     assert pooled.cells.set_index(["lr", "lr_v"]).loc[(1e-4, 1e-4), "n"] == 6
+
+
+def test_grids_that_differ_in_another_setting_are_two_figures_named_apart(tmp_path: Path) -> None:
+    """One sweep run twice, on all and on 1000 training samples: two grids, never one, each title
+    naming what tells it apart, each file its own; the verdicts on them too."""
+    root = grid_store(tmp_path / "results")
+    grid_store(root, max_train_samples=1000)
+    coll = load(root)
+    assert coll.duplicates == 0
+    found = heatmap.find(coll)
+    assert len(found) == 2 and len({h.name for h in found}) == 2
+    titles = sorted(h.title for h in found)
+    assert titles[0].endswith("· sweep heatmap") and titles[1].endswith(
+        "· sweep heatmap · max_train_samples=1000"
+    )
+    assert all(len(h.members(coll.runs)) == 26 for h in found)
+    contexts = [v.context for v in verdicts.best_lambda(coll, found)]
+    assert sorted(contexts) == titles
 
 
 def test_no_grid_without_two_rates_each(tmp_path: Path) -> None:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from qvtune.collect.labels import task_label
-from qvtune.collect.records import load, over_seeds, parse_filters
+from qvtune.collect.records import OWN_COLUMNS, TABLE_CHOICES, TRAINING_ONLY, load, over_seeds, parse_filters
+from qvtune.store.identity import IDENTITY, UNKEYED
 from qvtune.store.record import CURVES_FILE, RESULT_FILE
 from qvtune.store.store import result_files
 from tests.helpers.sample_records import harness_section, make_record, write_record
@@ -336,3 +337,97 @@ def test_a_harness_score_that_is_not_a_number_is_reported(tmp_path: Path) -> Non
     assert coll.problems[0][1] == (
         'not a usable run record (harness.tasks.arc_easy.acc: string "0.5" where a number was expected)'
     )
+
+
+KV = dict(model="smollm2", task="kv-recall", text=True, targets="qv")
+
+
+def kv_recall(pairs: int) -> dict:
+    """The kv-recall task's own settings (conf/task/kv-recall.yaml) with `pairs` key-value pairs."""
+    return {"kv_recall": {"pairs": pairs, "train_size": 3000, "eval_size": 500, "data_seed": 1234}}
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        dict(**KV, task_settings=kv_recall(8)),
+        dict(task_settings={"metric": "f1"}),
+        dict(extra_config={"model": {"name": "roberta-base", "source": "FacebookAI/roberta-base"}}),
+        dict(extra_config={"max_train_samples": 1000}),
+        dict(extra_config={"optim": {"weight_decay": 0.1}}),
+        dict(extra_config={"layers": "first:2"}),
+        dict(method="eva", extra_config={"method": {"name": "eva", "rho": 3.0}}),
+    ],
+    ids=[
+        "kv_recall.pairs",
+        "task.metric",
+        "model.source",
+        "max_train_samples",
+        "weight_decay",
+        "layers",
+        "rho",
+    ],
+)
+def test_runs_that_differ_in_a_keyed_setting_are_two_settings(tmp_path: Path, other: dict) -> None:
+    """Whatever the setting (the task's data, its metric, the weights, the training data, the optimizer,
+    the layers, a method's option), two runs of one seed that differ in it are never duplicates."""
+    one = dict(**KV, task_settings=kv_recall(4)) if other.get("task") == "kv-recall" else {}
+    if other.get("method") == "eva":
+        one = dict(method="eva", extra_config={"method": {"name": "eva", "rho": 2.0}})
+    write_record(tmp_path, make_record(seed=0, **one), "one")
+    write_record(tmp_path, make_record(seed=0, **other), "other")
+    coll = load(tmp_path)
+    assert coll.problems == [] and coll.duplicates == 0
+    assert coll.runs["setting"].nunique() == 2 and coll.runs["variant"].nunique() == 2
+
+
+def test_copies_of_one_run_are_duplicates(tmp_path: Path) -> None:
+    """Two records of one identity (a store copied into another) are one run; a setting the copy
+    spells out at its baseline, or that an older record lacks, changes nothing."""
+    for pairs in (4, 8):
+        record = make_record(**KV, seed=0, task_settings=kv_recall(pairs))
+        write_record(tmp_path, record, "store")
+        write_record(tmp_path, record, "copy")
+    spelled = make_record(
+        **KV, seed=0, task_settings=kv_recall(4), extra_config={"optim": {"weight_decay": 0}}
+    )
+    write_record(tmp_path, spelled, "spelled")
+    coll = load(tmp_path)
+    assert (len(coll.runs), coll.duplicates) == (2, 3)
+
+
+def test_a_method_option_a_record_predates_is_its_baseline(tmp_path: Path) -> None:
+    write_record(tmp_path, make_record(method="eva", seed=0, extra_config={"method": {"name": "eva"}}), "old")
+    write_record(
+        tmp_path, make_record(method="eva", seed=1, extra_config={"method": {"name": "eva", "rho": 2.0}})
+    )
+    assert load(tmp_path).runs["setting"].nunique() == 1
+
+
+def test_the_base_of_a_run_leaves_out_only_what_training_decides(tmp_path: Path) -> None:
+    """An untuned run's score depends on the model, the task's data and how it is evaluated, not on
+    what would train: a full fine-tune's epochs = 0 run shares its `base` with a tuned LoRA run at
+    other rates, targets and training data, not with one at another max_len or kv-recall variant."""
+    zero = make_record(
+        **{**KV, "targets": "qkv"}, method="full", rank=None, epochs=0, task_settings=kv_recall(4)
+    )
+    write_record(tmp_path, zero, "zero")
+    training = {"max_train_samples": 100, "batch_size": 8, "optim": {"weight_decay": 0.1}, "layers": [0]}
+    tuned = make_record(**KV, lr=3e-4, lam=4, task_settings=kv_recall(4), extra_config=training)
+    write_record(tmp_path, tuned, "tuned")
+    longer = make_record(**KV, task_settings=kv_recall(4), extra_config={"max_len": 256})
+    write_record(tmp_path, longer, "longer")
+    write_record(tmp_path, make_record(**KV, task_settings=kv_recall(8)), "pairs8")
+    runs = load(tmp_path).runs
+    base = runs.set_index(runs["path"].str.split("/").str[0])["base"]
+    assert base["zero"] == base["tuned"]
+    assert len({base["zero"], base["longer"], base["pairs8"]}) == 3
+    assert json.loads(base["pairs8"])["task.kv_recall.pairs"] == 8
+
+
+def test_the_names_the_collector_leaves_out_are_keyed_settings() -> None:
+    """Each name of OWN_COLUMNS, TABLE_CHOICES and TRAINING_ONLY is a keyed setting (or a group of
+    them) of the identity: a renamed setting cannot silently drop out of a cell's identity."""
+    keyed = [path for path, baseline in IDENTITY.items() if baseline is not UNKEYED]
+    for name in (*OWN_COLUMNS, *TABLE_CHOICES, *TRAINING_ONLY):
+        assert any(p == name or p.startswith(name + ".") for p in keyed), name

@@ -314,3 +314,96 @@ def test_the_harness_table(tmp_path: Path) -> None:
 
 def test_no_harness_table_without_harness_runs(tmp_path: Path) -> None:
     assert tables.harness(load(table1_store(tmp_path))).empty
+
+
+KV = dict(model="smollm2", task="kv-recall", text=True, method="lora", rank=8)
+KV_ROW = "KV-recall (text)(smollm2)"
+KV_VALUES = {4: (0.60, 0.20), 8: (0.40, 0.05)}  # pairs -> (tuned qv, zero-shot): both seeds alike
+
+
+def kv_store(root: Path, zero_shot: tuple[int, ...] = (4, 8)) -> Path:
+    """kv-recall with 4 and with 8 key-value pairs, the same seeds: LoRA on v, qv and qkv, and the
+    zero-shot runs (epochs = 0, a full fine-tune's config) of the variants in `zero_shot`."""
+    for (pairs, (tuned, zero)), seed in itertools.product(KV_VALUES.items(), (0, 1)):
+        task = {"kv_recall": {"pairs": pairs, "train_size": 3000, "eval_size": 500, "data_seed": 1234}}
+        for targets, drop in (("v", 0.05), ("qv", 0.0), ("qkv", 0.01)):
+            record = make_record(**KV, targets=targets, seed=seed, value=tuned - drop, task_settings=task)
+            write_record(root, record)
+        if pairs in zero_shot:
+            record = make_record(
+                **{**KV, "method": "full"}, targets="qkv", epochs=0, seed=seed, value=zero, task_settings=task
+            )
+            write_record(root, record)
+    return root
+
+
+def test_two_kv_recall_variants_stay_two_cells_with_their_own_zero_shot_rows(tmp_path: Path) -> None:
+    """pairs = 4 and pairs = 8 with the same seeds: never pooled, never duplicates; each variant's
+    zero-shot row stands beside its own tuned row, the non-default variant named."""
+    coll = load(kv_store(tmp_path))
+    assert coll.duplicates == 0 and len(coll.runs) == 16
+    eight = "[task.kv_recall.pairs=8]"
+    for t, method in ((tables.table1(coll), ""), (tables.compare(coll), " LoRA")):  # compare names methods
+        tuned_row = f"{KV_ROW}{method} r = 8"
+        assert t.rows == [
+            f"{KV_ROW} Before Fine-tune",
+            tuned_row,
+            f"{KV_ROW} Before Fine-tune {eight}",
+            f"{tuned_row} {eight}",
+        ]
+        cells = t.cells.set_index(["row", "column"])
+        for pairs, suffix in ((4, ""), (8, f" {eight}")):
+            tuned, zero = KV_VALUES[pairs]
+            assert cells.loc[(f"{tuned_row}{suffix}", "qv"), ["mean", "n"]].tolist() == [
+                pytest.approx(tuned),
+                2,
+            ]
+            before = cells.loc[(f"{KV_ROW} Before Fine-tune{suffix}", "qv"), ["mean", "n"]]
+            assert before.tolist() == [pytest.approx(zero), 2]
+        assert (cells["alternatives"] == 0).all()
+        assert tables.NAMED_NOTE in t.notes
+    t = tables.table2(coll)
+    assert t.rows == [
+        "Before Fine-tune",
+        f"Before Fine-tune {eight}",
+        "LoRA (QKV) r = 8",
+        f"LoRA (QKV) r = 8 {eight}",
+        "LoRA (QV) r = 8, λ = 1",
+        f"LoRA (QV) r = 8, λ = 1 {eight}",
+    ]
+    t2 = t.cells.set_index(["row", "column"])
+    assert t2.loc[(f"Before Fine-tune {eight}", "kv-recall-text"), "mean"] == pytest.approx(KV_VALUES[8][1])
+    assert t2.loc[(f"LoRA (QKV) r = 8 {eight}", "kv-recall-text"), "mean"] == pytest.approx(0.39)
+    # ranked within its variant's data: the best of pairs = 8 is first there, not third in the column
+    assert t2.loc[(f"LoRA (QV) r = 8, λ = 1 {eight}", "kv-recall-text"), "place"] == 1
+    assert t2.loc[("LoRA (QV) r = 8, λ = 1", "kv-recall-text"), "place"] == 1
+    assert tables.PLACES_NOTE in t.notes
+
+
+def test_a_zero_shot_run_of_another_variant_is_not_a_before_row(tmp_path: Path) -> None:
+    """Only pairs = 8 was evaluated untuned: the tuned pairs = 4 row gets no Before Fine-tune row."""
+    t = tables.table1(load(kv_store(tmp_path, zero_shot=(8,))))
+    eight = "[task.kv_recall.pairs=8]"
+    assert t.rows == [f"{KV_ROW} r = 8", f"{KV_ROW} Before Fine-tune {eight}", f"{KV_ROW} r = 8 {eight}"]
+
+
+def test_runs_that_differ_in_max_train_samples_are_not_merged(tmp_path: Path) -> None:
+    """A cell never picks between (or pools) runs trained on other data; the epochs = 0 run, which
+    trains on nothing, is the Before Fine-tune row of both."""
+    for seed, (samples, value) in itertools.product((0, 1), ((None, 0.82), (1000, 0.70))):
+        extra = {"max_train_samples": samples}
+        for targets in ("v", "qv"):
+            record = make_record(**T1, targets=targets, seed=seed, value=value, extra_config=extra)
+            write_record(tmp_path, record, "table1")
+        if samples is None:
+            write_record(tmp_path, make_record(**T1, targets="qv", epochs=0, seed=seed, value=0.33), "table1")
+    t = tables.table1(load(tmp_path))
+    assert t.rows == ["MNLI(R) Before Fine-tune", "MNLI(R) r = 8", "MNLI(R) r = 8 [max_train_samples=1000]"]
+    cells = t.cells.set_index(["row", "column"])
+    assert cells.loc[("MNLI(R) r = 8", "qv"), "mean"] == pytest.approx(0.82)
+    assert cells.loc[("MNLI(R) r = 8 [max_train_samples=1000]", "qv"), "mean"] == pytest.approx(0.70)
+    assert cells.loc[("MNLI(R) r = 8 [max_train_samples=1000]", "qv"), ["n", "alternatives"]].tolist() == [
+        2,
+        0,
+    ]
+    assert cells.loc[("MNLI(R) Before Fine-tune", "v"), "mean"] == pytest.approx(0.33)

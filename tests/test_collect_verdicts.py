@@ -292,3 +292,17 @@ def test_t_interval_at_n_minus_1_degrees_of_freedom() -> None:
         verdicts.interval(np.array([1.0]))
     assert verdicts.matches(np.array([0.02, 0.021, 0.019])) == verdicts.BETTER
     assert verdicts.matches(np.array([-0.02, -0.021, -0.019])) == verdicts.WORSE
+
+
+def test_pairs_stay_within_a_variant_named_in_their_label(tmp_path: Path) -> None:
+    """v against k on kv-recall with 4 and with 8 pairs, same seeds: two contexts, never one, each
+    paired within itself, the one off the default named by its setting."""
+    for pairs, gap in ((4, 0.08), (8, -0.02)):
+        task = {"kv_recall": {"pairs": pairs, "train_size": 3000, "eval_size": 500, "data_seed": 1234}}
+        kw = dict(model="smollm2", task="kv-recall", text=True, task_settings=task)
+        write(tmp_path, {"v": [0.6 + gap, 0.61 + gap, 0.62 + gap], "k": [0.6, 0.61, 0.62]}, **kw)
+    found = {v.context: v for v in claims(tmp_path) if v.claim == "v>k"}
+    plain = "KV-recall (text)(smollm2) LoRA r = 8, η_QK = 1e-4, η_V = 1e-4, epochs = 3"
+    assert sorted(found) == [plain, f"{plain} [task.kv_recall.pairs=8]"]
+    assert found[plain].mean == pytest.approx(0.08) and found[plain].pairs == 3
+    assert found[f"{plain} [task.kv_recall.pairs=8]"].mean == pytest.approx(-0.02)

@@ -7,6 +7,7 @@ from the few records they need (their curves.json), not kept for every run.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,16 +54,19 @@ def _text(value: object) -> str:
 
 
 def _labels(runs: pd.DataFrame, settings: list[str]) -> dict[str, str]:
-    """Legend labels naming only what differs between the settings (lambda whenever a rate differs)."""
+    """Legend labels naming only what differs between the settings (lambda whenever a rate differs),
+    the keyed settings without a column too (task.kv_recall.pairs=8: labels.differences)."""
     firsts = runs.drop_duplicates("setting").set_index("setting").loc[settings]
     varying = [c for c in SETTING_COLUMNS if c != "extra" and firsts[c].astype(str).nunique() > 1]
     rates = bool({"lr", "lr_v"} & set(varying))
     shown = [c for c in SETTING_COLUMNS if c in varying or (rates and c in ("lr", "lr_v"))]
+    others = labels.differences([json.loads(extra) for extra in firsts["extra"]])
     out = {}
-    for i, (setting, row) in enumerate(firsts.iterrows()):
+    for i, ((setting, row), other) in enumerate(zip(firsts.iterrows(), others)):
         parts = [f"{_SHOWN[c]}={_text(row[c])}" for c in shown]
         if rates:
             parts.append(f"λ={labels.num(row['lam'])}")
+        parts += [other] if other else []
         out[setting] = ", ".join(parts) or f"setting {i + 1}"
     return out
 

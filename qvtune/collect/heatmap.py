@@ -22,9 +22,9 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, TypeVar
+from typing import Any, Optional, TypeVar
 
 import matplotlib
 import numpy as np
@@ -35,7 +35,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from qvtune.collect import labels
-from qvtune.collect.records import SETTING_COLUMNS, Collection, over_seeds, setting_key
+from qvtune.collect.records import SETTING_COLUMNS, Collection, over_seeds, setting_key, shared_settings
 from qvtune.common.figures import save_figure
 from qvtune.config.rates import GROUP_RATIOS
 
@@ -148,6 +148,7 @@ class Heatmap:
     cells: pd.DataFrame  # over_seeds per (lr, lr_v) with n_expected
     best: Cell
     best_diagonal: Optional[Cell]
+    settings: dict[str, Any] = field(default_factory=dict)  # what its runs share beyond the title
 
     @property
     def mean(self) -> pd.DataFrame:
@@ -218,6 +219,7 @@ class RateHeatmap:
     cells: pd.DataFrame  # over_seeds per (y.name, x.name) with n_expected
     best: Point
     reference: Optional[Point]  # None where no axis is a ratio, or no cell has them at 1
+    settings: dict[str, Any] = field(default_factory=dict)  # what its runs share beyond the title
 
     @property
     def mean(self) -> pd.DataFrame:
@@ -306,6 +308,7 @@ def find(coll: Collection, pool: bool = False) -> list[Heatmap]:
                 best_diagonal=None
                 if diag_top is None
                 else Cell(float(diag_top.lr), float(diag_top.lr_v), float(diag_top["mean"])),
+                settings=shared_settings(group, TITLED),
             )
         )
     return _ordered(found)
@@ -391,7 +394,11 @@ def _rate_heatmap(
         cells=cells,
         best=Point(*(float(order.iloc[0][c]) for c in (y.name, x.name, "mean"))),
         reference=Point(*(float(ref.iloc[0][c]) for c in (y.name, x.name, "mean"))) if len(ref) else None,
+        settings=shared_settings(group, TITLED),
     )
+
+
+TITLED = ("model", "task", "method", "targets", "rank")  # the settings a title names
 
 
 def _title(first: pd.Series, sweeps: Sequence[str]) -> str:
@@ -408,6 +415,7 @@ def _title(first: pd.Series, sweeps: Sequence[str]) -> str:
 def _ordered(found: list[G]) -> list[G]:
     """Named (`_name`), then sorted by model, task, method, targets, name."""
     _name(found)
+    _tell_apart(found)
     return sorted(
         found,
         key=lambda h: (
@@ -440,6 +448,18 @@ def _name(heatmaps: Sequence[Heatmap | RateHeatmap]) -> None:
         for h, key in group:
             suffix = "" if len(group) == 1 else "_" + hashlib.sha1(key.encode()).hexdigest()[:6]
             h.name = stem + suffix
+
+
+def _tell_apart(heatmaps: Sequence[Heatmap | RateHeatmap]) -> None:
+    """Grids whose titles would be one (their runs differ in a setting a title does not name: the
+    task's data, a training setting, the precision, ...) get what tells them apart in their titles."""
+    same: dict[str, list[Heatmap | RateHeatmap]] = {}
+    for h in heatmaps:
+        same.setdefault(h.title, []).append(h)
+    for group in same.values():
+        if len(group) > 1:
+            for h, text in zip(group, labels.differences([h.settings for h in group])):
+                h.title += f" · {text}" if text else ""
 
 
 def default_floor(h: Heatmap | RateHeatmap) -> float:

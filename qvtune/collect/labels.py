@@ -1,7 +1,11 @@
-"""How models, tasks, methods and weight types are named in the tables, the order rows follow, and text
-as LaTeX writes it."""
+"""How models, tasks, methods and weight types are named in the tables, the order rows follow, the
+settings that tell otherwise equally named rows apart, and text as LaTeX writes it."""
 
 from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
 
 from qvtune.common.formatting import num  # noqa: F401  (labels.num: how the tables write learning rates and ratios)
 
@@ -60,3 +64,18 @@ def latex_escape(text: str) -> str:
     ):
         text = text.replace(a, b)
     return text
+
+
+def differences(settings: Sequence[dict[str, Any]]) -> list[str]:
+    """What tells settings apart, for each: 'path=value, ...' of the settings that differ among them
+    and that it holds. Each setting is {dotted path: value} of those not at their identity baseline
+    (qvtune.collect.records.Identity), so one at the baseline of every differing setting gets ''; no
+    two distinct settings get the same text."""
+    spelled = [{path: json.dumps(value, sort_keys=True) for path, value in s.items()} for s in settings]
+    differing = sorted({p for s in spelled for p in s if len({t.get(p) for t in spelled}) > 1})
+    return [", ".join(f"{p}={_value(s[p])}" for p in differing if p in s) for s in settings]
+
+
+def _value(value: Any) -> str:
+    """A setting's value as a label writes it: a string bare, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)

@@ -4,6 +4,13 @@ The record's own config decides where a run belongs, never its file or folder na
 moved, copied between stores or nested in sweep folders. A record that cannot be read (half-written,
 not JSON, missing fields, a metric that is not a number, a finished run without its final metrics) is
 reported by path and skipped: one bad file never stops a collection.
+
+What a run is comes from the one definition of it, the run's identity (qvtune.store.identity): its
+setting is the identity without the seed, so two runs that differ in any keyed setting (the kv-recall
+task's pairs, max_train_samples, a method's option, the precision used, ...) are never one setting,
+and two records of one identity are duplicates. A setting a record predates is at its identity
+baseline. Besides the setting, each row carries its `variant` (what tells cells of one table apart)
+and its `base` (what an untuned model's score depends on: the Before Fine-tune row it stands beside).
 """
 
 from __future__ import annotations
@@ -15,18 +22,18 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional, cast
 
 import numpy as np
 import pandas as pd
 
-from qvtune.config.rates import GROUP_RATIOS, RATE_KEYS, rounded
-from qvtune.config.schema import has_rank, parse_targets
+from qvtune.config.rates import GROUP_RATIOS, rounded
+from qvtune.config.schema import RunConfig, has_rank, parse_targets
 from qvtune.status import Status
-from qvtune.store.identity import IDENTITY, REQUIRED, UNKEYED, keyed_fields
+from qvtune.store.identity import IDENTITY, REQUIRED, UNKEYED, run_identity
 from qvtune.store.record import InvalidRecord, RunRecord
 from qvtune.store.store import result_files
-from qvtune.train.runtime import available_cpus
+from qvtune.train.runtime import PRECISIONS_USED, available_cpus
 
 # Record statuses whose row says running: not finished, so not scored. A paused run stopped at a rung
 # of a search (`until`), an interrupted one was killed; both resume from their checkpoint.
@@ -39,19 +46,78 @@ PICKS = ("final", "best")
 LORAPLUS = "optim.loraplus_ratio"  # its column: loraplus_ratio, NaN where LoRA+ is off
 HARNESS = "harness:"  # the column of a harness score: harness:<task>/<metric> (arc_easy/acc)
 
-# Keyed config fields with their own column; every other top-level one that decides a result (see
-# qvtune.store.identity) goes, as JSON, into `extra` where it differs from its identity baseline
-# (so a record written before a setting existed and one that leaves it at its default agree), the
-# precision as the run used it.
-_EXPLICIT = {"targets", "rank", "alpha", *RATE_KEYS, "epochs", "seed", LORAPLUS}
-_EXTRA_PATHS = tuple(
-    (path, baseline)
-    for path, baseline in IDENTITY.items()
-    if path.split(".", 1)[0] in keyed_fields()
-    and path.split(".", 1)[0] not in _EXPLICIT
-    and path not in _EXPLICIT
-    and baseline is not UNKEYED
+# Identity settings (dotted paths of qvtune.store.identity.IDENTITY; a name stands for the path and
+# every path below it) that have a column of their own in the runs table, the task's naming its format
+# too; `extra` holds every other keyed setting that is not at its baseline, as JSON.
+OWN_COLUMNS = (
+    "task.name",
+    "task.format",
+    "method.name",
+    "targets",
+    "rank",
+    "alpha",
+    "lr",
+    "lam",
+    *GROUP_RATIOS.values(),
+    "head_lr",
+    LORAPLUS,
+    "epochs",
+    "seed",
 )
+# What the tables lay out as their rows and columns (model, task, method, targets, rank), what they
+# average over (seed) or choose between within a cell (pick_settings: the learning rates, then the
+# training length), and the harness settings, which decide only the harness's own scores. Every other
+# keyed setting that differs makes another `variant`: another cell, its label naming the setting.
+TABLE_CHOICES = (
+    "seed",
+    "lr",
+    "lam",
+    "epochs",
+    "max_steps",
+    "task.name",
+    "task.format",
+    "method.name",
+    "targets",
+    "rank",
+    "harness",
+)
+# The settings that cannot change the score of a run that takes no optimizer step (epochs = 0), which
+# evaluates once the model as loaded, with the method's adapters at their start: LoRA's B = 0, DoRA's
+# magnitude = |W|, IA3's l = 1, AdaLoRA's E = 0, PiSSA's and OLoRA's residual plus their adapters = W
+# (to rounding). So a 'Before Fine-tune' row is matched to the tuned cells whose identity is its own
+# but for these (`base`). Everything else counts: the model, its dtype and the precision used, the
+# task's data and metric (a synthetic task's train_size moves its dev set: one generator draws both),
+# max_len, padding, max_eval_samples. A keyed setting added later counts too until it is listed here.
+TRAINING_ONLY = (
+    "seed",  # what cells average over (a classifier's fresh head is drawn from it)
+    "epochs",
+    "max_steps",
+    "method",  # which method, and its options: each starts at the model it adapts
+    "targets",
+    "layers",
+    "rank",
+    "alpha",
+    "dropout",
+    "attention_dropout",  # dropout is off when the model is evaluated
+    "lr",
+    "lam",
+    "head_lr",
+    *GROUP_RATIOS.values(),
+    "optim",
+    "batch_size",  # the training batches (the dev set is evaluated in eval_batch_size, unkeyed)
+    "grad_accum",
+    "group_by_length",
+    "max_train_samples",
+    "eval_every",  # when a run evaluates: a run without steps evaluates once
+    "eval_at_start",
+    "diverge_factor",
+    "harness",  # the harness's scores are its own columns, never the headline metric
+)
+
+
+def _under(path: str, names: Sequence[str]) -> bool:
+    """Whether a dotted path is one of `names` or lies below one."""
+    return any(path == n or path.startswith(n + ".") for n in names)
 
 
 def task_of(task: dict[str, Any]) -> str:
@@ -61,17 +127,89 @@ def task_of(task: dict[str, Any]) -> str:
     return f"{name}-text" if task.get("format", "head") == "text" else name
 
 
-def _extra(cfg: dict[str, Any], ranked: bool) -> dict[str, Any]:
-    """The record's keyed settings without a column of their own that differ from their baseline
-    (a setting the record predates is at its baseline); dropout only where the method has a rank."""
-    extra = {}
-    for path, baseline in _EXTRA_PATHS:
-        node: Any = cfg
-        for name in path.split("."):
-            node = node.get(name, baseline) if isinstance(node, dict) else baseline
-        if (baseline is REQUIRED or node != baseline) and (ranked or path != "dropout"):
-            extra[path] = node
-    return extra
+# The schema's nested configs (model, task, task.kv_recall, optim, ...) and the fields of each, by
+# dotted path ("" for the top level): IDENTITY classifies every field of the schema.
+_NESTED = {path.rsplit(".", 1)[0] for path in IDENTITY if "." in path}
+_FIELDS: dict[str, list[str]] = {}
+for _path in dict.fromkeys([*IDENTITY, *sorted(_NESTED)]):
+    _parent, _, _name = _path.rpartition(".")
+    _FIELDS.setdefault(_parent, []).append(_name)
+# What a field a record lacks holds: a keyed field its baseline, a nested config without a row of its
+# own (model, optim) its fields' baselines, anything else (unkeyed: never read) None.
+_ABSENT: dict[str, Any] = {
+    path: {} if path not in IDENTITY else None if IDENTITY[path] in (UNKEYED, REQUIRED) else IDENTITY[path]
+    for path in (*IDENTITY, *_NESTED)
+}
+_KEYED_TOP = {path.split(".", 1)[0] for path, baseline in IDENTITY.items() if baseline is not UNKEYED}
+# The paths `extra`, `variant` and `base` leave out (Identity)
+_LEFT_OUT = [{p for p in IDENTITY if _under(p, left)} for left in (OWN_COLUMNS, TABLE_CHOICES, TRAINING_ONLY)]
+
+
+class _Config:
+    """A record's config dict as run_identity reads a RunConfig: by attribute, every field of the
+    schema there, one the record predates at its identity baseline. Built at once into plain
+    attributes, which read several times faster than a __getattr__ that looks each one up."""
+
+    def __init__(self, values: Any, prefix: str = "") -> None:
+        given = values if isinstance(values, dict) else {}
+        fields = self.__dict__
+        for name in _FIELDS[prefix]:
+            path = f"{prefix}.{name}" if prefix else name
+            value = given.get(name, _ABSENT[path])
+            fields[name] = _Config(value, path) if path in _NESTED and isinstance(value, dict) else value
+
+
+class Identity(NamedTuple):
+    """What a record's identity gives its row: the columns taken from it and, as sorted JSON of the
+    settings not at their baseline ({dotted path: value}), its `extra`, `variant` and `base`."""
+
+    columns: dict[str, Any]  # targets, rank, alpha, the rate ratios, head_lr, loraplus_ratio
+    extra: str  # every keyed setting without a column (OWN_COLUMNS): with the columns, the setting
+    variant: str  # every keyed setting the tables neither lay out nor choose between (TABLE_CHOICES)
+    base: str  # every keyed setting an untuned model's score depends on (all but TRAINING_ONLY)
+
+
+def record_identity(cfg: dict[str, Any], precision: Optional[str]) -> Identity:
+    """The identity of a record's config run at `precision` (None: an earlier version's record that
+    did not say; a setting of its own). Remembered by the config's keyed part: the seeds of a setting,
+    and the many settings of a store that share a config but for their seed, cost one computation."""
+    keyed = {k: v for k, v in cfg.items() if k in _KEYED_TOP and k != "seed"}
+    return _identity(json.dumps(keyed, sort_keys=True, default=str), precision)
+
+
+@functools.lru_cache(maxsize=4096)
+def _identity(keyed: str, precision: Optional[str]) -> Identity:
+    known = precision if precision in PRECISIONS_USED else PRECISIONS_USED[0]  # run_identity checks it
+    ident = run_identity(cast(RunConfig, _Config(json.loads(keyed))), known)
+    ident["precision"] = precision  # an unknown one is a setting of its own, never another's
+    changed = {p: _canonical(v) for p, v in ident.items() if v != IDENTITY[p] or IDENTITY[p] is REQUIRED}
+    rank = ident.get("rank")
+    alpha = ident.get("alpha")
+    columns = {
+        "targets": ident["targets"],
+        "rank": _number(rank),
+        "alpha": _number(rank if alpha is None else alpha) if "alpha" in ident else math.nan,
+        **{key: ident[key] for key in GROUP_RATIOS.values()},
+        "head_lr": _number(ident["head_lr"]),
+        "loraplus_ratio": _number(ident[LORAPLUS]),
+    }
+
+    extra, variant, base = (
+        json.dumps({p: v for p, v in changed.items() if p not in leave_out}, sort_keys=True)
+        for leave_out in _LEFT_OUT
+    )
+    return Identity(columns, extra, variant, base)
+
+
+def _canonical(value: Any) -> Any:
+    """A value as one JSON spelling: 3.0 and 3 (a float field a record wrote as an int) are one."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    return value
 
 
 # Columns that together name a setting: everything a run's result depends on except its seed.
@@ -112,6 +250,8 @@ COLUMNS = [
     "head_lr",
     "epochs",
     "extra",
+    "variant",  # the identity's settings that tell cells of a table apart, as JSON (Identity)
+    "base",  # ... that an untuned model's score depends on: its Before Fine-tune row's
     "seed",
     "sweep",
     "trainable",
@@ -160,33 +300,11 @@ def _rates(record: RunRecord, cfg: dict[str, Any]) -> tuple[float, float, float]
     return _rate(lr), _rate(lr_v), _rate(lam)
 
 
-def _loraplus(cfg: dict[str, Any]) -> float:
-    """LoRA+'s ratio where it acted; NaN where it was off (null, 1) or the record predates it."""
-    ratio = (cfg.get("optim") or {}).get("loraplus_ratio")
-    return (
-        math.nan
-        if ratio is None or float(ratio) == 1 or not has_rank(cfg["method"]["name"])
-        else _rate(ratio)
-    )
-
-
-@functools.lru_cache(maxsize=256)
-def _canonical(targets: Any) -> str:
-    return parse_targets(list(targets) if isinstance(targets, tuple) else targets)
-
-
-def _targets(value: Any) -> str:
-    """parse_targets, remembered: a store holds few distinct spellings."""
-    return _canonical(tuple(value) if isinstance(value, list) else value)
-
-
 def flatten(record: RunRecord, path: str, pick: str = "final") -> dict[str, Any]:
     """One record as a row of COLUMNS; `pick` chooses the `final` or the `best` evaluation."""
     try:
         cfg = record.config
-        method = str(cfg["method"]["name"])
-        ranked = has_rank(method)
-        rank = int(cfg["rank"]) if ranked else None
+        ident = record_identity(cfg, record.precision)
         lr, lr_v, lam = _rates(record, cfg)
         metric = record.metric or cfg["task"]["metric"]
         _check_metrics(record)
@@ -195,9 +313,6 @@ def flatten(record: RunRecord, path: str, pick: str = "final") -> dict[str, Any]
         value = getattr(record, pick).get(metric)
         if record.status in SCORED and value is None:
             raise InvalidRecord(f"incomplete: status {record.status} but no {pick} {metric}")
-        extra = _extra(cfg, ranked)
-        if record.precision is not None:
-            extra["precision"] = record.precision
         asked = cfg.get("harness") or {}
         scores, harness_error = _harness(record.harness)
         return {
@@ -208,18 +323,15 @@ def flatten(record: RunRecord, path: str, pick: str = "final") -> dict[str, Any]
             "model": str(cfg["model"]["name"]),
             "task": task_of(cfg["task"]),
             "metric": str(metric),
-            "method": method,
-            "targets": _targets(cfg["targets"]),
-            "rank": math.nan if rank is None else float(rank),
-            "alpha": float(cfg.get("alpha") or cfg["rank"]) if ranked else math.nan,
+            "method": str(cfg["method"]["name"]),
             "lr": lr,
             "lr_v": lr_v,
             "lam": lam,
-            **{key: _rate(cfg.get(key, 1.0)) for key in GROUP_RATIOS.values()},  # 1 before they existed
-            "loraplus_ratio": _loraplus(cfg),
-            "head_lr": _rate(cfg.get("head_lr")),
+            **ident.columns,
             "epochs": float(cfg.get("epochs", 0) or 0),
-            "extra": json.dumps(extra, sort_keys=True, default=str),
+            "extra": ident.extra,
+            "variant": ident.variant,
+            "base": ident.base,
             "seed": int(cfg["seed"]),
             "sweep": cfg.get("sweep_name") or record.sweep or "",
             "trainable": float((record.params or {}).get("trainable") or math.nan),
@@ -401,7 +513,7 @@ class Collection:
     """The runs of a results folder (deduplicated), and the files that could not be used."""
 
     root: Path
-    runs: pd.DataFrame  # COLUMNS + `setting` and `grid` keys; one row per (setting, seed)
+    runs: pd.DataFrame  # COLUMNS + `setting` and `grid` keys; one row per (setting, seed): per identity
     problems: list[tuple[str, str]]  # (path relative to root, reason), sorted
     duplicates: int  # records dropped because another record holds the same setting and seed
     pick: str
@@ -544,6 +656,22 @@ def over_seeds(runs: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     return out.reset_index()
 
 
+def shared_settings(runs: pd.DataFrame, named: Sequence[str]) -> dict[str, Any]:
+    """The settings all of `runs` have alike that a label naming the columns `named` leaves out, as
+    labels.differences takes them: each setting column with one value among them (NaN as None) and the
+    keyed settings of their `extra`."""
+    shared: dict[str, Any] = {}
+    extra = runs["extra"].unique()
+    if len(extra) == 1:
+        shared.update(json.loads(extra[0]))
+    for column in [c for c in SETTING_COLUMNS if c not in (*named, "extra")]:
+        values = runs[column].unique()
+        if len(values) == 1:
+            value = values[0].item() if isinstance(values[0], np.generic) else values[0]
+            shared[column] = None if isinstance(value, float) and math.isnan(value) else value
+    return shared
+
+
 def describe(chosen: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """Add `seeds` (every seed with a record, any status) and `sweeps` (that ran it) to chosen settings."""
     grouped = runs[runs["setting"].isin(chosen["setting"])].groupby("setting")
@@ -558,7 +686,10 @@ def of_sweep(runs: pd.DataFrame, name: str) -> pd.Series:
 
 
 def pick_settings(stats: pd.DataFrame, cell: Sequence[str]) -> pd.DataFrame:
-    """One setting per cell when several exist (different learning rates, epochs, batch sizes, ...).
+    """One setting per cell when several exist. A table's cell holds one `variant` (a Before Fine-tune
+    cell one `base`), so its settings differ only in what the tables choose between (TABLE_CHOICES:
+    the learning rates, the training length, the harness settings), or for an untuned cell in what
+    training would change (TRAINING_ONLY).
 
     The rule, in order: lambda = 1; the learning rates most cells of the table have runs at (so cells
     compare like with like); the most scored seeds; the highest mean; then the setting key, so the

@@ -204,8 +204,10 @@ class Report:
             self.console.print(f"  [dim]{escape(v.line)}[/]")
 
     def runs_csv(self) -> None:
-        """Every run as one CSV line, for analyses the tables do not cover."""
-        self._write("runs.csv", render.frame_to_csv(self.coll.runs.drop(columns=["setting", "grid"])))
+        """Every run as one CSV line, for analyses the tables do not cover; `extra` holds every keyed
+        setting without a column (the keys the collector builds from them stay inside)."""
+        keys = ["setting", "grid", "variant", "base"]
+        self._write("runs.csv", render.frame_to_csv(self.coll.runs.drop(columns=keys)))
 
     def markdown(self, name: str, title: str) -> Path:
         """All sections in one Markdown file (report.md for `all`, summary.md for `summary`)."""

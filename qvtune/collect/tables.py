@@ -1,9 +1,15 @@
 """Table 1 (weight types x rank, LoRA) and Table 2 (methods x GLUE tasks) built from the runs, the
 weight-type comparison, and the lm-evaluation-harness scores. Table 1's columns are the paper's target
 sets and every other one the runs have (qvo, qkvo+mlp, ...: any set of qvtune.config.weight_types),
-ordered by size, then by the registry. Each table has a 'Before Fine-tune' row per model and task:
-the runs that take no optimizer step (epochs = 0), for a classifier its fresh head, for a text task
-the untuned model answering zero-shot.
+ordered by size, then by the registry. Each table has a 'Before Fine-tune' row per model and task
+(and `base`): the runs that take no optimizer step (epochs = 0), for a classifier its fresh head, for
+a text task the untuned model answering zero-shot.
+
+Cells never mix runs that differ in a setting that decides their result (records.Identity): runs of
+one model and task whose `variant` differs are other rows, each named by the settings it has that the
+others do not ("MNLI(R) r = 8 [max_train_samples=1000]"; the runs at every such setting's baseline keep
+the plain name), and a 'Before Fine-tune' row stands beside the tuned rows of its own `base` only, named
+likewise where a model and task have several. Where nothing differs the tables are what they always were.
 
 A table is kept long (one row per cell, every number the cell rests on) so that CSV, Markdown, LaTeX
 and the terminal all render the same data; the wide layout is only a rendering.
@@ -11,6 +17,7 @@ and the terminal all render the same data; the wide layout is only a rendering.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -98,12 +105,13 @@ def _expected(chosen: pd.DataFrame) -> int:
 
 
 def _places(
-    cells: pd.DataFrame, by: str, marks: int, scale: float, digits: int, skip: Sequence[str] = ()
+    cells: pd.DataFrame, by: Sequence[str], marks: int, scale: float, digits: int, skip: Sequence[str] = ()
 ) -> pd.Series:
-    """1, 2, 3 for the best, second and third value (as displayed, so ties share a place) within `by`."""
+    """1, 2, 3 for the best, second and third value (as displayed, so ties share a place) within each
+    group of the columns `by`."""
     eligible = (cells["n"] > 0) & ~cells["row"].isin(skip)
     shown = (cells["mean"] * scale).round(digits).where(eligible)
-    place = shown.groupby(cells[by]).rank(method="dense", ascending=False)
+    place = shown.groupby([cells[c] for c in by]).rank(method="dense", ascending=False)
     return place.where(place <= marks, 0).astype(int)
 
 
@@ -116,6 +124,39 @@ def _sorted(frame: pd.DataFrame, keys: dict[str, Optional[Callable[[Any], Any]]]
 
 def _known(order: tuple[str, ...]) -> Callable[[Any], Any]:
     return lambda v: labels.order(v, order)
+
+
+def _names(frames: Sequence[pd.DataFrame], column: str, by: Sequence[str]) -> dict[tuple[Any, ...], str]:
+    """(*by, its `column`: a variant or base) -> what tells it apart from the others the frames hold
+    under the same `by` (labels.differences); '' where it is the only one."""
+    rows = pd.concat([f[[*by, column]] for f in frames if not f.empty]).drop_duplicates()
+    out: dict[tuple[Any, ...], str] = {}
+    for key, group in rows.groupby(list(by), sort=False):
+        texts = list(group[column])
+        named = labels.differences([json.loads(t) for t in texts]) if len(texts) > 1 else [""]
+        out.update({(*key, text): name for text, name in zip(texts, named)})
+    return out
+
+
+def _name_of(
+    frame: pd.DataFrame, names: dict[tuple[Any, ...], str], by: Sequence[str], column: str
+) -> list[str]:
+    """Each row's name in `names` (from `_names` with the same `by` and `column`)."""
+    return [names[key] for key in zip(*(frame[c] for c in (*by, column)))]
+
+
+def _suffix(name: str) -> str:
+    return f" [{name}]" if name else ""
+
+
+NAMED_NOTE = (
+    "A row named [setting=value, ...] holds runs that differ from the other rows of its model and task "
+    "in those settings (each row at the baseline of those it does not name)."
+)
+
+PLACES_NOTE = (
+    "Each column ranks a row only against the rows of the same data and evaluation (one Before Fine-tune)."
+)
 
 
 def _finish(cells: pd.DataFrame, rows: list[str], columns: list[str]) -> pd.DataFrame:
@@ -167,9 +208,10 @@ def _before_what(tasks: pd.Series) -> str:
 def _before(
     coll: Collection, sweep: Optional[str], beside: pd.DataFrame, alone: bool = False
 ) -> tuple[pd.DataFrame, list[str]]:
-    """The 'Before Fine-tune' settings, one per model and task, from the runs that take no optimizer
-    step; of the table's own `sweep` where it has any. Each scored with the metric of the tuned cells
-    `beside` it; with `alone`, also those of tasks without tuned cells. Returns them with their seeds
+    """The 'Before Fine-tune' settings, one per model, task and `base`, from the runs that take no
+    optimizer step; of the table's own `sweep` where it has any. Each stands beside the tuned cells
+    `beside` with its model, task, metric and base (the untuned model they start from, scored alike);
+    with `alone`, also every one of a model and task without tuned cells. Returns them with their seeds
     and counts (as `describe` gives), and a note when they come from other sweeps."""
     runs, notes = coll.untuned, []
     if sweep is not None and not runs.empty:
@@ -180,13 +222,14 @@ def _before(
             notes.append(
                 f"The {sweep} sweep has no epochs = 0 run: '{BEFORE}' rows take those of other sweeps."
             )
-    stats = over_seeds(runs, ["model", "task", "metric", "setting"])
-    tuned = beside[["model", "task", "metric"]].drop_duplicates()
-    same = stats.merge(tuned, on=["model", "task", "metric"]) if not stats.empty else stats
+    match = ["model", "task", "metric", "base"]
+    stats = over_seeds(runs, [*match, "setting"])
+    tuned = beside[match].drop_duplicates()
+    same = stats.merge(tuned, on=match) if not stats.empty else stats
     if alone:
         tasks = pd.MultiIndex.from_frame(tuned[["model", "task"]])
         same = pd.concat([same, stats[~pd.MultiIndex.from_frame(stats[["model", "task"]]).isin(tasks)]])
-    chosen = describe(pick_settings(same, ["model", "task"]), runs)
+    chosen = describe(pick_settings(same, ["model", "task", "base"]), runs)
     if chosen.empty:
         return chosen, []
     chosen = chosen.assign(
@@ -217,18 +260,21 @@ def _table1_like(
             "Cells prefer lambda = 1 runs, at the learning rates most cells use, when a cell has several."
         ]
     wanted = sorted({*columns, *runs["targets"]}, key=target_order)  # the others where the runs have them
-    cell = ["model", "task", "method", "rank", "targets"]
-    chosen = describe(pick_settings(over_seeds(runs, [*cell, "setting"]), cell), runs)
+    cell = ["model", "task", "method", "rank", "targets", "variant"]
+    chosen = describe(pick_settings(over_seeds(runs, [*cell, "base", "setting"]), cell), runs)
     if chosen.empty:
         return _empty(name, title)
     chosen["n_expected"] = _expected(chosen)
     with_method = methods is None
+    variants = _names([chosen], "variant", ["model", "task"])
+    chosen["_variant"] = _name_of(chosen, variants, ["model", "task"], "variant")
 
     def row_label(r: pd.Series) -> str:
         head = f"{labels.task_label(r.task)}({labels.model_short(r.model)})"
         if with_method:
             head += f" {labels.METHOD_LABEL.get(r.method, r.method)}"
-        return head if np.isnan(r["rank"]) else f"{head} r = {int(r['rank'])}"
+        head = head if np.isnan(r["rank"]) else f"{head} r = {int(r['rank'])}"
+        return head + _suffix(r["_variant"])
 
     chosen["row"] = chosen.apply(row_label, axis=1)
     chosen["column"] = chosen["targets"]
@@ -245,9 +291,15 @@ def _table1_like(
             "repeated under each weight type of its model and task; their [paper] value is the paper's "
             f"Table 2 {BEFORE} row.",
         ]
-    beside = before.merge(chosen[["model", "task", "column"]].drop_duplicates(), on=["model", "task"])
+    beside = before.merge(
+        chosen[["model", "task", "base", "column"]].drop_duplicates(), on=["model", "task", "base"]
+    )
+    bases = _names([chosen, beside], "base", ["model", "task"])
+    chosen["_base"] = _name_of(chosen, bases, ["model", "task"], "base")
+    beside = beside.assign(_base=_name_of(beside, bases, ["model", "task"], "base"), _variant="")
     beside["row"] = [
-        f"{labels.task_label(t)}({labels.model_short(m)}) {BEFORE}" for m, t in zip(beside.model, beside.task)
+        f"{labels.task_label(t)}({labels.model_short(m)}) {BEFORE}{_suffix(b)}"
+        for m, t, b in zip(beside.model, beside.task, beside._base)
     ]
     beside["paper"] = [
         paper.table2_value(m, t, None, None, None, None) for m, t in zip(beside.model, beside.task)
@@ -261,12 +313,16 @@ def _table1_like(
         {
             "task": _known(labels.TABLE1_TASKS + labels.GLUE),
             "model": _known(labels.MODEL_ORDER),
+            "_base": None,
             "_before": lambda b: not b,
             "method": _known(labels.METHOD_ORDER),
             "rank": None,
+            "_variant": None,
         },
     )
-    cells["place"] = _places(cells, "row", 3, 1.0, 3, skip=tuple(beside["row"]))
+    if (cells["_variant"] != "").any() or (cells["_base"] != "").any():
+        rule.append(NAMED_NOTE)
+    cells["place"] = _places(cells, ["row"], 3, 1.0, 3, skip=tuple(beside["row"]))
     present = [c for c in wanted if c in set(chosen["column"])] if with_method else wanted
     rows = list(dict.fromkeys(cells["row"]))
     return Table(
@@ -326,18 +382,25 @@ def table2(coll: Collection) -> Table:
     row_key = ["model", "method", "targets", "rank", "lam"]
     runs, sweep_note = _own_sweep(coll.runs, "table2")
     trained_runs = runs[runs["tuned"] & runs["targets"].isin(TABLE2_TARGETS)]
-    cell = [*row_key, "task"]
-    trained = describe(pick_settings(over_seeds(trained_runs, [*cell, "setting"]), cell), runs)
+    cell = [*row_key, "task", "variant"]
+    trained = describe(pick_settings(over_seeds(trained_runs, [*cell, "base", "setting"]), cell), runs)
     before, before_notes = _before(coll, "table2", trained, alone=True)
     if trained.empty and before.empty:
         return _empty("table2", title)
+    group = ["model", "task"]
     if not trained.empty:
-        trained = trained.assign(n_expected=_expected(trained), _before=False)
+        variants = _names([trained], "variant", group)
+        trained = trained.assign(
+            n_expected=_expected(trained), _before=False, _name=_name_of(trained, variants, group, "variant")
+        )
+    if not before.empty:
+        bases = _names([trained, before], "base", group)
+        before = before.assign(_name=_name_of(before, bases, group, "base"))
     cells = pd.concat([df for df in (before, trained) if not df.empty], ignore_index=True)
     cells["row"] = [
-        BEFORE if b else _table2_label(m, t, r, lam)
-        for b, m, t, r, lam in zip(
-            cells["_before"], cells["method"], cells["targets"], cells["rank"], cells["lam"]
+        (BEFORE if b else _table2_label(m, t, r, lam)) + _suffix(name)
+        for b, m, t, r, lam, name in zip(
+            cells["_before"], cells["method"], cells["targets"], cells["rank"], cells["lam"], cells["_name"]
         )
     ]
     if cells["model"].nunique() > 1:
@@ -357,10 +420,13 @@ def table2(coll: Collection) -> Table:
             "method": _known(("",) + labels.METHOD_ORDER),
             "rank": lambda r: -1 if np.isnan(r) else r,
             "lam": lambda lam: -1 if np.isnan(lam) else lam,
+            "_name": None,
             "column": _known(labels.GLUE),
         },
     )
-    cells["place"] = _places(cells, "column", 2, 100.0, 2, skip=tuple(cells.loc[cells["_before"], "row"]))
+    # ranked against the rows of its column on the same data and evaluation (base), never another's
+    before_rows = tuple(cells.loc[cells["_before"], "row"])
+    cells["place"] = _places(cells, ["column", "base"], 2, 100.0, 2, skip=before_rows)
     rows = list(dict.fromkeys(cells["row"]))
     columns = sorted(set(cells["column"]), key=lambda t: labels.order(t, labels.GLUE))
     rule = [
@@ -370,6 +436,7 @@ def table2(coll: Collection) -> Table:
         "Trainable parameters are the records' true counts (head included once); "
         "the paper's LoRA rows count the head twice.",
         *before_notes,
+        *([NAMED_NOTE, PLACES_NOTE] if (cells["_name"] != "").any() else []),
     ]
     return Table(
         name="table2",
@@ -402,6 +469,14 @@ def _params(cells: pd.DataFrame) -> dict[str, str]:
     return out
 
 
+def _model_settings(base: str) -> str:
+    """The settings of a `base` that the untuned model's harness scores depend on: the model's own
+    and the precision (its task and the data are not the harness's)."""
+    settings = json.loads(base)
+    kept = {p: v for p, v in settings.items() if p.split(".", 1)[0] in ("model", "precision")}
+    return json.dumps(kept, sort_keys=True)
+
+
 def _protocol(limit: float, fewshot: float) -> str:
     """How the harness scored: 'limit 200, 0-shot'; NaN: every example, each task's own shots."""
     return ", ".join(
@@ -423,13 +498,25 @@ def harness(coll: Collection) -> Table:
     columns = [c.removeprefix(HARNESS) for c in coll.harness_columns]
     if runs.empty or not columns:
         return _empty("harness", title)
-    row_key = ["model", *HARNESS_PROTOCOL, "task", "method", "targets", "rank", "lam"]
+    row_key = ["model", *HARNESS_PROTOCOL, "task", "method", "targets", "rank", "lam", "variant"]
     tuned, untuned = runs[runs["tuned"]], runs[~runs["tuned"]]
+    untuned = untuned.assign(_model=untuned["base"].map(_model_settings))
     chosen = describe(pick_settings(over_seeds(tuned, [*row_key, "setting"]), row_key), tuned)
-    before_key = ["model", *HARNESS_PROTOCOL]
+    if not chosen.empty:
+        variants = _names([chosen], "variant", ["model", "task"])
+        chosen["_name"] = _name_of(chosen, variants, ["model", "task"], "variant")
+    before_key = ["model", *HARNESS_PROTOCOL, "_model"]
     before = describe(pick_settings(over_seeds(untuned, [*before_key, "setting"]), before_key), untuned)
     if not before.empty:  # the base model's: no task trained on, no method
-        before = before.assign(task="", method="", targets="", rank=np.nan, lam=np.nan)
+        models = _names([before], "_model", ["model"])
+        before = before.assign(
+            task="",
+            method="",
+            targets="",
+            rank=np.nan,
+            lam=np.nan,
+            _name=_name_of(before, models, ["model"], "_model"),
+        )
     frames = [
         df.assign(n_expected=_expected(df), _before=is_before)
         for df, is_before in ((before, True), (chosen, False))
@@ -446,6 +533,7 @@ def harness(coll: Collection) -> Table:
                 f"{labels.task_label(r.task)}({labels.model_short(r.model)}) "
                 f"{_table2_label(r.method, r.targets, r['rank'], r.lam)}"
             )
+        label += _suffix(r["_name"])
         return f"{label} [{_protocol(r.harness_limit, r.harness_fewshot)}]" if several else label
 
     settings["row"] = settings.apply(row_label, axis=1)
@@ -461,6 +549,7 @@ def harness(coll: Collection) -> Table:
             "targets": lambda t: target_order(t) if t else (),
             "rank": lambda r: -1 if np.isnan(r) else r,
             "lam": lambda lam: -1 if np.isnan(lam) else lam,
+            "_name": None,
         },
     )
     members = runs[runs["setting"].isin(settings["setting"])]
@@ -484,12 +573,16 @@ def harness(coll: Collection) -> Table:
             if c.split("/", 1)[0] in asked[r["setting"]]  # a task the run did not ask for stays blank
         ]
     )
-    cells["place"] = _places(cells, "column", 2, 1.0, 3, skip=tuple(settings.loc[settings["_before"], "row"]))
+    cells["place"] = _places(
+        cells, ["column"], 2, 1.0, 3, skip=tuple(settings.loc[settings["_before"], "row"])
+    )
     rows = list(dict.fromkeys(settings["row"]))
     present = [c for c in columns if c in set(cells["column"])]
     rule = [] if several else [f"The harness scored {_protocol(*settings[HARNESS_PROTOCOL].iloc[0])}."]
     if not before.empty:
         rule.append(f"'{BEFORE}' rows are the harness on the base model, from its epochs = 0 runs.")
+    if (settings["_name"] != "").any():
+        rule.append(NAMED_NOTE)
     failed = members.loc[counted & members["harness_error"].notna(), "harness_error"]
     for error, count in failed.value_counts(sort=False).sort_index().items():
         rule.append(f"{count} run(s) have no harness scores ('-'): {error}")

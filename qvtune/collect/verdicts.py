@@ -20,14 +20,14 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
 
 from qvtune.collect import labels
 from qvtune.collect.heatmap import Heatmap, source, sweeps_of
-from qvtune.collect.records import SETTING_COLUMNS, Collection, scored, setting_key
+from qvtune.collect.records import SETTING_COLUMNS, Collection, scored, setting_key, shared_settings
 
 SUPPORTED, NOT_SUPPORTED, NOT_ENOUGH = "supported", "not supported", "not enough runs"
 CLAIMS = {
@@ -210,13 +210,26 @@ def _context_order(row: pd.Series) -> tuple:
     )
 
 
-def _unique(contexts: list[str]) -> list[str]:
-    """Number repeated labels (contexts that differ only in settings the label does not show)."""
+# The settings a context's label names (_context_label), and those the two sides of a pair differ in
+_LABELLED = ("model", "task", "method", "rank", "lr", "lr_v", "epochs", "targets")
+
+
+def _unique(names: list[str], settings: list[dict[str, Any]]) -> list[str]:
+    """Labels told apart: contexts that share one get the settings that differ between them (the
+    task's data, a training setting, ...: labels.differences); any still repeated (rates the label
+    rounds alike), a number."""
+    same: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        same.setdefault(name, []).append(i)
+    out = list(names)
+    for where in same.values():
+        if len(where) > 1:
+            for i, text in zip(where, labels.differences([settings[i] for i in where])):
+                out[i] += f" [{text}]" if text else ""
     seen: dict[str, int] = {}
-    out = []
-    for c in contexts:
-        seen[c] = seen.get(c, 0) + 1
-        out.append(c if seen[c] == 1 else f"{c} (variant {seen[c]})")
+    for i, label in enumerate(out):
+        seen[label] = seen.get(label, 0) + 1
+        out[i] = label if seen[label] == 1 else f"{label} (variant {seen[label]})"
     return out
 
 
@@ -270,7 +283,10 @@ def paired_targets(
     else:  # the context's own sweep, not the others its twins were also run for
         sweeps = firsts["_sweep"].map(lambda s: [s])
     contexts = sorted(firsts.index, key=lambda c: _context_order(firsts.loc[c]))
-    names = _unique([_context_label(firsts.loc[c], sweeps[c]) for c in contexts])
+    names = _unique(
+        [_context_label(firsts.loc[c], sweeps[c]) for c in contexts],
+        [shared_settings(firsts.loc[[c]], _LABELLED) for c in contexts],
+    )
     by_context = {ctx: d.to_numpy() for ctx, d in diffs.groupby(level="_ctx")}
     verdicts = []
     for ctx, name in zip(contexts, names):

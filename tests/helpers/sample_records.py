@@ -96,6 +96,7 @@ def make_record(
     evals: int = 4,
     loss_points: int = 20,
     extra_config: Optional[dict[str, Any]] = None,
+    task_settings: Optional[dict[str, Any]] = None,
     text: bool = False,
     harness: Optional[dict[str, Any]] = None,
     harness_tasks: Optional[Sequence[str]] = None,
@@ -103,6 +104,8 @@ def make_record(
     """One record as a run writes it; `value` overrides the synthetic final headline metric. Finished
     records (completed, diverged) have curves, running and failed ones none, as with a real run.
 
+    `extra_config` sets top-level config keys (a group such as optim as a whole), `task_settings` keys
+    of the task's group beside its name and metric (kv_recall: {pairs: 8}).
     `text`: the task answered as text by a causal LM (task.format=text): exact_match and, for a task
     with label words, rank_accuracy beside the headline metric. `harness`: the record's harness
     section (`harness_section`), asked for `harness_tasks` (default: the tasks it scored)."""
@@ -115,7 +118,12 @@ def make_record(
     if epochs == 0:
         final_value = TASK_BASE[task] - 0.35 if value is None else value
     steps = 0 if epochs == 0 else 100 * max(1, int(epochs))
-    task_config = {"name": task, "metric": metric, "num_labels": 1 if task == "stsb" else 2}
+    task_config = {
+        "name": task,
+        "metric": metric,
+        "num_labels": 1 if task == "stsb" else 2,
+        **(task_settings or {}),
+    }
     config = {
         "model": {"name": model, "source": None, "arch": {}, "dtype": "float32"},
         "task": {**task_config, "format": "text"} if text else task_config,
