@@ -155,6 +155,17 @@ def test_best_lambda_on_the_diagonal(tmp_path: Path) -> None:
     assert v.status == verdicts.NOT_SUPPORTED and v.mean == pytest.approx(0.0)
 
 
+def test_best_lambda_needs_a_cell_off_the_diagonal(tmp_path: Path) -> None:
+    """A grid of eta_QK with every group at that rate (lambda = 1 everywhere) cannot tell lambda > 1."""
+    for lr, seed in itertools.product((1e-4, 2e-4, 4e-4), (0, 1, 2)):
+        value = 0.8 + (0.02 if lr == 2e-4 else 0.0)
+        write_record(tmp_path, make_record(targets="qkv", lr=lr, lam=None, lr_v=lr, seed=seed, value=value))
+    verdict = [v for v in claims(tmp_path) if v.claim == "lambda>1"]
+    assert verdict and all(
+        v.status == verdicts.NOT_ENOUGH and v.detail == "every scored cell has λ = 1" for v in verdict
+    )
+
+
 def test_overall_lines(tmp_path: Path) -> None:
     write(tmp_path, {"v": [0.81, 0.80, 0.82], "k": [0.73, 0.74, 0.73]})
     lines = verdicts.overall(claims(tmp_path))

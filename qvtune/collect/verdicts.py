@@ -333,6 +333,8 @@ def _lambda_verdict(context: str, grid: pd.DataFrame) -> Verdict:
     n = shared.shape[1]
     if not is_one(lam).any():
         return Verdict("lambda>1", context, math.nan, math.nan, 0, NOT_ENOUGH, "no scored λ = 1 cell")
+    if is_one(lam).all():
+        return Verdict("lambda>1", context, math.nan, math.nan, 0, NOT_ENOUGH, "every scored cell has λ = 1")
     if n < MIN_SEEDS:
         why = f"{n} seed(s) scored in every cell; the cross-validation needs {MIN_SEEDS}"
         return Verdict("lambda>1", context, math.nan, math.nan, n, NOT_ENOUGH, "; ".join([why, *notes]))
