@@ -18,6 +18,7 @@ from qvtune.data.encode import collate, encode_task
 from qvtune.data.load import load_task
 from qvtune.data.text import answer_ids, answer_prefix
 from qvtune.model.load import load_model, load_tokenizer
+from qvtune.model.pack import answer_logprobs
 from qvtune.model.runs import attach
 from qvtune.sweep.packs import form_packs, pack_overrides
 from qvtune.sweep.plan import Job, lookup
@@ -93,7 +94,10 @@ def answers(model, member: int, task: str):
     model.eval()
     one = model.alone(member)
     gold = collate(data, np.arange(len(data)), tok.pad_token_id, None)
-    return generate(one, data, tok, cfg.task.max_new_tokens, cfg, CPU), one.score(gold.pop("labels"), **gold)
+    labels = gold.pop("labels")
+    with torch.no_grad():
+        scores = answer_logprobs(one.lm, labels, **gold)[0]
+    return generate(one, data, tok, cfg.task.max_new_tokens, cfg, CPU), scores
 
 
 @pytest.mark.parametrize(

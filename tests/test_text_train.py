@@ -16,11 +16,14 @@ from qvtune.data.encode import collate, encode_task
 from qvtune.data.load import load_task
 from qvtune.model.load import load_model, load_tokenizer
 from qvtune.model.methods import apply_method, param_groups
+from qvtune.model.pack import answer_logprobs
 from qvtune.model.runs import attach
 from qvtune.model.weights import ModelError, head_modules
 from qvtune.train.generate import generate
+from qvtune.train.loop import evaluate
 from tests.helpers import make_config, records, run_cli
 
+CPU = torch.device("cpu")
 TINY_KV = (
     "model=tiny-llama",
     "task=kv-recall",
@@ -131,9 +134,77 @@ def test_zero_shot_scores_the_untrained_model_by_rank_and_by_its_written_answers
     data = evals["validation"]
     scores = rank_scores(model, data, words, tok.pad_token_id, cfg, torch.device("cpu"))
     gold = collate(data, np.arange(len(data)), tok.pad_token_id, None)  # each example with its own answer
-    own = model.score(gold.pop("labels"), **gold).numpy()
+    with torch.no_grad():
+        own = answer_logprobs(model.lm, gold.pop("labels"), **gold)[0].numpy()
     assert np.allclose(scores[np.arange(len(data)), data.labels], own, atol=1e-4)
     assert metrics["rank_accuracy"] == pytest.approx(float(np.mean(scores.argmax(1) == data.labels)))
+
+
+def test_evaluation_ranks_from_one_prompt_pass_and_reads_the_loss_off_the_gold_rank(monkeypatch):
+    """A label-word task's dev metrics (ranks from one prompt pass with the KV cache, the dev loss from
+    the gold label's rank) equal those computed here from one unpadded forward per prompt and answer:
+    prompts of several lengths (left padding, two batches), answers of 3 and 2 tokens. A split whose
+    answers max_len cut short gets its loss from a loss pass: the same reference holds for it."""
+    from qvtune.data.encode import encode_text
+    from qvtune.data.tasks import Split
+    from qvtune.data.text import answer_ids, answer_prefix, as_text, combine_splits, text_scores
+    from qvtune.train import loop
+    from qvtune.train.generate import gold_losses
+
+    cfg = copy.deepcopy(_composed("model=tiny-llama", "task=synthetic", "task.format=text"))
+    task = cfg.task
+    task.label_words, task.max_new_tokens, cfg.eval_batch_size = ["no 7", "yes"], 3, 4
+    tok = load_tokenizer(cfg.model, text=True)
+    model, _ = attach(load_model(cfg.model, 2, seed=0, causal=True), [cfg])
+    lists = ["a b", "cat dog red blue a", "7", "b a cat", "red", "dog dog blue a b cat"]
+    labels = np.array([1, 1, 1, 0, 0, 1])
+    rows = as_text(Split([lists, ["a", "red", "7", "blue", "b", "cat"]], labels, None), task)
+    evals = {"validation": encode_text(tok, rows, cfg.max_len, task), "cut": encode_text(tok, rows, 3, task)}
+    words = answer_ids(tok, list(task.label_words), answer_prefix(task, tok))
+    assert [len(w) for w in words] == [3, 2]
+    with torch.no_grad():  # sharper attention: tiny-llama's small random weights barely see positions
+        for name, p in model.model.named_parameters():
+            if name.endswith(("q_proj.base_layer.weight", "k_proj.weight")):
+                p.mul_(20)
+    model.eval()
+
+    def logprob(prompt: list[int], answer: list[int]) -> float:
+        logp = torch.log_softmax(model.model(input_ids=torch.tensor([prompt + answer])).logits[0].float(), -1)
+        return sum(logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(answer))
+
+    def greedy(prompt: list[int]) -> str:
+        ids = list(prompt)
+        for _ in range(task.max_new_tokens):
+            ids.append(int(model.model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+            if ids[-1] == tok.eos_token_id:
+                break
+        return tok.decode(ids[len(prompt) :], skip_special_tokens=True)
+
+    per_split, losses, cut, ranked = {}, [], {}, {}
+    with torch.no_grad():
+        for name, data in evals.items():
+            ends = zip(data.offsets[:-1], data.offsets[:-1] + data.prompt_lengths, data.offsets[1:])
+            pairs = [(data.ids[a:p].tolist(), data.ids[p:b].tolist()) for a, p, b in ends]
+            ranks = ranked[name] = np.array([[logprob(prompt, w) for w in words] for prompt, _ in pairs])
+            losses += [-logprob(prompt, answer) / len(answer) for prompt, answer in pairs]
+            written = [greedy(prompt) for prompt, _ in pairs]
+            per_split[name] = text_scores(task, written, data.references, data.labels, ranks)
+            cut[name] = [answer != words[y] for (_, answer), y in zip(pairs, labels)]
+            assert (gold_losses(data, words, ranks) is None) == any(cut[name])
+    # the answer the loss reads is the gold label's answer as ranked, but where max_len cut it
+    assert not any(cut["validation"]) and cut["cut"] == [y == 0 for y in labels]
+    assert len({tuple(np.round(r, 4)) for r in ranked["validation"]}) == len(labels)  # prompts told apart
+    expected = {**combine_splits(task, per_split), "loss": float(np.mean(losses))}
+    pad = tok.pad_token_id
+    assert evaluate(model, [0], evals, task, cfg, pad, CPU, None, tok) == [pytest.approx(expected, rel=1e-5)]
+
+    def no_loss_pass(*args, **kwargs):
+        raise AssertionError("a loss pass over a label-word split")
+
+    monkeypatch.setattr(loop, "forward", no_loss_pass)
+    only = {"validation": evals["validation"]}
+    [metrics] = evaluate(model, [0], only, task, cfg, pad, CPU, None, tok)
+    assert metrics["loss"] == pytest.approx(float(np.mean(losses[: len(labels)])), rel=1e-5)
 
 
 def test_cli_text_run_writes_its_record_and_a_relaunch_skips_it(tmp_path):

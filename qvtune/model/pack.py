@@ -326,18 +326,17 @@ class PackedModel(nn.Module):
 
 
 class PackedMember:
-    """One member of a text pack with a lone run's `score` and `generate`: the pack's base runs with
-    only this member's slot, so every call (transformers' generation with its KV cache included) is
+    """One member of a text pack with a lone run's `lm` and `generate`: the pack's base runs with
+    only this member's slot, so every call (its KV cache and transformers' generation included) is
     the member's lone model on the same batch."""
 
     def __init__(self, pack: PackedModel, member: int) -> None:
         self.pack, self.member = pack, member
 
-    @torch.no_grad()
-    def score(self, labels: torch.Tensor, **batch: torch.Tensor) -> torch.Tensor:
-        """Each row's summed log-probability of its labelled tokens (a text task's answer + EOS)."""
+    def lm(self, **inputs: Any) -> Any:
+        """The member's causal LM forward (transformers' output: logits, KV cache)."""
         self.pack.slots.active = [self.member]
-        return answer_logprobs(self.pack.base, labels, **batch)[0]
+        return self.pack.base(**inputs)
 
     def generate(self, **kwargs: Any) -> torch.Tensor:
         """transformers' generation (KV cache) with this member's adapters."""
@@ -346,12 +345,13 @@ class PackedMember:
 
 
 def answer_logprobs(
-    model: Callable[..., Any], labels: torch.Tensor, **inputs: torch.Tensor
+    model: Callable[..., Any], labels: torch.Tensor, **inputs: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of `labels` (token ids on the answer, IGNORE elsewhere): the sum of log p(token) over its
     labelled positions, each token predicted from the position before it, and how many there are.
     `model(**inputs)` computes the logits of those positions only (transformers' `logits_to_keep`
-    mask): with a vocabulary of 50k the others would be most of a forward pass's cost and memory."""
+    mask): with a vocabulary of 50k the others would be most of a forward pass's cost and memory.
+    `inputs` may carry a KV cache and positions: the rows then continue the sequences it holds."""
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != IGNORE
     logits = model(**inputs, logits_to_keep=keep).logits

@@ -29,7 +29,7 @@ from qvtune.model.methods import (
     method_model,
     param_groups,
 )
-from qvtune.model.pack import answer_logprobs, answer_losses, build_pack
+from qvtune.model.pack import answer_losses, build_pack
 
 
 @dataclass
@@ -72,10 +72,9 @@ class LoneRun(nn.Module):
         extra = self.penalty() if self.training and self.penalty is not None else None
         return loss if extra is None else loss + extra
 
-    @torch.no_grad()
-    def score(self, labels: torch.Tensor, **batch: torch.Tensor) -> torch.Tensor:
-        """Each row's summed log-probability of its labelled tokens (a text task's answer + EOS)."""
-        return answer_logprobs(self.model, labels, **batch)[0]
+    def lm(self, **inputs: Any) -> Any:
+        """The causal LM forward of the model, adapters included (transformers' output: logits, KV cache)."""
+        return self.model(**inputs)
 
     def generate(self, **kwargs: Any) -> torch.Tensor:
         """transformers' generation (KV cache) of the model, adapters included."""

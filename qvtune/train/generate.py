@@ -1,6 +1,7 @@
 """A text task's dev metrics (qvtune.data.text): greedy answers written with transformers' generation
 (KV cache, left-padded batches, stop at EOS) for exact_match, and for tasks with label words the rank
-of each label's answer by its log-probability given the prompt (cheap, deterministic)."""
+of each label's answer by its log-probability given the prompt (one pass over the prompts, whose KV
+cache every label's answer continues: cheap, deterministic), which also gives the dev loss."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from qvtune.config.schema import RunConfig, TaskConfig
 from qvtune.data.encode import Encoded, eval_batches, micro_batches
 from qvtune.data.text import IGNORE, answer_ids, answer_prefix, combine_splits, text_scores
+from qvtune.model.pack import answer_logprobs
 
 
 def text_metrics(
@@ -24,27 +26,46 @@ def text_metrics(
     tokenizer: Any,
     device: torch.device,
     amp: Optional[torch.dtype],
-) -> list[dict[str, float]]:
+) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
     """Each listed member's metrics on each eval split (see text_scores), member by member: a lone run
     (qvtune.model.runs.LoneRun) or a member of a pack writes and ranks its answers alone, in the
-    batches of its lone run (`model.alone(member)`)."""
+    batches of its lone run (`model.alone(member)`). With them, each member's summed dev loss on every
+    split whose answers are its labels' answers (`gold_losses`), so that no loss pass is needed there."""
     words = None
     if task.label_words:
         words = answer_ids(tokenizer, list(task.label_words), answer_prefix(task, tokenizer))
-    metrics = []
+    metrics, losses = [], []
     for member in members:
         one = model.alone(member)
-        per_split = {}
+        per_split, summed = {}, {}
         with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
             for name, data in evals.items():
                 generated = generate(one, data, tokenizer, task.max_new_tokens, cfg, device)
                 ranks = None
                 if words is not None:
                     ranks = rank_scores(one, data, words, tokenizer.pad_token_id, cfg, device)
+                    gold = gold_losses(data, words, ranks)
+                    if gold is not None:
+                        summed[name] = float(gold.sum())
                 assert data.references is not None, "a text split has its answers"
                 per_split[name] = text_scores(task, generated, data.references, data.labels, ranks)
         metrics.append(combine_splits(task, per_split))
-    return metrics
+        losses.append(summed)
+    return metrics, losses
+
+
+def gold_losses(data: Encoded, words: list[list[int]], ranks: np.ndarray) -> Optional[np.ndarray]:
+    """Each example's dev loss (its answer tokens' mean negative log-probability, as the training loss
+    computes it) read off the rank of its gold label: the answer encode_text wrote is the label's
+    answer, the very tokens ranked after the same prompt. None where some answer is not (cut short by
+    max_len): the loss then needs its own pass."""
+    assert data.prompt_lengths is not None, "a text split has prompt lengths"
+    for i, label in enumerate(data.labels):
+        answer = data.ids[data.offsets[i] + data.prompt_lengths[i] : data.offsets[i + 1]]
+        if label < 0 or not np.array_equal(answer, words[label]):
+            return None
+    counts = np.array([len(w) for w in words])[data.labels]
+    return -ranks[np.arange(len(data)), data.labels] / counts
 
 
 def prompts(data: Encoded, index: np.ndarray) -> list[np.ndarray]:
@@ -100,31 +121,62 @@ def rank_scores(
     model: Any, data: Encoded, words: list[list[int]], pad_id: int, cfg: RunConfig, device: torch.device
 ) -> np.ndarray:
     """[n, labels]: the summed log-probability of each label's answer (its tokens and EOS) after each
-    example's prompt; the label that scores highest is the model's choice."""
+    example's prompt; the label that scores highest is the model's choice. Batches as `generate`'s,
+    each scored by `label_logprobs`."""
     assert data.prompt_lengths is not None, "a text split has prompt lengths"
     scores = np.zeros((len(data), len(words)), dtype=np.float64)
-    longest = max(len(w) for w in words)
-    lengths = data.prompt_lengths + longest
+    lengths = data.prompt_lengths + max(len(w) for w in words)
     pieces = (
         piece
         for index in eval_batches(data.prompt_lengths, cfg.eval_batch_size)
         for piece in micro_batches(lengths, index, cfg.max_batch_tokens, None)
     )
     for piece in pieces:
-        rows = prompts(data, piece)
-        width = max(len(r) for r in rows) + longest
-        for c, word in enumerate(words):
-            ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-            mask = np.zeros_like(ids)
-            labels = np.full_like(ids, IGNORE)
-            for i, r in enumerate(rows):
-                n = len(r) + len(word)
-                ids[i, :n] = np.concatenate([r, word])
-                mask[i, :n] = 1
-                labels[i, len(r) : n] = word
-            batch = {
-                "input_ids": torch.from_numpy(ids).to(device),
-                "attention_mask": torch.from_numpy(mask).to(device),
-            }
-            scores[piece, c] = model.score(torch.from_numpy(labels).to(device), **batch).float().cpu().numpy()
+        batch = {k: v.to(device) for k, v in left_padded(prompts(data, piece), pad_id).items()}
+        scores[piece] = label_logprobs(model, words, **batch).float().cpu().numpy()
     return scores
+
+
+def label_logprobs(
+    model: Any, words: list[list[int]], input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """[rows, labels]: each label's summed answer log-probability after each left-padded prompt, from one
+    pass over the prompts and one over every label's answer. The prompt pass fills the KV cache and
+    predicts each answer's first token (the last position's logits only); the answers then run on that
+    cache repeated once per label, the rows of a prompt side by side, each answer's own tokens scored
+    (`answer_logprobs`: their logits only, none at an answer's last token, EOS, which is only
+    predicted). Positions count from each prompt's first real token, so left padding changes nothing
+    (as in generate).
+    `model`: a lone run or a pack's member (`lm`: its causal LM forward)."""
+    rows, labels = len(input_ids), len(words)
+    positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    out = model.lm(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    first = torch.log_softmax(out.logits[:, -1].float(), -1)
+    scores = first[:, [w[0] for w in words]]  # (rows, labels)
+    longest = max(len(w) for w in words)
+    answers = torch.zeros(labels, longest, dtype=input_ids.dtype, device=input_ids.device)
+    mask = torch.zeros_like(answers)
+    for j, word in enumerate(words):
+        answers[j, : len(word)] = torch.tensor(word)
+        mask[j, : len(word)] = 1
+    targets = answers.masked_fill(mask == 0, IGNORE)
+    targets[:, 0] = IGNORE  # the first token is the prompt pass's
+    cache = out.cache
+    cache.batch_repeat_interleave(labels)  # row r * labels + j: prompt r, label j
+    start = attention_mask.sum(1).repeat_interleave(labels)[:, None]
+    rest, _ = answer_logprobs(
+        model.lm,
+        targets.repeat(rows, 1),
+        input_ids=answers.repeat(rows, 1),
+        attention_mask=torch.cat([attention_mask.repeat_interleave(labels, 0), mask.repeat(rows, 1)], 1),
+        position_ids=start + torch.arange(longest, device=start.device),
+        cache=cache,
+        use_cache=True,
+    )
+    return scores + rest.view(rows, labels)

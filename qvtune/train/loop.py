@@ -333,13 +333,21 @@ def evaluate(
     tokenizer: Any = None,
 ) -> list[dict[str, float]]:
     """Each member's dev metrics, with large, length-sorted batches and no autograd bookkeeping; a text
-    task's from each member's written and ranked answers (qvtune.train.generate)."""
+    task's from each member's written and ranked answers (qvtune.train.generate), and its loss from
+    the rank of each example's gold label where the answers are label words (no loss pass then)."""
     model.eval()
     k = len(members)
     text = task.format == "text"
+    metrics: list[dict[str, float]] = []
+    ranked: list[dict[str, float]] = [{} for _ in members]  # each member's summed loss per split
+    if text:
+        metrics, ranked = text_metrics(model, members, evals, task, cfg, tokenizer, device, amp)
     outputs: list[dict[str, np.ndarray]] = [{} for _ in members]
     losses = np.zeros(k)
     for name, data in evals.items():
+        if name in ranked[0]:
+            losses += [r[name] for r in ranked]
+            continue
         out = np.zeros((k, len(data), max(task.num_labels, 1)), dtype=np.float32)
         pieces = (
             piece
@@ -353,9 +361,7 @@ def evaluate(
             losses += loss.float().cpu().numpy() * len(piece)
         for i in range(k):
             outputs[i][name] = out[i]
-    if text:
-        metrics = text_metrics(model, members, evals, task, cfg, tokenizer, device, amp)
-    else:
+    if not text:
         labels = {name: data.labels for name, data in evals.items()}
         metrics = [compute_metrics(task, outputs[i], labels) for i in range(k)]
     model.train()
