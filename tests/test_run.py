@@ -100,6 +100,7 @@ def test_tiny_run_writes_a_complete_record_and_is_not_repeated(tmp_path):
     assert records(tmp_path / "results") == [rec]
 
 
+@pytest.mark.slow  # ~30 s of training the pretrained model; make demo shows the same learning
 def test_minilm_learns_the_synthetic_task(tmp_path):
     proc = run_cli(
         "model=minilm",
