@@ -608,100 +608,59 @@ def save(h: Heatmap | RateHeatmap, folder: Path, floor: Optional[float] = None) 
     return save_figure(fig, folder, h.name)
 
 
+# What names a heatmap in the long CSV tables, before each table's own columns
+DESCRIBED = ["heatmap", "sweeps", "model", "task", "method", "targets", "rank", "metric"]
+COUNTS = ["mean", "std", "n", "n_expected", "completed", "diverged", "running", "failed"]
+
+
+def _described(h: Heatmap | RateHeatmap) -> dict[str, Any]:
+    """The DESCRIBED columns' values of one heatmap."""
+    return dict(
+        heatmap=h.name,
+        sweeps=",".join(h.sweeps),
+        model=h.model,
+        task=h.task,
+        method=h.method,
+        targets=h.targets,
+        rank=h.rank,
+        metric=h.metric,
+    )
+
+
+def _long(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    """The heatmaps' cells as one table with `columns` (an empty one when there is none)."""
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True).reindex(columns=columns)
+
+
 def grid_frame(heatmaps: list[Heatmap]) -> pd.DataFrame:
     """All grids as one long table for CSV: one line per (heatmap, eta_QK, eta_V)."""
-    columns = [
-        "heatmap",
-        "sweeps",
-        "model",
-        "task",
-        "method",
-        "targets",
-        "rank",
-        "metric",
-        "lr",
-        "lr_v",
-        "lam",
-        "mean",
-        "std",
-        "n",
-        "n_expected",
-        "completed",
-        "diverged",
-        "running",
-        "failed",
-        "best",
-        "diagonal",
-        "budget",
-        "partial",
-    ]
+    columns = [*DESCRIBED, "lr", "lr_v", "lam", *COUNTS, "best", "diagonal", "budget", "partial"]
     frames = []
     for h in heatmaps:
         c = h.cells
         frames.append(
             c.assign(
-                heatmap=h.name,
-                sweeps=",".join(h.sweeps),
-                model=h.model,
-                task=h.task,
-                method=h.method,
-                targets=h.targets,
-                rank=h.rank,
-                metric=h.metric,
+                **_described(h),
                 lam=c["lr_v"] / c["lr"],
                 best=np.isclose(c["lr"], h.best.lr) & np.isclose(c["lr_v"], h.best.lr_v),
                 diagonal=_is_diagonal(c["lr"], c["lr_v"]),
             )
         )
-    return (
-        pd.concat(frames, ignore_index=True).reindex(columns=columns)
-        if frames
-        else pd.DataFrame(columns=columns)
-    )
+    return _long(frames, columns)
 
 
 def rate_frame(heatmaps: list[RateHeatmap]) -> pd.DataFrame:
     """All heatmaps over other rates as one long table for CSV: one line per (heatmap, y, x)."""
-    columns = [
-        "heatmap",
-        "sweeps",
-        "model",
-        "task",
-        "method",
-        "targets",
-        "rank",
-        "metric",
-        "y_rate",
-        "y",
-        "x_rate",
-        "x",
-        "mean",
-        "std",
-        "n",
-        "n_expected",
-        "completed",
-        "diverged",
-        "running",
-        "failed",
-        "best",
-        "reference",
-        "budget",
-        "partial",
-    ]
+    columns = [*DESCRIBED, "y_rate", "y", "x_rate", "x", *COUNTS, "best", "reference", "budget", "partial"]
     frames = []
     for h in heatmaps:
         c = h.cells
         y, x = c[h.y.name], c[h.x.name]
         frames.append(
             c.assign(
-                heatmap=h.name,
-                sweeps=",".join(h.sweeps),
-                model=h.model,
-                task=h.task,
-                method=h.method,
-                targets=h.targets,
-                rank=h.rank,
-                metric=h.metric,
+                **_described(h),
                 y_rate=h.y.name,
                 y=y,
                 x_rate=h.x.name,
@@ -710,8 +669,4 @@ def rate_frame(heatmaps: list[RateHeatmap]) -> pd.DataFrame:
                 reference=_at_neutral((h.y, h.x), y, x),
             )
         )
-    return (
-        pd.concat(frames, ignore_index=True).reindex(columns=columns)
-        if frames
-        else pd.DataFrame(columns=columns)
-    )
+    return _long(frames, columns)
