@@ -152,6 +152,15 @@ def test_table2_uses_only_its_sweep(tmp_path: Path) -> None:
     assert any("Only runs of the table2 sweep" in note for note in t.notes)
 
 
+def test_table_note_names_the_sweeps_it_used(tmp_path: Path) -> None:
+    table2_store(tmp_path)
+    write_record(
+        tmp_path, make_record(task="rte", targets="qv", epochs=3, value=0.5, sweep="table2-text"), "t2text"
+    )
+    t = tables.table2(load(tmp_path))
+    assert any("Only runs of the table2, table2-text sweeps are used" in note for note in t.notes)
+
+
 def test_empty_tables(tmp_path: Path) -> None:
     write_record(tmp_path, make_record(method="full", targets="q", rank=None))
     coll = load(tmp_path)

@@ -191,7 +191,9 @@ def _own_sweep(runs: pd.DataFrame, name: str) -> tuple[pd.DataFrame, str]:
     if own.any():
         left = int((~own).sum())
         others = f" ({left} run(s) of other sweeps left out)." if left else "."
-        return runs[own], f"Only runs of the {name} sweep are used{others}"
+        names = sorted({x for s in runs.loc[own, "sweep"] for x in s.split(",") if x.startswith(name)})
+        sweeps = f"the {names[0]} sweep" if len(names) == 1 else f"the {', '.join(names)} sweeps"
+        return runs[own], f"Only runs of {sweeps} are used{others}"
     return runs, f"No run belongs to a {name} sweep, so every matching run is used."
 
 
