@@ -73,17 +73,10 @@ def trl_rows(split: Split, task: TaskConfig, tokenizer: Any) -> list[dict[str, s
     EOS, as qvtune does. The standard format, not the conversational one: TRL would render a
     conversational completion with the template's end of turn, a newline after EOS that qvtune does
     not train on."""
-    from qvtune.data.text import answer_prefix, uses_chat
+    from qvtune.data.text import answer_prefix, prompt_texts, uses_chat
 
     assert split.answers is not None, "a text split has answers"
-    prompts = split.columns[0]
-    if uses_chat(task, tokenizer):
-        prompts = [
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
-            )
-            for p in prompts
-        ]
+    prompts = prompt_texts(tokenizer, split.columns[0], uses_chat(task, tokenizer))
     prefix = answer_prefix(task, tokenizer)
     return [{"prompt": p, "completion": prefix + a} for p, a in zip(prompts, split.answers)]
 

@@ -189,18 +189,24 @@ def answer_ids(tokenizer: Any, answers: list[str], prefix: str) -> list[list[int
     return [list(ids) + [tokenizer.eos_token_id] for ids in out]
 
 
-def prompt_ids(tokenizer: Any, prompts: list[str], chat: bool) -> list[list[int]]:
-    """Each prompt's tokens: in the chat template as the user's turn (the template adds its own special
-    tokens), or plain with the tokenizer's own (a BOS)."""
+def prompt_texts(tokenizer: Any, prompts: list[str], chat: bool) -> list[str]:
+    """Each prompt as the model reads it: in the chat template as the user's turn, ready for the
+    assistant's answer, or as it is."""
     if not chat:
-        return [list(x) for x in tokenizer(prompts)["input_ids"]]
-    texts = [
+        return list(prompts)
+    return [
         tokenizer.apply_chat_template(
             [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
         )
         for p in prompts
     ]
-    return [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def prompt_ids(tokenizer: Any, prompts: list[str], chat: bool) -> list[list[int]]:
+    """Each prompt's tokens: in the chat template (which adds its own special tokens), or plain with
+    the tokenizer's own (a BOS)."""
+    texts = prompt_texts(tokenizer, prompts, chat)
+    return [list(x) for x in tokenizer(texts, add_special_tokens=not chat)["input_ids"]]
 
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
