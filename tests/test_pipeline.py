@@ -37,6 +37,7 @@ def markdown_row(text: str, row: str) -> dict[str, str]:
     return dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
 
 
+@pytest.mark.slow  # 17 s; tests/test_collect_*.py check the tables and Markdown from written records
 def test_real_runs_reach_the_comparison_table_and_its_markdown(tmp_path: Path) -> None:
     results, out = tmp_path / "results", tmp_path / "collected"
     proc = run_cli("-m", *ARGS, f"results_dir={results}", f"cache_dir={tmp_path / 'cache'}", cwd=tmp_path)

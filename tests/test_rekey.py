@@ -37,6 +37,7 @@ def as_earlier_version(folder, old_key, **changes):
     return target
 
 
+@pytest.mark.slow  # 15 s; the other tests here move hand-made earlier records in process
 def test_rekey_moves_earlier_runs_to_todays_keys(tmp_path):
     results = tmp_path / "results"
     proc = run_cli(*ARGS, f"results_dir={results}", f"cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
