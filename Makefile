@@ -34,9 +34,10 @@ lint: install
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(VENV)/bin/mypy qvtune hydra_plugins
 
-## The test suite (< 10 min on 2 CPU cores); Slurm tests run when a cluster is up (see .ci/run).
+## The test suite (< 10 min on 2 CPU cores). The slow and the Slurm tests have their own targets;
+## .ci/run brings a Slurm cluster up and runs test-slurm after test.
 test: install
-	$(PYTEST) -m "not slow"
+	$(PYTEST) -m "not slow and not slurm"
 
 test-slow: install
 	$(PYTEST) -m slow
