@@ -680,9 +680,14 @@ def describe(chosen: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     return chosen.assign(seeds=chosen["setting"].map(seeds), sweeps=chosen["setting"].map(sweeps))
 
 
+def sweeps_named(sweeps: str, name: str) -> list[str]:
+    """The sweeps of a run's `sweep` field ("a,b": every sweep that ran it) whose name starts with `name`."""
+    return [x for x in sweeps.split(",") if x and x.startswith(name)]
+
+
 def of_sweep(runs: pd.DataFrame, name: str) -> pd.Series:
     """Runs made by a sweep whose name starts with `name` (table1, table1-llama, ...)."""
-    return runs["sweep"].map(lambda s: any(x.startswith(name) for x in s.split(",") if x))
+    return runs["sweep"].map(lambda s: bool(sweeps_named(s, name)))
 
 
 def pick_settings(stats: pd.DataFrame, cell: Sequence[str]) -> pd.DataFrame:

@@ -35,6 +35,7 @@ from qvtune.collect.records import (
     of_sweep,
     over_seeds,
     pick_settings,
+    sweeps_named,
 )
 from qvtune.config.weight_types import target_label, target_order
 from qvtune.status import Status
@@ -191,7 +192,7 @@ def _own_sweep(runs: pd.DataFrame, name: str) -> tuple[pd.DataFrame, str]:
     if own.any():
         left = int((~own).sum())
         others = f" ({left} run(s) of other sweeps left out)." if left else "."
-        names = sorted({x for s in runs.loc[own, "sweep"] for x in s.split(",") if x.startswith(name)})
+        names = sorted({x for s in runs.loc[own, "sweep"] for x in sweeps_named(s, name)})
         sweeps = f"the {names[0]} sweep" if len(names) == 1 else f"the {', '.join(names)} sweeps"
         return runs[own], f"Only runs of {sweeps} are used{others}"
     return runs, f"No run belongs to a {name} sweep, so every matching run is used."
